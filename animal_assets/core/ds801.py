@@ -1,0 +1,82 @@
+"""The DS801 dataset format: names, constants and an atomic writer.
+
+A DS801 dataset is a folder holding ``imgs/img_{uuid}.jpg`` (64x64 RGB JPEG) and
+``data-labels.json`` mapping ``"img_{uuid}"`` to a one-hot list of K JSON integers.
+The validation rules live in :mod:`animal_assets.core.formats`; this module only knows how to
+name and write such a folder.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from animal_assets.core.atomic import atomic_dir
+
+IMAGES_DIR = "imgs"
+LABELS_FILE = "data-labels.json"
+IMAGE_SIZE = 64
+JPEG_QUALITY = 95  # high enough that re-encoded copies keep the detail the model learns from
+
+
+def new_image_id(rng: np.random.Generator) -> str:
+    """Return a fresh ``img_{uuid4}`` id drawn from ``rng`` (deterministic for a seeded rng)."""
+    return f"img_{uuid.UUID(bytes=rng.bytes(16), version=4)}"
+
+
+def one_hot(label: int, num_classes: int) -> list[int]:
+    """Return the DS801 label list for class ``label``: K JSON integers with a single 1."""
+    if not 0 <= label < num_classes:
+        raise ValueError(f"label {label} is outside 0..{num_classes - 1}")
+    return [1 if k == label else 0 for k in range(num_classes)]
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int = JPEG_QUALITY) -> bytes:
+    """Encode an ``(H, W, 3)`` uint8 RGB array as JPEG bytes."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_ds801(
+    out_dir: str | os.PathLike,
+    items: Iterable[tuple[str, bytes, int]],
+    *,
+    num_classes: int,
+) -> Path:
+    """Write a DS801 folder atomically.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder to create or replace (replaced only once everything is written).
+    items : iterable of (image_id, jpeg_bytes, label)
+        ``image_id`` is ``img_{uuid}`` without extension; ``label`` a class index in 0..K-1.
+    num_classes : int
+        K, the length of every one-hot label list.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    labels: dict[str, list[int]] = {}
+    with atomic_dir(out_dir) as tmp:
+        imgs = tmp / IMAGES_DIR
+        imgs.mkdir()
+        for image_id, data, label in items:
+            if image_id in labels:
+                raise ValueError(f"{image_id}: written twice to {out_dir}")
+            labels[image_id] = one_hot(int(label), num_classes)
+            (imgs / f"{image_id}.jpg").write_bytes(data)
+        (tmp / LABELS_FILE).write_text(json.dumps(labels, sort_keys=True) + "\n")
+    return out_dir
