@@ -1,0 +1,172 @@
+"""Asset checks: the DS801 format rules on the input and on everything the graph exports.
+
+The checks on ``raw_images`` are blocking: a failure at ERROR severity stops everything
+downstream in that run, and the downstream assets themselves refuse a ``raw_images`` whose
+format rules failed in any later run. Under the quarantine policies a violation is reported at
+WARN severity and the offending files are left out instead.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from animal_assets.assets import balanced_train, raw_images, val_split
+from animal_assets.core import steps
+from animal_assets.core.formats import Rule, validate_ds801_folder
+from animal_assets.core.ingest import RawImages
+
+MAX_LISTED = 50  # offending files listed in a check's metadata; the full list is on disk
+
+
+def _violations_result(
+    violations: list[dict], *, strict: bool, full_list: str, what: str,
+) -> dg.AssetCheckResult:
+    table = pd.DataFrame(violations, columns=["file", "rule", "message"])
+    metadata: dict = {
+        "n_violations": len(table),
+        "files": dg.MetadataValue.json(table["file"].head(MAX_LISTED).tolist()),
+        "rules": dg.MetadataValue.json(table["rule"].value_counts().to_dict()),
+        "full_list": dg.MetadataValue.path(full_list),
+    }
+    if len(table):
+        shown = table.head(MAX_LISTED).to_markdown(index=False)
+        metadata["violations"] = dg.MetadataValue.md(shown)
+        metadata["first"] = table["message"].iloc[0]
+    return dg.AssetCheckResult(
+        passed=table.empty,
+        severity=dg.AssetCheckSeverity.ERROR if strict else dg.AssetCheckSeverity.WARN,
+        description=(
+            f"{what}: ok" if table.empty else
+            f"{what}: {len(table)} violation(s), first: {table['message'].iloc[0]}"
+        ),
+        metadata=metadata,
+    )
+
+
+def _raw_violations(raw: RawImages, rules: set[str]) -> list[dict]:
+    every = json.loads(Path(raw.violations_path).read_text())
+    return [v for v in every if v["rule"] in rules]
+
+
+def _raw_check(name: str, rules: set[str], policy_field: str, what: str):
+    @dg.asset_check(asset=raw_images, name=name, blocking=True, description=what)
+    def _check(raw_images: RawImages) -> dg.AssetCheckResult:
+        strict = getattr(raw_images, policy_field) == "strict"
+        return _violations_result(
+            _raw_violations(raw_images, rules), strict=strict,
+            full_list=raw_images.violations_path, what=what,
+        )
+
+    return _check
+
+
+raw_images_filenames_follow_rule = _raw_check(
+    "raw_images_filenames_follow_rule", {Rule.FILENAME, Rule.SAFE_PATH}, "format_policy",
+    "every file is imgs/img_{uuid}.jpg with a canonical lower-case uuid, inside the dataset",
+)
+raw_images_labels_are_one_hot = _raw_check(
+    "raw_images_labels_are_one_hot", {Rule.LABELS_JSON, Rule.LABEL_ONE_HOT, Rule.LABEL_LENGTH},
+    "format_policy",
+    "labels are K JSON integers 0/1 with exactly one 1, the same K everywhere",
+)
+raw_images_images_and_labels_pair_up = _raw_check(
+    "raw_images_images_and_labels_pair_up", {Rule.IMAGE_HAS_LABEL, Rule.LABEL_HAS_IMAGE},
+    "format_policy", "every image has a label and every label an image",
+)
+raw_images_decode_as_64x64_rgb = _raw_check(
+    "raw_images_decode_as_64x64_rgb", {Rule.IMAGE_DECODES}, "decode_policy",
+    "every image decodes as a 64x64 RGB JPEG",
+)
+
+
+def _export_result(folder: str, what: str) -> dg.AssetCheckResult:
+    violations = [
+        {"file": v.file, "rule": v.rule, "message": v.message}
+        for v in validate_ds801_folder(folder)
+    ]
+    return _violations_result(violations, strict=True, full_list=folder, what=what)
+
+
+@dg.asset_check(asset=val_split, blocking=True)
+def val_split_export_follows_format(val_split: steps.Split) -> dg.AssetCheckResult:
+    """The exported validation folder passes every DS801 rule."""
+    return _export_result(val_split.dir, "val_split export follows the DS801 rules")
+
+
+@dg.asset_check(asset=balanced_train, blocking=True)
+def balanced_train_export_follows_format(
+    balanced_train: steps.BalancedTrain,
+) -> dg.AssetCheckResult:
+    """The exported train folder passes every DS801 rule, and the zip holds exactly train/ and
+    val/ as exported."""
+    result = _export_result(balanced_train.train.dir, "balanced_train export follows the DS801 rules")
+    expected = {
+        f"{prefix}/{f.relative_to(folder).as_posix()}": f.stat().st_size
+        for prefix, folder in (("train", Path(balanced_train.train.dir)),
+                               ("val", Path(balanced_train.val_dir)))
+        for f in folder.rglob("*") if f.is_file()
+    }
+    with zipfile.ZipFile(balanced_train.zip_path) as zf:
+        bad_crc = zf.testzip()
+        in_zip = {i.filename: i.file_size for i in zf.infolist() if not i.is_dir()}
+    mismatched = sorted(set(expected.items()) ^ set(in_zip.items()))
+    if bad_crc or mismatched:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{balanced_train.zip_path}: does not match the exported folders",
+            metadata={"corrupt_member": str(bad_crc),
+                      "mismatched": dg.MetadataValue.json([m[0] for m in mismatched[:MAX_LISTED]])},
+        )
+    return result
+
+
+@dg.asset_check(asset=balanced_train, blocking=True, additional_ins={"val_split": dg.AssetIn()})
+def balanced_train_shares_nothing_with_val_split(
+    balanced_train: steps.BalancedTrain, val_split: steps.Split,
+) -> dg.AssetCheckResult:
+    """No image is in both exports (by id, by source image and by content), and no uuid is
+    used twice."""
+    train = pd.read_csv(balanced_train.train.ids_path)
+    val = pd.read_csv(val_split.ids_path)
+    problems = []
+    dup_ids = train["id"][train["id"].duplicated()].tolist()
+    problems += [f"{i}: uuid used twice in train" for i in dup_ids]
+    problems += [f"{i}: in both train and val" for i in sorted(set(train["id"]) & set(val["id"]))]
+    problems += [
+        f"{i}: val image is the source of a generated train image"
+        for i in sorted(set(train["source_id"]) & set(val["id"]))
+    ]
+    def hashes(folder: str) -> dict[str, str]:
+        import hashlib
+
+        return {
+            hashlib.sha256(f.read_bytes()).hexdigest(): f.name
+            for f in sorted(Path(folder, "imgs").glob("*.jpg"))
+        }
+
+    train_h, val_h = hashes(balanced_train.train.dir), hashes(val_split.dir)
+    problems += [
+        f"{val_h[h]}: byte-identical to train image {train_h[h]}"
+        for h in sorted(set(train_h) & set(val_h))
+    ]
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="train and val are disjoint" if not problems else problems[0],
+        metadata={"n_problems": len(problems),
+                  "problems": dg.MetadataValue.json(problems[:MAX_LISTED])},
+    )
+
+
+ALL_CHECKS = [
+    raw_images_filenames_follow_rule,
+    raw_images_labels_are_one_hot,
+    raw_images_images_and_labels_pair_up,
+    raw_images_decode_as_64x64_rgb,
+    val_split_export_follows_format,
+    balanced_train_export_follows_format,
+    balanced_train_shares_nothing_with_val_split,
+]

@@ -1,0 +1,90 @@
+"""``animal-assets``: run the asset graph headless on a persistent local Dagster instance.
+
+    animal-assets run --config demo                      # the built-in demo dataset
+    animal-assets run --dataset ds801-train-set.tgz --test-set clean-test/ --json run.json
+    animal-assets run --unsynced                         # rerun only what is out of date
+    animal-assets observe                                # record the input's data version
+    animal-assets status                                 # synced / unsynced per asset
+
+Runs land in the instance under ``DAGSTER_HOME`` (default ``./.dagster_home``), so ``make ui``
+shows them. The dataset, truth file, test set and class names can also come from the
+environment (``ANIMAL_ASSETS_DATASET``, ``ANIMAL_ASSETS_TRUTH``, ``ANIMAL_ASSETS_TEST_SET``,
+``ANIMAL_ASSETS_CLASS_NAMES``), which is what ``dagster dev`` reads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ENV = {
+    "dataset": "ANIMAL_ASSETS_DATASET",
+    "truth": "ANIMAL_ASSETS_TRUTH",
+    "test_set": "ANIMAL_ASSETS_TEST_SET",
+    "class_names": "ANIMAL_ASSETS_CLASS_NAMES",
+    "output": "ANIMAL_ASSETS_OUTPUT",
+    "device": "ANIMAL_ASSETS_DEVICE",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="animal-assets", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="observe the input, then materialize the graph")
+    for p in (run, sub.add_parser("observe", help="record the input's data version"),
+              sub.add_parser("status", help="print each asset's sync status")):
+        p.add_argument("--dataset", help="DS801 folder or .zip/.tar.gz/.tgz (default: demo)")
+        p.add_argument("--output", help="output folder (default: var/outputs)")
+    run.add_argument("--config", default="default", help="demo, default or a run-config YAML")
+    run.add_argument("--truth", help="truth file of a ground-truth benchmark (scoring only)")
+    run.add_argument("--test-set", help="external clean test set, same format and class order")
+    run.add_argument("--class-names", help="comma-separated class names, in label order")
+    run.add_argument("--device", help="auto (default), cpu, cuda")
+    run.add_argument("--select", help="comma-separated assets to materialize (default: all)")
+    run.add_argument("--unsynced", action="store_true",
+                     help="materialize only unsynced assets and what is downstream of them")
+    run.add_argument("--json", help="write a run summary (per-asset time, memory, accuracy)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for key, var in ENV.items():
+        value = getattr(args, key, None)
+        if value:
+            os.environ[var] = str(Path(value).absolute()) if key in (
+                "dataset", "truth", "test_set", "output") else value
+    os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+    # Imported after the environment is set: the definitions read it.
+    from animal_assets import runner
+
+    try:
+        if args.command == "observe":
+            print(f"input_dataset data version: {runner.observe()}")
+            return 0
+        if args.command == "status":
+            for name, status in runner.sync_status().items():
+                print(f"{name:16s} {status}")
+            return 0
+        summary = runner.run(
+            config=args.config,
+            select=args.select.split(",") if args.select else None,
+            unsynced=args.unsynced,
+        )
+    except runner.RunFailed as err:
+        print(f"animal-assets: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        from animal_assets.core.atomic import write_json
+
+        write_json(args.json, summary)
+    runner.print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Dagster run config of each asset, built from the core parameter dataclasses.
+
+The defaults are the full recipe; ``run_configs/demo.yaml`` is the small one. Dagster does not
+track run config in staleness: after changing a value, rematerialize the asset together with its
+downstream assets (see the README).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import dagster as dg
+import pydantic
+
+from animal_assets.core.config import step_params
+
+# Chosen by the DeviceResource, not per asset.
+_NOT_RUN_CONFIG = {"device"}
+
+
+def _config_class(name: str, params: type) -> type[dg.Config]:
+    hints = typing.get_type_hints(params)
+    fields = {
+        f.name: (hints[f.name], f.default)
+        for f in dataclasses.fields(params)
+        if f.name not in _NOT_RUN_CONFIG
+    }
+    cls = pydantic.create_model(name, __base__=dg.Config, __module__=__name__, **fields)
+    cls.__doc__ = f"Run config of the step, mirroring :class:`{params.__module__}.{params.__name__}`."
+
+    def to_core(self, **extra):
+        return params(**self.model_dump(), **extra)
+
+    cls.to_core = to_core
+    return cls
+
+
+_PARAMS = step_params()
+RawImagesConfig = _config_class("RawImagesConfig", _PARAMS["raw_images"])
+EmbeddingsConfig = _config_class("EmbeddingsConfig", _PARAMS["embeddings"])
+OodScoresConfig = _config_class("OodScoresConfig", _PARAMS["ood_scores"])
+CleanLabelsConfig = _config_class("CleanLabelsConfig", _PARAMS["clean_labels"])
+ValSplitConfig = _config_class("ValSplitConfig", _PARAMS["val_split"])
+BalancedTrainConfig = _config_class("BalancedTrainConfig", _PARAMS["balanced_train"])
+Resnet34Config = _config_class("Resnet34Config", _PARAMS["resnet34_model"])

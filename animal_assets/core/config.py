@@ -1,0 +1,76 @@
+"""Parameters of every pipeline step, in one place, with their defaults (the full recipe).
+
+The Dagster ``Config`` classes are built from these dataclasses (:mod:`animal_assets.configs`),
+and the dagster-free runner reads the same run-config YAML into them, so a value means the same
+thing in the UI, on the command line and on a machine without dagster.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class RawImagesParams:
+    # strict: a broken file name or label stops the graph; quarantine: the file is set aside.
+    format_policy: Literal["strict", "quarantine"] = "strict"
+    # quarantine: an image that is not a 64x64 RGB JPEG is set aside; strict: it stops the graph.
+    decode_policy: Literal["strict", "quarantine"] = "quarantine"
+
+
+@dataclass(frozen=True)
+class EmbeddingsParams:
+    image_size: int = 128  # encoder input; the 64x64 images are upsampled on the device
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class OodParams:
+    k: int = 10  # neighbours in the mean cosine kNN distance
+    fraction: float = 0.10  # share of images flagged as out of distribution
+
+
+@dataclass(frozen=True)
+class ValSplitParams:
+    per_class: int = 100  # validation images per class, as the course's validation sets had
+    max_fraction: float = 0.2  # never more than this share of a class's trustworthy images
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BalanceParams:
+    max_factor: float = 3.0  # a class grows by oversampling to at most this multiple of itself
+    rotate_deg: float = 10.0  # augmentation of the generated copies
+    translate: int = 4
+    seed: int = 0
+
+
+def step_params() -> dict[str, type]:
+    """The parameter dataclass of each configurable asset, by asset name."""
+    from animal_assets.core.cleaning import CleaningConfig
+    from animal_assets.core.train import TrainConfig
+
+    return {
+        "raw_images": RawImagesParams,
+        "embeddings": EmbeddingsParams,
+        "ood_scores": OodParams,
+        "clean_labels": CleaningConfig,
+        "val_split": ValSplitParams,
+        "balanced_train": BalanceParams,
+        "resnet34_model": TrainConfig,
+    }
+
+
+def params_from_run_config(run_config: dict) -> dict[str, object]:
+    """Parameters of every step from a Dagster run config (``ops: {asset: {config: {...}}}``)."""
+    ops = (run_config or {}).get("ops", {}) or {}
+    out = {}
+    for name, cls in step_params().items():
+        values = (ops.get(name) or {}).get("config", {}) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"run config ops.{name}: unknown field(s) {sorted(unknown)}")
+        out[name] = cls(**values)
+    return out

@@ -1,0 +1,146 @@
+"""Run the whole pipeline without dagster: the same steps, in the same order, on one machine.
+
+For a machine that offers only Python with torch, torchvision, scikit-learn, pandas and pillow
+(plus cleanlab and the encoder wheel). The Dagster graph is the primary interface; this runner
+exists so the core can be exercised where dagster cannot be installed, and writes the same
+summary JSON as ``animal-assets run``::
+
+    python -m animal_assets.core.pipeline DATASET --out var/outputs --config default \\
+        --test-set path/to/clean-test --json var/run.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from animal_assets.core import steps
+from animal_assets.core.atomic import write_json
+from animal_assets.core.config import params_from_run_config
+from animal_assets.core.ingest import read_dataset
+from animal_assets.core.profiling import measure
+
+RUN_CONFIGS = Path(__file__).resolve().parents[1] / "run_configs"
+
+
+def load_run_config(name_or_path: str) -> dict:
+    """A shipped run config by name ("demo", "default") or a YAML/JSON file path."""
+    path = RUN_CONFIGS / f"{name_or_path}.yaml"
+    if not path.exists():
+        path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"run config {name_or_path}: no such shipped config or file")
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    try:
+        import yaml
+    except ImportError as err:  # pragma: no cover - yaml ships with dagster, not always alone
+        raise RuntimeError(f"{path}: reading YAML needs pyyaml; pass a .json config") from err
+    return yaml.safe_load(text) or {}
+
+
+def machine_description(device: str) -> str:
+    import torch
+
+    from animal_assets.core.train import resolve_device
+
+    dev = resolve_device(device)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "no GPU"
+    return f"{platform.machine()} {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}"
+
+
+def run_pipeline(
+    dataset: str, out_dir: str | Path, *, run_config: dict, device: str = "auto",
+    truth_path: str | None = None, test_set: str | None = None,
+    class_names: list[str] | None = None, log=print,
+) -> dict:
+    """Run every step and return the summary (per-step wall time and peak memory, accuracies)."""
+    out = Path(out_dir).absolute()
+    params = params_from_run_config(run_config)
+    timings: dict[str, dict] = {}
+
+    def step(name, fn, *args, **kwargs):
+        log(f"[{name}] running")
+        with measure() as stats:
+            result = fn(*args, **kwargs)
+        timings[name] = {"seconds": round(stats.seconds, 2), "peak_rss_mb": round(stats.peak_rss_mb, 1)}
+        log(f"[{name}] {stats.seconds:.1f} s, peak {stats.peak_rss_mb:.0f} MiB")
+        return result
+
+    rp = params["raw_images"]
+    raw = step("raw_images", read_dataset, dataset, out / "raw_images",
+               format_policy=rp.format_policy, decode_policy=rp.decode_policy)
+    if raw.blocking:
+        raise SystemExit(f"{dataset}: breaks the format rules; see {raw.violations_path}")
+    emb = step("embeddings", steps.compute_embeddings, raw, out / "embeddings",
+               params["embeddings"], device=device)
+    ood = step("ood_scores", steps.score_outliers, raw, emb, out / "ood_scores",
+               params["ood_scores"])
+    clean = step("clean_labels", steps.clean_label_decisions, raw, emb, ood,
+                 out / "clean_labels", params["clean_labels"])
+    val = step("val_split", steps.make_val_split, raw, clean, out / "val_split",
+               params["val_split"])
+    bal = step("balanced_train", steps.make_balanced_train, raw, clean, val,
+               out / "balanced_train", params["balanced_train"])
+    train_config = _with_device(params["resnet34_model"], device)
+    model = step("resnet34_model", steps.train_model, bal, val, out / "resnet34_model",
+                 train_config, num_classes=raw.num_classes,
+                 on_epoch=lambda row: log(f"  epoch {row['epoch']}: {row}"))
+    report = step("eval_report", steps.evaluate, model, val, clean, ood, out / "eval_report",
+                  device=device, class_names=class_names, test_set=test_set,
+                  truth_path=truth_path)
+    return summarise_run(report, timings, dataset=dataset, device=device)
+
+
+def _with_device(config, device: str):
+    import dataclasses
+
+    return dataclasses.replace(config, device=device)
+
+
+def summarise_run(report: dict, timings: dict, *, dataset: str, device: str) -> dict:
+    """The run summary written as JSON by both runners."""
+    summary = {
+        "dataset": str(dataset),
+        "machine": machine_description(device),
+        "date": time.strftime("%Y-%m-%d"),
+        "assets": timings,
+        "total_seconds": round(sum(t["seconds"] for t in timings.values()), 2),
+        "val_balanced_accuracy": report["val_split"]["balanced_accuracy"],
+        "report_path": report.get("path"),
+    }
+    if "test_set" in report:
+        summary["test_balanced_accuracy"] = report["test_set"]["balanced_accuracy"]
+    if "cleaning" in report:
+        summary["cleaning"] = report["cleaning"]
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", help="a DS801 folder or .zip/.tar.gz/.tgz archive")
+    parser.add_argument("--out", default="var/outputs", help="output folder")
+    parser.add_argument("--config", default="default", help="demo, default or a YAML file")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--truth", help="a truth file of a ground-truth benchmark")
+    parser.add_argument("--test-set", help="an external clean test set, same format and classes")
+    parser.add_argument("--class-names", help="comma-separated class names")
+    parser.add_argument("--json", help="write the run summary here")
+    args = parser.parse_args(argv)
+    summary = run_pipeline(
+        args.dataset, args.out, run_config=load_run_config(args.config), device=args.device,
+        truth_path=args.truth, test_set=args.test_set,
+        class_names=args.class_names.split(",") if args.class_names else None,
+    )
+    if args.json:
+        write_json(args.json, summary)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The code location: assets, checks, jobs and resources, wired together."""
+from __future__ import annotations
+
+import dagster as dg
+
+from animal_assets.assets import PIPELINE_ASSETS, input_dataset
+from animal_assets.checks import ALL_CHECKS
+from animal_assets.core.pipeline import load_run_config
+from animal_assets.resources import default_resources
+
+
+def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.Definitions:
+    """The Definitions, with resources from the environment unless given."""
+    assets = assets or PIPELINE_ASSETS
+    return dg.Definitions(
+        assets=[input_dataset, *assets],
+        asset_checks=ALL_CHECKS,
+        jobs=[
+            dg.define_asset_job("observe_input_dataset", selection=[input_dataset.key]),
+            dg.define_asset_job(
+                "pipeline", selection=dg.AssetSelection.assets(*assets),
+                description="The whole graph with the default (full, GPU-sized) config.",
+            ),
+            dg.define_asset_job(
+                "demo_pipeline", selection=dg.AssetSelection.assets(*assets),
+                config=load_run_config("demo"),
+                description="The whole graph with the small, CPU-friendly demo config.",
+            ),
+        ],
+        resources=resources or default_resources(),
+    )
+
+
+defs = build_defs()

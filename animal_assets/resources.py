@@ -1,0 +1,87 @@
+"""Resources: where the input dataset is, where outputs go, and which device computes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+DEMO_CLASS_NAMES = [str(d) for d in range(10)]
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The output folder. Every asset writes its files under ``{root}/{asset name}/``."""
+
+    root: str = "var/outputs"
+
+    def path(self, *parts: str) -> Path:
+        p = Path(self.root).absolute().joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """The input dataset (a folder or a .zip/.tar.gz/.tgz archive in the DS801 format).
+
+    Left empty, the graph runs on the built-in demo dataset, generated deterministically from
+    ``demo_seed`` on first use. ``truth_path`` (a ground-truth file) and ``test_set`` (an
+    external clean test set in the same format and class order) are optional and only used
+    for scoring in ``eval_report``.
+    """
+
+    path: str = ""
+    truth_path: str = ""
+    test_set: str = ""
+    class_names: list[str] = []
+    demo_seed: int = 0
+    demo_size: str = "demo"  # "demo" (~1.8k images) or "tiny" (~200, for tests)
+
+    def is_demo(self) -> bool:
+        return not self.path
+
+    def resolve(self, storage: StorageResource) -> tuple[str, str | None]:
+        """Return (dataset path, truth path or None), generating the demo dataset if needed."""
+        if not self.is_demo():
+            return self.path, self.truth_path or None
+        from animal_assets.core.demo import make_demo_dataset
+
+        folder = storage.path("demo_dataset", f"{self.demo_size}-seed{self.demo_seed}")
+        dataset, truth = folder / "dataset", folder / "truth.json"
+        if not (dataset.exists() and truth.exists()):
+            made = make_demo_dataset(folder, seed=self.demo_seed, size=self.demo_size)
+            dataset, truth = Path(made.dataset_dir), Path(made.truth_path)
+        return str(dataset), self.truth_path or str(truth)
+
+    def names(self, num_classes: int) -> list[str]:
+        if self.class_names:
+            if len(self.class_names) != num_classes:
+                raise ValueError(
+                    f"class_names lists {len(self.class_names)} names, the labels have "
+                    f"K={num_classes}"
+                )
+            return list(self.class_names)
+        if self.is_demo():
+            return DEMO_CLASS_NAMES[:num_classes]
+        return [str(k) for k in range(num_classes)]
+
+
+class DeviceResource(dg.ConfigurableResource):
+    """The torch device for embedding and training: "auto" picks CUDA when present."""
+
+    device: str = "auto"
+
+
+def default_resources() -> dict:
+    """Resources read from the environment, so a shell or a Makefile can pick the dataset."""
+    env = os.environ.get
+    names = [n for n in env("ANIMAL_ASSETS_CLASS_NAMES", "").split(",") if n]
+    return {
+        "storage": StorageResource(root=env("ANIMAL_ASSETS_OUTPUT", "var/outputs")),
+        "dataset": DatasetResource(
+            path=env("ANIMAL_ASSETS_DATASET", ""),
+            truth_path=env("ANIMAL_ASSETS_TRUTH", ""),
+            test_set=env("ANIMAL_ASSETS_TEST_SET", ""),
+            class_names=names,
+        ),
+        "compute": DeviceResource(device=env("ANIMAL_ASSETS_DEVICE", "auto")),
+    }

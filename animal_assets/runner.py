@@ -1,0 +1,173 @@
+"""Headless runs of the code location on the instance under ``DAGSTER_HOME``.
+
+Used by the ``animal-assets`` command and by the tests: observe the input, materialize the graph
+(or only what is unsynced), and collect per-asset timings, check results and the report.
+"""
+from __future__ import annotations
+
+import dagster as dg
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from animal_assets.assets import PIPELINE_ASSETS
+from animal_assets.core.pipeline import load_run_config, summarise_run
+
+
+class RunFailed(RuntimeError):
+    """The run did not complete; the message says which step or check and why, in one line."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
+def _defs() -> dg.Definitions:
+    from animal_assets.definitions import defs
+
+    return defs
+
+
+def observe(
+    instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
+) -> str:
+    """Record the input dataset's data version; returns it."""
+    instance = instance or dg.DagsterInstance.get()
+    defs = defs or _defs()
+    result = defs.resolve_job_def("observe_input_dataset").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    if not result.success:
+        raise RunFailed(_failure_line(result), result)
+    (obs,) = [
+        e.asset_observation_data.asset_observation
+        for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    return obs.data_version or ""
+
+
+def sync_status(
+    instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
+) -> dict[str, str]:
+    """Each pipeline asset's status: synced, unsynced (Dagster's own verdict), downstream of an
+    unsynced asset, or missing."""
+    instance = instance or dg.DagsterInstance.get()
+    defs = defs or _defs()
+    graph = defs.resolve_asset_graph()
+    resolver = get_stale_status_resolver(instance, list(defs.assets))
+    out: dict[str, str] = {}
+    for asset in PIPELINE_ASSETS:
+        key = asset.key
+        status = resolver.get_status(key).value.lower()
+        if status == "fresh":
+            parents = graph.get(key).parent_keys
+            status = "synced"
+            if any(out.get(p.to_user_string(), "synced") != "synced" for p in parents):
+                status = "upstream unsynced"
+        elif status == "stale":
+            status = "unsynced"
+        out[key.to_user_string()] = status
+    return out
+
+
+def run(
+    *, config: str | dict = "default", select: list[str] | None = None, unsynced: bool = False,
+    instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
+    observe_first: bool = True,
+) -> dict:
+    """Observe the input, then materialize the selected assets (default: all) and their checks.
+
+    Raises :class:`RunFailed` with one clear line when a step or a blocking check fails.
+    """
+    instance = instance or dg.DagsterInstance.get()
+    defs = defs or _defs()
+    if observe_first:
+        observe(instance, defs)
+    names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
+    if unsynced:
+        select = [n for n, s in sync_status(instance, defs).items() if s != "synced"]
+        if not select:
+            return {"assets": {}, "message": "every asset is synced; nothing to do"}
+    unknown = set(select or []) - set(names)
+    if unknown:
+        raise RunFailed(f"unknown asset(s) {sorted(unknown)}; the assets are {names}")
+    job = defs.resolve_job_def("demo_pipeline" if config == "demo" else "pipeline")
+    if isinstance(config, dict):
+        run_config = config
+    else:
+        run_config = {} if config == "demo" else load_run_config(config)
+    if select:
+        job = job.get_subset(asset_selection={dg.AssetKey(n) for n in select})
+    result = job.execute_in_process(
+        instance=instance, run_config=run_config or None, raise_on_error=False
+    )
+    if not result.success:
+        raise RunFailed(_failure_line(result), result)
+    return _summary(result, defs)
+
+
+def _failure_line(result) -> str:
+    failed_checks = [
+        e for e in result.get_asset_check_evaluations()
+        if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    if failed_checks:
+        parts = [
+            f"check {c.check_name} failed: {c.description}" for c in failed_checks
+        ]
+        return "; ".join(parts) + " (nothing downstream ran)"
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            message = error.message.strip().splitlines()[0] if error else "unknown error"
+            if error and error.cause and "Failure" not in error.cls_name:
+                message = error.cause.message.strip().splitlines()[0]
+            return f"step {event.step_key} failed: {message}"
+    return f"run {result.run_id} failed"
+
+
+def _summary(result, defs) -> dict:
+    timings: dict[str, dict] = {}
+    for asset in PIPELINE_ASSETS:
+        name = asset.key.to_user_string()
+        mats = result.asset_materializations_for_node(name)
+        if mats:
+            md = mats[-1].metadata
+            timings[name] = {
+                "seconds": md["wall_seconds"].value, "peak_rss_mb": md["peak_rss_mb"].value,
+            }
+    checks = {
+        e.check_name: ("passed" if e.passed else f"failed ({e.severity.value}): {e.description}")
+        for e in result.get_asset_check_evaluations()
+    }
+    resources = defs.resources
+    dataset = resources["dataset"]
+    if "eval_report" in timings:
+        report = result.output_for_node("eval_report")
+        summary = summarise_run(report, timings, dataset=dataset.path or "demo",
+                                device=resources["compute"].device)
+    else:
+        summary = {"assets": timings}
+    summary.update(run_id=result.run_id, checks=checks,
+                   outputs=str(resources["storage"].path()))
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    if "message" in summary:
+        print(summary["message"])
+        return
+    print(f"run {summary.get('run_id')}")
+    for name, t in summary["assets"].items():
+        print(f"  {name:16s} {t['seconds']:8.1f} s  peak {t['peak_rss_mb']:7.0f} MiB")
+    for name, verdict in summary.get("checks", {}).items():
+        print(f"  check {name}: {verdict}")
+    print(f"outputs: {summary.get('outputs')}")
+    if "report_path" in summary:
+        print(f"report:  {summary['report_path']}")
+        print(f"balanced accuracy on val_split: {summary['val_balanced_accuracy']:.4f}")
+    if "test_balanced_accuracy" in summary:
+        print(f"balanced accuracy on the external test set: "
+              f"{summary['test_balanced_accuracy']:.4f}")
+    if "cleaning" in summary:
+        from animal_assets.core.scoring import scores_markdown
+
+        print(scores_markdown(summary["cleaning"]))
