@@ -1,0 +1,455 @@
+"""Read a DS801 dataset safely, from a folder or an archive, and decode every image once.
+
+The input is never modified or extracted: folders are walked without following links and archive
+members are read in memory. Every file and every label entry becomes one manifest row ("ok" or
+"quarantined" with the broken rule), the usable images are stacked into one ``.npy`` array, and
+their original JPEG bytes are kept so that exports can copy them unchanged. All outputs are written
+into one folder that replaces the previous one atomically.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from animal_assets.core.atomic import atomic_dir
+from animal_assets.core.ds801 import IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
+from animal_assets.core.formats import (
+    MAX_IMAGE_BYTES, MAX_LABELS_BYTES, RULE_PRIORITY, LabelTable, Rule, Violation, blocking_rules,
+    decode_image, filename_violation, image_stem, label_entry_name, read_labels, read_regular,
+)
+
+MANIFEST_COLUMNS = ("id", "file", "given", "sha256", "status", "reason", "width", "height", "mode", "index")
+MAX_TOTAL_BYTES = 4 << 30  # refuse archives that would expand to more than this in memory
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
+_ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"7z\xbc\xaf", b"Rar!")
+
+
+class DatasetError(ValueError):
+    """The input cannot be read as a dataset at all (missing, unsupported, no labels file...)."""
+
+
+@dataclass(frozen=True)
+class RawImages:
+    """Where :func:`read_dataset` put its outputs, and the counts that describe them."""
+
+    root: str
+    images_path: str
+    manifest_path: str
+    files_dir: str
+    violations_path: str
+    num_classes: int
+    n_input_files: int
+    n_label_entries: int
+    n_usable: int
+    blocking: bool
+    source: str
+    fingerprint: str
+    format_policy: str
+    decode_policy: str
+
+
+@dataclass
+class _Member:
+    path: str  # cleaned path inside the input, or the escaped raw name when unsafe
+    kind: str  # file, dir, symlink, hardlink, other, encrypted
+    size: int
+    data: bytes | None  # content of a regular file within its size limit
+    unsafe: str | None = None
+
+
+def _printable(name: str) -> str:
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
+
+
+def _clean(raw: str) -> tuple[str, str | None]:
+    """Return the normalised member path and, when it could escape the output, why."""
+    shown = _printable(raw)
+    if "\\" in raw:
+        return shown, "member name holds a backslash"
+    if raw.startswith("/") or re.match(r"[A-Za-z]:", raw):
+        return shown, "member name is an absolute path"
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return shown, "member name climbs out with '..'"
+    if shown != raw:
+        return shown, "member name holds control or undecodable characters"
+    return "/".join(parts), None
+
+
+def _limit(path: str) -> int:
+    return MAX_LABELS_BYTES if path.rsplit("/", 1)[-1] == LABELS_FILE else MAX_IMAGE_BYTES
+
+
+def _tar_members(path: Path) -> list[_Member]:
+    members = []
+    # stream mode reads the gzip once, front to back, and never seeks
+    with tarfile.open(path, mode="r|gz") as tf:
+        for ti in tf:
+            name, unsafe = _clean(ti.name)
+            if ti.isdir():
+                kind = "dir"
+            elif ti.issym():
+                kind = "symlink"
+            elif ti.islnk():
+                kind = "hardlink"
+            elif ti.isreg():
+                kind = "file"
+            else:
+                kind = "other"
+            data = None
+            if kind == "file" and unsafe is None and ti.size <= _limit(name):
+                data = tf.extractfile(ti).read()
+            members.append(_Member(name, kind, ti.size, data, unsafe))
+    return members
+
+
+def _zip_members(path: Path) -> list[_Member]:
+    members = []
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name, unsafe = _clean(info.orig_filename)
+            # the file type bits are meaningful only in zips made on Unix; 0 means a plain file
+            ftype = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+            if info.is_dir():
+                kind = "dir"
+            elif ftype == stat.S_IFLNK:
+                kind = "symlink"
+            elif ftype not in (0, stat.S_IFREG):
+                kind = "other"
+            elif info.flag_bits & 0x1:
+                kind = "encrypted"
+            else:
+                kind = "file"
+            data = None
+            if kind == "file" and unsafe is None and info.file_size <= _limit(name):
+                with zf.open(info) as f:
+                    data = f.read(_limit(name) + 1)
+                if len(data) > _limit(name):
+                    data = None
+            members.append(_Member(name, kind, info.file_size, data, unsafe))
+    return members
+
+
+def _folder_members(root: Path) -> list[_Member]:
+    members = []
+    pending = [(root, "")]
+    while pending:
+        folder, rel = pending.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                path = f"{rel}{entry.name}"
+                st = entry.stat(follow_symlinks=False)
+                if _printable(path) != path:
+                    why = "file name holds control or undecodable characters"
+                    members.append(_Member(_printable(path), "other", st.st_size, None, why))
+                elif stat.S_ISLNK(st.st_mode):
+                    members.append(_Member(path, "symlink", st.st_size, None))
+                elif stat.S_ISDIR(st.st_mode):
+                    members.append(_Member(path, "dir", 0, None))
+                    pending.append((Path(entry.path), f"{path}/"))
+                elif stat.S_ISREG(st.st_mode):
+                    data = read_regular(entry.path, _limit(path)) if st.st_size <= _limit(path) else None
+                    members.append(_Member(path, "file", st.st_size, data))
+                else:
+                    members.append(_Member(path, "other", st.st_size, None))
+    return members
+
+
+def _read_members(path: Path) -> list[_Member]:
+    if path.is_dir():
+        return _folder_members(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(".zip"):
+            members = _zip_members(path)
+        elif name.endswith((".tar.gz", ".tgz")):
+            members = _tar_members(path)
+        else:
+            raise DatasetError(
+                f"{path}: unsupported input; give a folder or a {', '.join(ARCHIVE_SUFFIXES)} archive")
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+            NotImplementedError) as exc:
+        raise DatasetError(f"{path}: the archive is damaged or unreadable ({exc})") from exc
+    if sum(len(m.data or b"") for m in members) > MAX_TOTAL_BYTES:
+        raise DatasetError(f"{path}: expands to more than {MAX_TOTAL_BYTES} bytes of file data")
+    return members
+
+
+def _find_root(members: list[_Member], source: str) -> str:
+    """Return the prefix of the dataset root: "" or the one wrapping folder holding the labels file."""
+    labels = [m.path for m in members if m.unsafe is None and m.path.rsplit("/", 1)[-1] == LABELS_FILE
+              and m.path.count("/") <= 1 and m.kind == "file"]
+    if LABELS_FILE in labels:
+        candidates = [""]
+    else:
+        candidates = sorted({p.split("/")[0] + "/" for p in labels})
+    if not candidates:
+        raise DatasetError(f"{source}: no {LABELS_FILE} found at the top or inside one wrapping folder")
+    if len(candidates) > 1:
+        raise DatasetError(
+            f"{source}: more than one wrapping folder holds {LABELS_FILE}: {', '.join(candidates)}")
+    if sum(p == candidates[0] + LABELS_FILE for p in labels) > 1:
+        raise DatasetError(f"{source}: {candidates[0]}{LABELS_FILE} appears more than once")
+    return candidates[0]
+
+
+def _member_problems(m: _Member, rel: str | None, counts: Counter) -> list[tuple[Rule, str]]:
+    """Path, kind and layout problems of one member (everything but labels and pixels)."""
+    if m.unsafe:
+        return [(Rule.SAFE_PATH, m.unsafe)]
+    if m.kind in ("symlink", "hardlink"):
+        return [(Rule.SAFE_PATH, f"{'symbolic' if m.kind == 'symlink' else 'hard'} link, never followed")]
+    if m.kind == "other":
+        return [(Rule.SAFE_PATH, "not a regular file (device, fifo or socket)")]
+    if m.kind == "encrypted":
+        return [(Rule.UNEXPECTED_FILE, "encrypted member, never read")]
+    if counts[m.path] > 1:
+        return [(Rule.SAFE_PATH, f"appears {counts[m.path]} times, so one copy would overwrite another")]
+    if m.data is not None and m.data.startswith(_ARCHIVE_MAGIC):
+        return [(Rule.UNEXPECTED_FILE, "is an archive; archives inside the dataset are never opened")]
+    if rel is None:
+        return [(Rule.UNEXPECTED_FILE, "lies outside the dataset folder")]
+    if not rel.startswith(f"{IMAGES_DIR}/") or rel.count("/") != 1:
+        return [(Rule.UNEXPECTED_FILE,
+                 f"not part of a DS801 dataset (only {IMAGES_DIR}/*.jpg and {LABELS_FILE} belong)")]
+    return []
+
+
+def _assess(members: list[_Member], prefix: str) -> tuple[list[dict], list[Violation], LabelTable]:
+    """Build the manifest rows (unsorted, usable ones carrying pixels), violations and label table."""
+    labels_path = prefix + LABELS_FILE
+    labels_member = next(m for m in members if m.path == labels_path and m.unsafe is None and m.kind == "file")
+    if labels_member.data is None:
+        too_large = Violation.of(LABELS_FILE, Rule.LABELS_JSON, f"labels file is over {MAX_LABELS_BYTES} bytes")
+        table = LabelTable({}, {}, {}, 0, (too_large,), False)
+    else:
+        table = read_labels(labels_member.data, source=LABELS_FILE)
+    violations = list(table.violations)
+    counts = Counter(m.path for m in members if m.unsafe is None and m.kind != "dir")
+    rows, seen = [], set()
+    for m in members:
+        if m.kind == "dir" or m is labels_member:
+            continue
+        rel = m.path[len(prefix):] if m.unsafe is None and m.path.startswith(prefix) else None
+        shown = rel if rel is not None else m.path
+        name = shown.rsplit("/", 1)[-1]
+        found = _member_problems(m, rel, counts)
+        stem, info, array = None, {"width": 0, "height": 0, "mode": ""}, None
+        # links and duplicates inside imgs/ still pair with their label entry; archives and
+        # encrypted members are not images at all
+        is_image = (rel is not None and rel.startswith(f"{IMAGES_DIR}/") and rel.count("/") == 1
+                    and all(rule is not Rule.UNEXPECTED_FILE for rule, _ in found))
+        if is_image:
+            problem = filename_violation(name)
+            if problem:
+                found.append((Rule.FILENAME, problem))
+            stem = image_stem(name)
+            seen.add(stem)
+            if table.readable and stem not in table.values:
+                found.append((Rule.IMAGE_HAS_LABEL, f"image has no entry in {LABELS_FILE}"))
+            if m.kind == "file":
+                if m.data is None:
+                    reason = f"{shown} is {m.size} bytes, more than the {MAX_IMAGE_BYTES}-byte limit"
+                else:
+                    array, reason, info = decode_image(m.data, name=shown)
+                if reason:
+                    found.append((Rule.IMAGE_DECODES, reason))
+        violations.extend(Violation.of(shown, rule, detail) for rule, detail in found)
+        rules = [rule for rule, _ in found]
+        if stem is not None and not table.readable:
+            rules.append(Rule.LABELS_JSON)
+        elif stem in table.problems:
+            rules.append(table.problems[stem])
+        ok = not rules
+        rows.append({
+            "id": stem if stem is not None and not filename_violation(name) else name, "file": shown,
+            "given": table.classes.get(stem, -1) if stem is not None else -1,
+            "sha256": hashlib.sha256(m.data).hexdigest() if m.data is not None else "",
+            "status": "ok" if ok else "quarantined",
+            "reason": "" if ok else str(min(rules, key=RULE_PRIORITY.index)),
+            "width": info["width"], "height": info["height"], "mode": info["mode"], "index": -1,
+            "_array": array if ok else None, "_data": m.data if ok else None,
+        })
+    for key in sorted(set(table.values) - seen):
+        entry = label_entry_name(LABELS_FILE, key)
+        violations.append(
+            Violation.of(entry, Rule.LABEL_HAS_IMAGE, f"no image {IMAGES_DIR}/{key}.jpg for this entry"))
+        rule = min(table.problems.get(key, Rule.LABEL_HAS_IMAGE), Rule.LABEL_HAS_IMAGE, key=RULE_PRIORITY.index)
+        rows.append({"id": key, "file": "", "given": table.classes.get(key, -1), "sha256": "",
+                     "status": "quarantined", "reason": str(rule), "width": 0, "height": 0, "mode": "",
+                     "index": -1, "_array": None, "_data": None})
+    return rows, violations, table
+
+
+def dataset_fingerprint(path: str | os.PathLike) -> str:
+    """Cheap, stable sha256 hex of a dataset: archive bytes, or for a folder the labels file bytes
+    plus the sorted listing of every entry (path, kind, size). No image is decoded.
+    """
+    path = Path(path)
+    h = hashlib.sha256(b"ds801-fingerprint-v1\n")
+    if path.is_file():
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such file or folder")
+    listing, pending = [], [(path, "")]
+    while pending:
+        folder, rel = pending.pop()
+        with os.scandir(folder) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                listing.append((f"{rel}{entry.name}", stat.S_IFMT(st.st_mode), st.st_size))
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append((Path(entry.path), f"{rel}{entry.name}/"))
+                elif stat.S_ISREG(st.st_mode) and entry.name == LABELS_FILE and rel.count("/") <= 1:
+                    h.update(f"{rel}{entry.name}\n".encode("utf-8", "surrogateescape"))
+                    h.update(read_regular(entry.path, MAX_LABELS_BYTES) or b"<too large>")
+    for name, kind, size in sorted(listing):
+        h.update(f"{name}\t{kind}\t{size}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _check_paths(src: Path, out: Path) -> None:
+    if not src.exists():
+        raise DatasetError(f"{src}: no such file or folder")
+    if out == src or src.is_relative_to(out) or (src.is_dir() and out.is_relative_to(src)):
+        raise DatasetError(f"{out}: the output folder must not contain or lie inside the input {src}")
+
+
+def read_dataset(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    format_policy: str = "strict",
+    decode_policy: str = "quarantine",
+) -> RawImages:
+    """Read and check a DS801 dataset, writing its usable images and a manifest to ``out_dir``.
+
+    Parameters
+    ----------
+    path : path
+        A folder, or a ``.zip``/``.tar.gz``/``.tgz`` archive, holding ``imgs/`` and
+        ``data-labels.json`` at the top or inside one wrapping folder. It is never modified.
+    out_dir : path
+        Output folder, replaced atomically: ``images.npy`` (N, 64, 64, 3) uint8 of the usable
+        images in manifest order, ``manifest.csv``, ``files/img_{uuid}.jpg``, ``violations.json``
+        and ``raw.json``.
+    format_policy : {"strict", "quarantine"}
+        ``strict``: a broken format rule sets ``blocking``; ``quarantine``: only its files are set aside.
+    decode_policy : {"strict", "quarantine"}
+        The same for images that do not decode as 64x64 RGB JPEG.
+
+    Returns
+    -------
+    RawImages
+
+    Raises
+    ------
+    DatasetError
+        Only when nothing can be read: a missing path, an unsupported file type, a damaged
+        archive, no ``data-labels.json``, several wrapping folders, or no images and no labels.
+        Every other problem is a violation listed in the outputs.
+    """
+    rules = blocking_rules(format_policy, decode_policy)
+    src, out = Path(path).resolve(), Path(out_dir).resolve()
+    _check_paths(src, out)
+    members = _read_members(src)
+    prefix = _find_root(members, str(src))
+    rows, violations, table = _assess(members, prefix)
+    if not table.values and not any(r["file"].startswith(f"{IMAGES_DIR}/") for r in rows):
+        raise DatasetError(f"{src}: holds neither images nor label entries")
+    rows.sort(key=lambda r: (r["file"] == "", r["file"], r["id"]))
+    violations.sort(key=lambda v: (v.file, RULE_PRIORITY.index(Rule(v.rule)), v.message))
+    usable = [r for r in rows if r["status"] == "ok"]
+    for i, r in enumerate(usable):
+        r["index"] = i
+    raw = RawImages(
+        root=str(out), images_path=str(out / "images.npy"), manifest_path=str(out / "manifest.csv"),
+        files_dir=str(out / "files"), violations_path=str(out / "violations.json"),
+        num_classes=table.num_classes, n_input_files=sum(r["file"] != "" for r in rows),
+        n_label_entries=len(table.values), n_usable=len(usable),
+        blocking=any(v.rule in rules for v in violations), source=str(src),
+        fingerprint=dataset_fingerprint(src), format_policy=format_policy, decode_policy=decode_policy,
+    )
+    with atomic_dir(out) as tmp:
+        (tmp / "files").mkdir()
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(len(usable), IMAGE_SIZE, IMAGE_SIZE, 3))
+        for r in usable:
+            images[r["index"]] = r.pop("_array")
+            (tmp / "files" / f"{r['id']}.jpg").write_bytes(r.pop("_data"))
+        images.flush()
+        del images
+        # label keys may hold lone surrogates (JSON allows "\ud800"); escape rather than fail
+        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore",
+                                    lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / "violations.json").write_text(json.dumps([v.to_dict() for v in violations], indent=1) + "\n")
+        (tmp / "raw.json").write_text(json.dumps(asdict(raw), indent=1) + "\n")
+    return raw
+
+
+def open_raw(out_dir: str | os.PathLike) -> RawImages:
+    """Load the :class:`RawImages` record that :func:`read_dataset` wrote into ``out_dir``."""
+    record = json.loads((Path(out_dir) / "raw.json").read_text())
+    return RawImages(**{f.name: record[f.name] for f in fields(RawImages)})
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest CSV with stable dtypes (text columns stay text, empty stays "")."""
+    text = {c: str for c in ("id", "file", "sha256", "status", "reason", "mode")}
+    ints = {c: np.int64 for c in ("given", "width", "height", "index")}
+    return pd.read_csv(path, dtype={**text, **ints}, keep_default_na=False)
+
+
+def load_raw_images(raw: RawImages, *, mmap: bool = False) -> tuple[np.ndarray, pd.DataFrame]:
+    """Return the usable images (N, 64, 64, 3) uint8 and their N manifest rows, aligned by position."""
+    images = np.load(raw.images_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    manifest = read_manifest(raw.manifest_path)
+    ok = manifest[manifest["status"] == "ok"].sort_values("index").reset_index(drop=True)
+    if len(ok) != len(images) or not np.array_equal(ok["index"].to_numpy(), np.arange(len(ok))):
+        raise ValueError(f"{raw.manifest_path}: rows with status ok do not match {raw.images_path}")
+    return images, ok
+
+
+def summary(raw: RawImages) -> dict:
+    """Counts for metadata (JSON-ready): usable images per class, rows per status and reason,
+    violations per rule, and the sizes and colour modes of every image that had a readable header.
+    """
+    m = read_manifest(raw.manifest_path)
+    ok = m[m["status"] == "ok"]
+    shown = m[m["width"] > 0]
+    violations = json.loads(Path(raw.violations_path).read_text())
+    return {
+        "source": raw.source, "fingerprint": raw.fingerprint, "blocking": raw.blocking,
+        "num_classes": raw.num_classes, "n_input_files": raw.n_input_files,
+        "n_label_entries": raw.n_label_entries, "n_usable": raw.n_usable,
+        "n_quarantined": int((m["status"] == "quarantined").sum()),
+        "counts_per_class": {str(k): int((ok["given"] == k).sum()) for k in range(raw.num_classes)},
+        "status_counts": {str(k): int(v) for k, v in sorted(Counter(m["status"]).items())},
+        "reasons": {str(k): int(v) for k, v in sorted(Counter(m.loc[m["reason"] != "", "reason"]).items())},
+        "violations_by_rule": dict(sorted(Counter(v["rule"] for v in violations).items())),
+        "images": {
+            "sizes": {f"{w}x{h}": int(n)
+                      for (w, h), n in sorted(Counter(zip(shown["width"], shown["height"])).items())},
+            "modes": {str(k): int(v) for k, v in sorted(Counter(shown["mode"]).items())},
+        },
+    }
