@@ -9,7 +9,6 @@ Every asset also depends on ``input_dataset`` directly: Dagster marks an asset u
 when a direct upstream changed, so this edge makes an observed change of the input mark the
 whole graph unsynced at once, and "Materialize unsynced" reruns it in one go.
 """
-from __future__ import annotations
 
 import json
 from pathlib import Path

@@ -5,7 +5,6 @@ downstream in that run, and the downstream assets themselves refuse a ``raw_imag
 format rules failed in any later run. Under the quarantine policies a violation is reported at
 WARN severity and the offending files are left out instead.
 """
-from __future__ import annotations
 
 import json
 import zipfile
@@ -16,7 +15,7 @@ import pandas as pd
 
 from animal_assets.assets import balanced_train, raw_images, val_split
 from animal_assets.core import steps
-from animal_assets.core.formats import Rule, validate_ds801_folder
+from animal_assets.core.formats import RULE_GROUPS, validate_ds801_folder
 from animal_assets.core.ingest import RawImages
 
 MAX_LISTED = 50  # offending files listed in a check's metadata; the full list is on disk
@@ -47,12 +46,12 @@ def _violations_result(
     )
 
 
-def _raw_violations(raw: RawImages, rules: set[str]) -> list[dict]:
+def _raw_violations(raw: RawImages, rules: frozenset[str]) -> list[dict]:
     every = json.loads(Path(raw.violations_path).read_text())
     return [v for v in every if v["rule"] in rules]
 
 
-def _raw_check(name: str, rules: set[str], policy_field: str, what: str):
+def _raw_check(name: str, rules: frozenset[str], policy_field: str, what: str):
     @dg.asset_check(asset=raw_images, name=name, blocking=True, description=what)
     def _check(raw_images: RawImages) -> dg.AssetCheckResult:
         strict = getattr(raw_images, policy_field) == "strict"
@@ -65,20 +64,21 @@ def _raw_check(name: str, rules: set[str], policy_field: str, what: str):
 
 
 raw_images_filenames_follow_rule = _raw_check(
-    "raw_images_filenames_follow_rule", {Rule.FILENAME, Rule.SAFE_PATH}, "format_policy",
-    "every file is imgs/img_{uuid}.jpg with a canonical lower-case uuid, inside the dataset",
+    "raw_images_filenames_follow_rule", RULE_GROUPS["paths_and_names"], "format_policy",
+    "every file is imgs/img_{uuid}.jpg with a canonical lower-case uuid, a regular file inside "
+    "the dataset",
 )
 raw_images_labels_are_one_hot = _raw_check(
-    "raw_images_labels_are_one_hot", {Rule.LABELS_JSON, Rule.LABEL_ONE_HOT, Rule.LABEL_LENGTH},
-    "format_policy",
-    "labels are K JSON integers 0/1 with exactly one 1, the same K everywhere",
+    "raw_images_labels_are_one_hot", RULE_GROUPS["labels"], "format_policy",
+    "data-labels.json is one object with unique img_{uuid} keys; labels are K JSON integers "
+    "0/1 with exactly one 1, the same K everywhere",
 )
 raw_images_images_and_labels_pair_up = _raw_check(
-    "raw_images_images_and_labels_pair_up", {Rule.IMAGE_HAS_LABEL, Rule.LABEL_HAS_IMAGE},
-    "format_policy", "every image has a label and every label an image",
+    "raw_images_images_and_labels_pair_up", RULE_GROUPS["pairing"], "format_policy",
+    "every image has a label and every label an image",
 )
 raw_images_decode_as_64x64_rgb = _raw_check(
-    "raw_images_decode_as_64x64_rgb", {Rule.IMAGE_DECODES}, "decode_policy",
+    "raw_images_decode_as_64x64_rgb", RULE_GROUPS["images"], "decode_policy",
     "every image decodes as a 64x64 RGB JPEG",
 )
 

@@ -44,9 +44,10 @@ class DatasetResource(dg.ConfigurableResource):
         if not self.is_demo():
             return self.path, self.truth_path or None
         from animal_assets.core.demo import make_demo_dataset
+        from animal_assets.core.noise import DATASET_DIRNAME, TRUTH_FILE
 
         folder = storage.path("demo_dataset", f"{self.demo_size}-seed{self.demo_seed}")
-        dataset, truth = folder / "dataset", folder / "truth.json"
+        dataset, truth = folder / DATASET_DIRNAME, folder / TRUTH_FILE
         if not (dataset.exists() and truth.exists()):
             made = make_demo_dataset(folder, seed=self.demo_seed, size=self.demo_size)
             dataset, truth = Path(made.dataset_dir), Path(made.truth_path)
