@@ -89,13 +89,13 @@ def run(
     unknown = set(select or []) - set(names)
     if unknown:
         raise RunFailed(f"unknown asset(s) {sorted(unknown)}; the assets are {names}")
-    job = defs.resolve_job_def("demo_pipeline" if config == "demo" else "pipeline")
-    if isinstance(config, dict):
-        run_config = config
-    else:
-        run_config = {} if config == "demo" else load_run_config(config)
+    run_config = config if isinstance(config, dict) else load_run_config(config)
+    job = defs.resolve_job_def("pipeline")
     if select:
         job = job.get_subset(asset_selection={dg.AssetKey(n) for n in select})
+        # Dagster rejects config for ops outside the subset.
+        ops = {k: v for k, v in run_config.get("ops", {}).items() if k in select}
+        run_config = {**run_config, "ops": ops}
     result = job.execute_in_process(
         instance=instance, run_config=run_config or None, raise_on_error=False
     )

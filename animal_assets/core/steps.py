@@ -166,13 +166,15 @@ def clean_label_decisions(
     features = np.load(embeddings.path)
     ood_table = pd.read_csv(ood_scores.path)
     labels = manifest["given"].to_numpy(dtype=np.int64)
-    pred_probs = cleaning.out_of_sample_probs(
-        features, labels, num_classes=raw.num_classes, n_folds=config.n_folds, seed=config.seed,
-    )
+    ood_flags = ood_table["flag"].to_numpy(dtype=bool)
     groups = cleaning.duplicate_groups(manifest["sha256"].tolist())
+    pred_probs = cleaning.out_of_sample_probs(
+        features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
+        **config.probe_kwargs(),
+    )
     decisions = cleaning.decide(
-        labels, pred_probs, ood_flags=ood_table["flag"].to_numpy(dtype=bool), dup_group=groups,
-        num_classes=raw.num_classes, config=config,
+        labels, pred_probs, ood_flags=ood_flags, dup_group=groups, num_classes=raw.num_classes,
+        config=config,
     )
     decisions.insert(0, "id", manifest["id"].to_numpy())
     decisions["sha256"] = manifest["sha256"].to_numpy()
