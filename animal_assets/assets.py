@@ -11,6 +11,7 @@ whole graph unsynced at once, and "Materialize unsynced" reruns it in one go.
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -34,11 +35,19 @@ from animal_assets.resources import DatasetResource, DeviceResource, StorageReso
 GROUP = "animal_assets"
 
 
-@dg.observable_source_asset(group_name=GROUP, description="The input dataset, as configured.")
-def input_dataset(dataset: DatasetResource, storage: StorageResource) -> dg.DataVersion:
+def _observe_input(dataset: DatasetResource, storage: StorageResource) -> dg.DataVersion:
     """Data version = hash of the labels file and the image listing of the input."""
     path, _ = dataset.resolve(storage)
     return dg.DataVersion(dataset_fingerprint(path))
+
+
+with warnings.catch_warnings():
+    # Observable source assets are marked beta; they are the documented way to version an input.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    input_dataset = dg.observable_source_asset(
+        name="input_dataset", group_name=GROUP,
+        description="The input dataset (folder or archive), as configured.",
+    )(_observe_input)
 
 
 def _md_table(df: pd.DataFrame, max_rows: int = 20) -> dg.MetadataValue:

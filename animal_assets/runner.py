@@ -96,9 +96,9 @@ def run(
         # Dagster rejects config for ops outside the subset.
         ops = {k: v for k, v in run_config.get("ops", {}).items() if k in select}
         run_config = {**run_config, "ops": ops}
-    result = job.execute_in_process(
-        instance=instance, run_config=run_config or None, raise_on_error=False
-    )
+    # Step events are DEBUG; INFO keeps the console to the assets' own progress lines.
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **run_config}
+    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     if not result.success:
         raise RunFailed(_failure_line(result), result)
     return _summary(result, defs)
