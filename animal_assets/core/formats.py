@@ -146,7 +146,7 @@ def key_violation(key: str) -> str | None:
 
 
 def _describe(value: object) -> str:
-    if isinstance(value, _Pairs):
+    if isinstance(value, dict):
         return "an object"
     text = json.dumps(value) if isinstance(value, (bool, int, float, str, list, type(None))) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -178,8 +178,15 @@ def label_violation(value: object, num_classes: int | None) -> str | None:
     return None if found is None else found[1]
 
 
-class _Pairs(list):
-    """A JSON object kept as its (key, value) pairs, so duplicate keys stay visible."""
+class _Object(dict):
+    """A JSON object that counts its keys, so duplicate keys stay visible (the last value wins).
+
+    A dict, not a list of pairs: an object nested in a label must never pass for a JSON list.
+    """
+
+    def __init__(self, pairs: list[tuple[str, object]]):
+        super().__init__(pairs)
+        self.key_counts = Counter(key for key, _ in pairs)
 
 
 @dataclass(frozen=True)
@@ -230,18 +237,16 @@ def read_labels(data: bytes, *, source: str = LABELS_FILE) -> LabelTable:
     if not data.strip():
         return unreadable("labels file is empty; it must be a JSON object")
     try:
-        parsed = json.loads(data.decode("utf-8"), object_pairs_hook=_Pairs)
+        parsed = json.loads(data.decode("utf-8"), object_pairs_hook=_Object)
     except UnicodeDecodeError:
         return unreadable("labels file is not UTF-8 text")
     except (ValueError, RecursionError) as exc:
         return unreadable(f"labels file is not valid JSON ({exc})")
-    if not isinstance(parsed, _Pairs):
+    if not isinstance(parsed, _Object):
         return unreadable(f"labels file must be a JSON object, got a JSON {type(parsed).__name__}")
 
-    values: dict[str, object] = {}
-    counts = Counter(key for key, _ in parsed)
-    for key, value in parsed:
-        values[key] = value
+    values: dict[str, object] = dict(parsed)
+    counts = parsed.key_counts
     num_classes = _infer_num_classes(list(values.values()))
     violations: list[Violation] = []
     problems: dict[str, Rule] = {}

@@ -8,6 +8,7 @@ without dagster. Big arrays never travel through the handles: only their paths d
 from __future__ import annotations
 
 import hashlib
+import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from animal_assets.core import ds801
 from animal_assets.core.atomic import atomic_dir, atomic_path, save_npy, write_json
 from animal_assets.core.config import BalanceParams, EmbeddingsParams, OodParams, ValSplitParams
 from animal_assets.core.ingest import RawImages, load_raw_images
+
+#: The time of every member of the exported zip (the earliest a zip can hold).
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -310,7 +314,13 @@ def _zip_tree(path: Path, folders: dict[str, Path]) -> None:
         for prefix, folder in folders.items():
             for file in sorted(folder.rglob("*")):
                 if file.is_file():
-                    zf.write(file, f"{prefix}/{file.relative_to(folder).as_posix()}")
+                    # fixed time, mode and system instead of the file's: the same export gives
+                    # the same archive bytes
+                    info = zipfile.ZipInfo(f"{prefix}/{file.relative_to(folder).as_posix()}",
+                                           date_time=ZIP_DATE_TIME)
+                    info.create_system = 3  # Unix, so the mode bits below are meaningful
+                    info.external_attr = (stat.S_IFREG | 0o644) << 16
+                    zf.writestr(info, file.read_bytes(), compress_type=zipfile.ZIP_STORED)
 
 
 def _relocate(split_: Split, tmp: Path, final: Path) -> Split:
