@@ -1,0 +1,199 @@
+"""The whole asset graph on a real (SQLite) Dagster instance: materialization, checks across
+runs, staleness after an input or code change, and the real DS801 archive."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from animal_assets import runner
+from animal_assets.assets import PIPELINE_ASSETS, resnet34_model
+from animal_assets.core.demo import make_demo_dataset
+from animal_assets.core.formats import validate_ds801_folder
+from animal_assets.definitions import build_defs
+from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
+from tests.fixtures import REAL_DS801, image_bytes, make_dataset
+
+NAMES = [a.key.to_user_string() for a in PIPELINE_ASSETS]
+TINY = {"ops": {
+    "embeddings": {"config": {"image_size": 64, "batch_size": 64}},
+    "ood_scores": {"config": {"fraction": 0.06}},
+    "clean_labels": {"config": {"n_folds": 3}},
+    "val_split": {"config": {"per_class": 3}},
+    "resnet34_model": {"config": {"epochs": 1, "batch_size": 32, "max_lr": 0.05}},
+}}
+
+
+def make_defs(tmp_path: Path, dataset: str = "", *, truth: str = "", assets=None):
+    return build_defs({
+        "storage": StorageResource(root=str(tmp_path / "out")),
+        "dataset": DatasetResource(path=dataset, truth_path=truth, demo_size="tiny"),
+        "compute": DeviceResource(device="cpu"),
+    }, assets=assets)
+
+
+def sqlite_instance(tmp_path: Path) -> dg.DagsterInstance:
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    return dg.DagsterInstance.local_temp(str(home))
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory):
+    """The tiny demo dataset copied to a folder of its own, the whole graph materialized once."""
+    tmp = tmp_path_factory.mktemp("graph")
+    demo = make_demo_dataset(tmp / "demo", seed=0, size="tiny")
+    dataset = tmp / "input"
+    shutil.copytree(demo.dataset_dir, dataset)
+    instance = sqlite_instance(tmp)
+    defs = make_defs(tmp, str(dataset), truth=str(demo.truth_path))
+    summary = runner.run(config=TINY, instance=instance, defs=defs)
+    return tmp, instance, defs, dataset, summary
+
+
+def test_whole_graph_materializes_with_every_check_passing(materialized):
+    tmp, instance, _, dataset, summary = materialized
+    assert sorted(summary["assets"]) == sorted(NAMES)
+    assert summary["checks"] and all(v == "passed" for v in summary["checks"].values()), summary
+    assert 0.0 <= summary["val_balanced_accuracy"] <= 1.0
+    assert 0.5 <= summary["cleaning"]["ood"]["auroc"] <= 1.0
+    report = json.loads(Path(summary["report_path"]).read_text())
+    assert report["val_split"]["balanced_accuracy"] == summary["val_balanced_accuracy"]
+    for name in NAMES:
+        assert instance.get_latest_materialization_event(dg.AssetKey(name)) is not None
+
+
+def test_exports_pass_the_format_rules_and_add_up(materialized):
+    tmp, *_ = materialized
+    out = tmp / "out"
+    train, val = out / "balanced_train" / "train" / "ds801", out / "val_split" / "ds801"
+    assert validate_ds801_folder(train) == []
+    assert validate_ds801_folder(val) == []
+    train_ids = set(json.loads((train / "data-labels.json").read_text()))
+    val_ids = set(json.loads((val / "data-labels.json").read_text()))
+    assert train_ids and val_ids and not train_ids & val_ids
+    decisions = pd.read_csv(out / "clean_labels" / "decisions.csv")
+    manifest = pd.read_csv(out / "raw_images" / "manifest.csv")
+    # every input file is accounted for exactly once: usable (keep/relabel/drop) or quarantined
+    assert len(decisions) == (manifest["status"] == "ok").sum()
+    assert set(decisions["action"]) <= {"keep", "relabel", "drop"}
+    kept = decisions[decisions["action"] != "drop"]
+    originals = pd.read_csv(out / "balanced_train" / "train" / "ids.csv")
+    originals = originals[~originals["generated"]]
+    assert set(originals["id"]) | val_ids == set(kept["id"])
+
+
+def test_changing_only_the_model_code_leaves_cleaning_synced(materialized):
+    tmp, instance, _, dataset, _ = materialized
+    bumped = resnet34_model.map_asset_specs(lambda s: s.replace_attributes(code_version="2"))
+    assets = [bumped if a is resnet34_model else a for a in PIPELINE_ASSETS]
+    status = runner.sync_status(instance, make_defs(tmp, str(dataset), assets=assets))
+    assert status["resnet34_model"] == "unsynced"
+    assert status["eval_report"] == "upstream unsynced"
+    for name in ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
+                 "balanced_train"]:
+        assert status[name] == "synced", status
+
+
+def test_changing_the_labels_file_marks_everything_unsynced(materialized):
+    tmp, instance, defs, dataset, _ = materialized
+    assert set(runner.sync_status(instance, defs).values()) == {"synced"}
+    labels_file = dataset / "data-labels.json"
+    labels = json.loads(labels_file.read_text())
+    first = sorted(labels)[0]
+    labels[first] = labels[first][1:] + labels[first][:1]  # move the 1 to another class
+    labels_file.write_text(json.dumps(labels))
+    assert set(runner.sync_status(instance, defs).values()) == {"synced"}  # not observed yet
+    runner.observe(instance, defs)
+    assert runner.sync_status(instance, defs) == {name: "unsynced" for name in NAMES}
+
+
+def _broken_dataset(tmp_path: Path) -> Path:
+    folder = make_dataset(tmp_path, n=12, k=3, seed=3)
+    labels = json.loads((folder / "data-labels.json").read_text())
+    ids = sorted(labels)
+    (folder / "imgs" / f"{ids[0]}.jpg").rename(folder / "imgs" / "IMG_bad-name.jpg")
+    labels["IMG_bad-name"] = labels.pop(ids[0])
+    labels[ids[1]] = [1, 1, 0]  # not one-hot
+    del labels[ids[2]]  # an image without a label
+    (folder / "data-labels.json").write_text(json.dumps(labels))
+    return folder
+
+
+def test_broken_input_fails_the_right_checks_and_blocks_downstream_across_runs(tmp_path):
+    folder = _broken_dataset(tmp_path)
+    ids = sorted(json.loads((folder / "data-labels.json").read_text()))
+    instance = sqlite_instance(tmp_path)
+    defs = make_defs(tmp_path, str(folder))
+    with pytest.raises(runner.RunFailed) as err:
+        runner.run(config=TINY, instance=instance, defs=defs)
+    message = str(err.value)
+    assert "raw_images_filenames_follow_rule" in message
+    assert "raw_images_labels_are_one_hot" in message
+    assert "raw_images_images_and_labels_pair_up" in message
+    evaluations = {e.check_name: e for e in err.value.result.get_asset_check_evaluations()}
+    files = {name: json.dumps(e.metadata["files"].value) for name, e in evaluations.items()}
+    assert "IMG_bad-name.jpg" in files["raw_images_filenames_follow_rule"]
+    assert ids[1] in files["raw_images_labels_are_one_hot"]
+    assert evaluations["raw_images_decode_as_64x64_rgb"].passed
+    assert instance.get_latest_materialization_event(dg.AssetKey("raw_images")) is not None
+    assert instance.get_latest_materialization_event(dg.AssetKey("embeddings")) is None
+
+    # a later run that selects only downstream assets must not build on that raw_images
+    with pytest.raises(runner.RunFailed, match="raw_images breaks the format rules"):
+        runner.run(config=TINY, instance=instance, defs=defs, select=["embeddings"],
+                   observe_first=False)
+    assert instance.get_latest_materialization_event(dg.AssetKey("embeddings")) is None
+
+
+def test_an_odd_sized_image_is_quarantined_with_a_warning(tmp_path):
+    folder = make_dataset(tmp_path, n=12, k=3, seed=4)
+    victim = sorted((folder / "imgs").iterdir())[0]
+    victim.write_bytes(image_bytes(1, size=(63, 64)))
+    instance = sqlite_instance(tmp_path)
+    defs = make_defs(tmp_path, str(folder))
+    result = runner.run(config=TINY, instance=instance, defs=defs, select=["raw_images"])
+    verdict = result["checks"]["raw_images_decode_as_64x64_rgb"]
+    assert verdict.startswith("failed (WARN)") and victim.name in verdict
+    assert result["checks"]["raw_images_filenames_follow_rule"] == "passed"
+    manifest = pd.read_csv(tmp_path / "out" / "raw_images" / "manifest.csv")
+    row = manifest[manifest["file"].str.endswith(victim.name)].iloc[0]
+    assert row["status"] == "quarantined" and row["index"] == -1
+
+
+def _ds801_sample(dest: Path, n: int) -> Path:
+    """The first n images (by name) of the real archive, with their labels, as a folder."""
+    with tarfile.open(REAL_DS801) as tf:
+        members = {m.name: m for m in tf.getmembers() if m.isfile()}
+        labels = json.loads(tf.extractfile(members["train-set/data-labels.json"]).read())
+        names = sorted(n_ for n_ in members if n_.startswith("train-set/imgs/"))[:n]
+        (dest / "imgs").mkdir(parents=True)
+        keep = {}
+        for name in names:
+            stem = Path(name).stem
+            (dest / "imgs" / Path(name).name).write_bytes(tf.extractfile(members[name]).read())
+            keep[stem] = labels[stem]
+    (dest / "data-labels.json").write_text(json.dumps(keep))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DS801.exists(), reason=f"real DS801 archive not found at {REAL_DS801}")
+def test_raw_images_and_checks_on_a_ds801_sample(tmp_path):
+    folder = _ds801_sample(tmp_path / "sample", 2000)
+    instance = sqlite_instance(tmp_path)
+    result = runner.run(config=TINY, instance=instance, defs=make_defs(tmp_path, str(folder)),
+                        select=["raw_images"])
+    assert set(result["checks"]) == {
+        "raw_images_filenames_follow_rule", "raw_images_labels_are_one_hot",
+        "raw_images_images_and_labels_pair_up", "raw_images_decode_as_64x64_rgb",
+    }
+    assert all(v == "passed" for v in result["checks"].values()), result["checks"]
+    images = np.load(tmp_path / "out" / "raw_images" / "images.npy")
+    assert images.shape == (2000, 64, 64, 3) and images.dtype == np.uint8
