@@ -89,20 +89,37 @@ def test_exports_pass_the_format_rules_and_add_up(materialized):
     assert set(originals["id"]) | val_ids == set(kept["id"])
 
 
-def test_changing_only_the_model_code_leaves_cleaning_synced(materialized):
-    tmp, instance, _, dataset, _ = materialized
+def _bumped_model_defs(tmp: Path, dataset: Path):
+    """The same definitions with a new code version of resnet34_model."""
     bumped = resnet34_model.map_asset_specs(lambda s: s.replace_attributes(code_version="2"))
     assets = [bumped if a is resnet34_model else a for a in PIPELINE_ASSETS]
-    status = runner.sync_status(instance, make_defs(tmp, str(dataset), assets=assets))
+    return make_defs(tmp, str(dataset), assets=assets)
+
+
+def test_changing_only_the_model_code_leaves_cleaning_synced(materialized):
+    tmp, instance, defs, dataset, _ = materialized
+    bumped = _bumped_model_defs(tmp, dataset)
+    status = runner.sync_status(instance, bumped)
     assert status["resnet34_model"] == "unsynced"
     assert status["eval_report"] == "upstream unsynced"
-    for name in ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
-                 "balanced_train"]:
-        assert status[name] == "synced", status
+    cleaning = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
+                "balanced_train"]
+    assert all(status[name] == "synced" for name in cleaning), status
+    before = {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
+              for n in cleaning}
+
+    summary = runner.run(config=TINY, instance=instance, defs=bumped, unsynced=True)
+    assert sorted(summary["assets"]) == ["eval_report", "resnet34_model"]
+    after = {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
+             for n in cleaning}
+    assert after == before  # nothing upstream was recomputed
+    assert set(runner.sync_status(instance, bumped).values()) == {"synced"}
 
 
 def test_changing_the_labels_file_marks_everything_unsynced(materialized):
-    tmp, instance, defs, dataset, _ = materialized
+    tmp, instance, _, dataset, _ = materialized
+    defs = _bumped_model_defs(tmp, dataset)
+    runner.run(config=TINY, instance=instance, defs=defs, unsynced=True)  # no-op after the test above
     assert set(runner.sync_status(instance, defs).values()) == {"synced"}
     labels_file = dataset / "data-labels.json"
     labels = json.loads(labels_file.read_text())

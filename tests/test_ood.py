@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from animal_assets.core.ood import flag_outliers, knn, knn_ood_scores
+from animal_assets.core.ood import flag_outliers, knn, knn_ood_scores, project_features
 
 
 def brute_force_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,3 +190,65 @@ def test_flag_outliers_threshold_is_strict():
 def test_flag_outliers_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         flag_outliers(np.zeros(4), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "n, dim, dims, k, block_size",
+    [
+        (120, 32, 8, 5, 4096),
+        (97, 16, 16, 3, 10),  # dims = D: a rotation of the unit rows
+        (300, 64, 12, 10, 64),
+        (60, 24, 1, 4, 7),  # one axis: neighbours lie on a line
+    ],
+)
+def test_knn_with_dims_is_exact_on_the_projected_features(n, dim, dims, k, block_size):
+    rng = np.random.default_rng(dim * 100 + dims)
+    features = (rng.standard_normal((n, dim)) + rng.standard_normal(dim)).astype(np.float32)
+    projected = project_features(features, dims, device="cpu")
+    dist, idx = knn(features, k=k, block_size=block_size, device="cpu", dims=dims)
+    assert dist.shape == idx.shape == (n, k)
+    assert_same_neighbours(dist, idx, *brute_force_knn(projected, k))
+    scores = knn_ood_scores(features, k=k, block_size=block_size, device="cpu", dims=dims)
+    np.testing.assert_allclose(scores, dist.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [1, 5, 20])
+def test_project_features_gives_unit_rows_and_keeps_a_subspace_exactly(dims):
+    rng = np.random.default_rng(dims)
+    # Rows spanning only `dims` directions of a 20-d space: the top `dims` axes span them, so
+    # the projection keeps every cosine similarity.
+    basis = np.linalg.qr(rng.standard_normal((20, dims)))[0]
+    features = (rng.standard_normal((400, dims)) @ basis.T).astype(np.float32)
+    features[7] = 0.0
+    projected = project_features(features, dims, device="cpu")
+    assert projected.shape == (400, dims) and projected.dtype == np.float32
+    np.testing.assert_allclose(np.delete(np.linalg.norm(projected, axis=1), 7), 1.0, atol=1e-5)
+    assert not projected[7].any(), "an all-zero row stays all-zero"
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(projected @ projected.T, unit @ unit.T, atol=1e-4)
+    np.testing.assert_array_equal(projected, project_features(features, dims, device="cpu"))
+
+
+def test_project_features_at_full_dims_keeps_cosine_distances():
+    rng = np.random.default_rng(11)
+    features = rng.standard_normal((150, 12)).astype(np.float32)
+    full = knn(features, k=6, device="cpu")
+    rotated = knn(features, k=6, device="cpu", dims=12)
+    np.testing.assert_allclose(rotated[0], full[0], atol=1e-5)
+    assert (rotated[1] != full[1]).mean() < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_knn_ood_score_with_dims_still_ranks_planted_outliers_first(seed):
+    features, is_outlier = planted_outlier_set(seed)
+    scores = knn_ood_scores(features, k=10, block_size=128, device="cpu", dims=32)
+    assert roc_auc_score(is_outlier, scores) >= 0.95
+
+
+@pytest.mark.parametrize("dims", [0, 9, -1, True, 2.5, "4"])
+def test_dims_rejects_bad_values(dims):
+    features = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="dims must be None or an int"):
+        knn(features, k=2, device="cpu", dims=dims)
+    with pytest.raises(ValueError, match="dims must be None or an int"):
+        project_features(features, dims, device="cpu")

@@ -9,6 +9,10 @@ row blocks, each pair of blocks (i <= j) is multiplied once and the product serv
 of both blocks (cosine similarity is symmetric), so memory stays at ``block_size ** 2`` floats
 instead of N x N. Neighbours are ordered by distance, then by index, so equal distances
 (e.g. byte-identical images) always resolve the same way.
+
+On the CPU the product dominates the cost at D = 1,280, so ``dims`` can first project the
+unit-normalised features onto their top principal axes (:func:`project_features`); the search is
+then exact on the projected features, which only approximate the original cosine distances.
 """
 from __future__ import annotations
 
@@ -72,12 +76,78 @@ def _block_best(sims: torch.Tensor, offset: int, k: int) -> tuple[torch.Tensor, 
     return vals, cols + offset
 
 
+def _check_dims(dims: int | None, n_features: int) -> None:
+    if dims is None:
+        return
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= n_features:
+        raise ValueError(
+            f"ood.py: dims must be None or an int in 1..D={n_features}, got {dims!r}"
+        )
+
+
+def project_features(
+    features: np.ndarray,
+    dims: int,
+    *,
+    device: str | torch.device = "auto",
+) -> np.ndarray:
+    """Unit-normalised rows projected onto their top ``dims`` principal axes, re-normalised.
+
+    The axes are the leading eigenvectors (``torch.linalg.eigh``, float64) of the D x D
+    second-moment matrix ``X.T @ X / N`` of the unit rows ``X``: the uncentred covariance. Cosine
+    similarity is an uncentred inner product, and these axes give the best rank-``dims``
+    approximation of the cosine matrix ``X @ X.T``; centring would instead compare directions
+    around the mean, which on EfficientNet features turned the demo's OOD AUROC from 0.98 to 0.39.
+    Each axis's sign is fixed so that its largest-magnitude entry is positive, which makes the
+    output independent of the eigen-solver's sign choice. All-zero rows stay all-zero.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, D)
+        One embedding per row.
+    dims : int
+        Number of axes kept, 1..D.
+    device : str or torch.device
+        ``"auto"`` picks CUDA when available.
+
+    Returns
+    -------
+    np.ndarray, float32, shape (N, dims)
+        Rows of unit length (or zero).
+    """
+    if not isinstance(features, np.ndarray) or features.ndim != 2:
+        raise ValueError(
+            f"ood.py: features must be a 2-D numpy array (N, D), got {getattr(features, 'shape', type(features))}"
+        )
+    if not np.isfinite(features).all():
+        raise ValueError("ood.py: features contain NaN or infinity")
+    _check_dims(dims, features.shape[1])
+    dev = resolve_device(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=dev)
+            x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+            second_moment = (x.T @ x).double() / max(len(x), 1)
+            _, vectors = torch.linalg.eigh(second_moment)
+            axes = vectors[:, -dims:].flip(1)
+            peak = axes.abs().argmax(dim=0)
+            axes = axes * torch.sign(axes[peak, torch.arange(dims, device=dev)])
+            y = x @ axes.float()
+            y = y / torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min(1e-12)
+            return y.cpu().numpy()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def knn(
     features: np.ndarray,
     *,
     k: int = 10,
     block_size: int = 4096,
     device: str | torch.device = "auto",
+    dims: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine k-nearest neighbours of every row among the other rows.
 
@@ -94,16 +164,23 @@ def knn(
         Rows per block; peak extra memory is about ``block_size ** 2`` float32 values.
     device : str or torch.device
         ``"auto"`` picks CUDA when available. Computation is float32 on every device.
+    dims : int, optional
+        When given, the search runs on :func:`project_features` ``(features, dims)`` instead of
+        the features themselves: exact on those, approximate for the original distances.
 
     Returns
     -------
     distances : np.ndarray, float32, shape (N, k)
-        Cosine distances ``1 - cos``, ascending along each row.
+        Cosine distances ``1 - cos`` (between projected rows when ``dims`` is given),
+        ascending along each row.
     indices : np.ndarray, int64, shape (N, k)
         Row indices of the neighbours; among equal distances the lower index comes first.
     """
     _check_features(features, k, block_size)
+    _check_dims(dims, features.shape[1])
     dev = resolve_device(device)
+    if dims is not None:
+        features = project_features(features, dims, device=dev)
     # TF32 matmuls (10-bit mantissa), if some other code enabled them process-wide, would
     # reorder near neighbours; keep the product in full float32 for this call.
     tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -151,6 +228,7 @@ def knn_ood_scores(
     k: int = 10,
     block_size: int = 4096,
     device: str | torch.device = "auto",
+    dims: int | None = None,
 ) -> np.ndarray:
     """Outlier score per row: mean cosine distance to its k nearest neighbours.
 
@@ -159,13 +237,15 @@ def knn_ood_scores(
     features : np.ndarray, shape (N, D)
     k, block_size, device
         As in :func:`knn`.
+    dims : int, optional
+        Search on the top ``dims`` principal axes (see :func:`knn`); None keeps all D.
 
     Returns
     -------
     np.ndarray, float32, shape (N,)
         Higher means more outlying; values lie in [0, 2].
     """
-    distances, _ = knn(features, k=k, block_size=block_size, device=device)
+    distances, _ = knn(features, k=k, block_size=block_size, device=device, dims=dims)
     return distances.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
