@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from animal_assets.configs import (

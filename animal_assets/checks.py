@@ -6,6 +6,7 @@ format rules failed in any later run. Under the quarantine policies a violation 
 WARN severity and the offending files are left out instead.
 """
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -124,6 +125,13 @@ def balanced_train_export_follows_format(
     return result
 
 
+def _content_hashes(folder: str) -> dict[str, str]:
+    return {
+        hashlib.sha256(f.read_bytes()).hexdigest(): f.name
+        for f in sorted(Path(folder, "imgs").glob("*.jpg"))
+    }
+
+
 @dg.asset_check(asset=balanced_train, blocking=True, additional_ins={"val_split": dg.AssetIn()})
 def balanced_train_shares_nothing_with_val_split(
     balanced_train: steps.BalancedTrain, val_split: steps.Split,
@@ -140,15 +148,7 @@ def balanced_train_shares_nothing_with_val_split(
         f"{i}: val image is the source of a generated train image"
         for i in sorted(set(train["source_id"]) & set(val["id"]))
     ]
-    def hashes(folder: str) -> dict[str, str]:
-        import hashlib
-
-        return {
-            hashlib.sha256(f.read_bytes()).hexdigest(): f.name
-            for f in sorted(Path(folder, "imgs").glob("*.jpg"))
-        }
-
-    train_h, val_h = hashes(balanced_train.train.dir), hashes(val_split.dir)
+    train_h, val_h = _content_hashes(balanced_train.train.dir), _content_hashes(val_split.dir)
     problems += [
         f"{val_h[h]}: byte-identical to train image {train_h[h]}"
         for h in sorted(set(train_h) & set(val_h))

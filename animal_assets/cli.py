@@ -14,7 +14,6 @@ environment (``ANIMAL_ASSETS_DATASET``, ``ANIMAL_ASSETS_TRUTH``, ``ANIMAL_ASSETS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -126,7 +126,8 @@ def compute_embeddings(
     path = out_dir / "embeddings.npy"
     save_npy(path, features.astype(np.float32, copy=False))
     return Embeddings(
-        path=str(path), raw_version=raw_version(raw), n=int(features.shape[0]), dim=int(features.shape[1]),
+        path=str(path), raw_version=raw_version(raw), n=int(features.shape[0]),
+        dim=int(features.shape[1]),
         image_size=params.image_size, device=str(embed.resolve_device(device)), seconds=seconds,
     )
 
@@ -151,7 +152,10 @@ def score_outliers(
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     threshold = float(scores[flags].min()) if flags.any() else float("inf")
-    return OodScores(path=str(path), raw_version=raw_version(raw), k=params.k, n_flagged=int(flags.sum()), threshold=threshold)
+    return OodScores(
+        path=str(path), raw_version=raw_version(raw), k=params.k, n_flagged=int(flags.sum()),
+        threshold=threshold,
+    )
 
 
 # --------------------------------------------------------------------------------------------
