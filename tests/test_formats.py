@@ -1,20 +1,19 @@
-"""Tests of the DS801 format rules: names, labels, JSON, images and whole-folder validation."""
+"""Tests of the DS801 format rules: names, labels, the labels file and whole-folder validation.
+
+Image decoding has its own module, tests/test_image_decoding.py."""
 from __future__ import annotations
 
-import io
 import json
 import os
 
-import numpy as np
 import pytest
-from PIL import Image, ImageFile
 
 from animal_assets.core import formats
 from animal_assets.core.formats import (
-    FORMAT_RULES, IMAGE_RULES, Rule, Violation, blocking_rules, check_label, decode_image,
+    FORMAT_RULES, IMAGE_RULES, Rule, Violation, blocking_rules, check_label,
     filename_violation, label_violation, parse_labels, read_labels, validate_ds801_folder,
 )
-from tests.fixtures import crafted_jpeg, crafted_png, image_bytes, image_paths, labels_of, make_dataset
+from tests.fixtures import image_bytes, image_paths, labels_of, make_dataset
 
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
@@ -148,55 +147,6 @@ def test_bad_label_values_in_file(value):
     table = read_labels(data, source="data-labels.json")
     assert table.problems == {keys[2]: Rule.LABEL_ONE_HOT} and set(table.classes) == set(keys[:2])
     assert [v.rule for v in table.violations] == ["label_one_hot"] and keys[2] in table.violations[0].message
-
-
-def test_decode_good_image_matches_pil():
-    data = image_bytes(3)
-    array, reason, info = decode_image(data, name="imgs/a.jpg")
-    assert reason is None and array.shape == (64, 64, 3) and array.dtype == np.uint8
-    assert np.array_equal(array, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-    assert info == {"format": "JPEG", "width": 64, "height": 64, "mode": "RGB", "bytes": len(data)}
-
-
-BAD_IMAGES = {
-    "zero_byte": (b"", "empty"),
-    "truncated": (image_bytes(1)[: len(image_bytes(1)) // 2], "does not decode"),
-    "not_an_image": (b"hello, world" * 10, "not an image"),
-    "png_renamed": (image_bytes(1, fmt="PNG"), "PNG image, not a JPEG"),
-    "gif": (image_bytes(1, fmt="GIF", mode="P"), "GIF image, not a JPEG"),
-    "cmyk": (image_bytes(1, mode="CMYK"), "colour mode CMYK"),
-    "grayscale": (image_bytes(1, mode="L"), "colour mode L"),
-    "rgba_png": (image_bytes(1, mode="RGBA", fmt="PNG"), "not a JPEG"),
-    "63x64": (image_bytes(1, size=(63, 64)), "63x64 pixels"),
-    "128x128": (image_bytes(1, size=(128, 128)), "128x128 pixels"),
-    "over_size_cap": (image_bytes(1) + b"\0" * (1 << 20), "byte limit"),
-    "jpeg_20000": (crafted_jpeg(20000, 20000), "decompression bomb"),
-    "jpeg_10000_warning": (crafted_jpeg(10000, 10000), "decompression bomb"),
-    "jpeg_4000": (crafted_jpeg(4000, 4000), "4000x4000 pixels"),
-    "png_20000": (crafted_png(20000, 20000), "decompression bomb"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
-def test_decode_refuses_bad_images_without_loading(case, monkeypatch):
-    data, detail = BAD_IMAGES[case]
-    loaded: list[tuple[int, int]] = []
-    original = ImageFile.ImageFile.load
-
-    def spy(im):
-        loaded.append(im.size)
-        return original(im)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
-    array, reason, info = decode_image(data, name=f"imgs/{case}.jpg")
-    assert array is None and reason.startswith(f"imgs/{case}.jpg ") and detail in reason
-    assert all(size == (64, 64) for size in loaded), "pixels of a non-64x64 image were decoded"
-    assert info["bytes"] == len(data)
-
-
-def test_huge_header_is_reported_in_info():
-    _, _, info = decode_image(crafted_jpeg(4000, 3000), name="x.jpg")
-    assert (info["width"], info["height"], info["format"]) == (4000, 3000, "JPEG")
 
 
 def test_validate_clean_folder(tmp_path):
