@@ -85,6 +85,9 @@ def raw_images(
     info = summary(raw)
     violations = json.loads(Path(raw.violations_path).read_text())
     context.log.info(f"read {raw.n_input_files} files from {path}: {raw.n_usable} usable")
+    empty = info.get("empty_classes", [])
+    if empty:
+        context.log.warning(f"classes {empty} have no usable image; the graph runs on the others")
     return dg.Output(raw, metadata={
         "source": dg.MetadataValue.path(path),
         "n_input_files": raw.n_input_files,
@@ -92,6 +95,7 @@ def raw_images(
         "n_violations": len(violations),
         "num_classes": raw.num_classes,
         "counts_per_class": dg.MetadataValue.json(info.get("counts_per_class", {})),
+        "empty_classes": dg.MetadataValue.json(empty),
         "status_counts": dg.MetadataValue.json(info.get("status_counts", {})),
         "image_summary": dg.MetadataValue.json(info.get("images", {})),
         "violations": _md_table(pd.DataFrame(violations, columns=["file", "rule", "message"])),
@@ -173,8 +177,8 @@ def clean_labels(
 
 @dg.asset(group_name=GROUP, deps=[input_dataset], code_version="1")
 def val_split(
-    config: ValSplitConfig, raw_images: RawImages, clean_labels: steps.CleanLabels,
-    storage: StorageResource,
+    context: dg.AssetExecutionContext, config: ValSplitConfig, raw_images: RawImages,
+    clean_labels: steps.CleanLabels, storage: StorageResource,
 ) -> dg.Output[steps.Split]:
     """A clean, class-balanced validation set of trustworthy originals, exported as DS801."""
     _guard(raw_images)
@@ -182,7 +186,18 @@ def val_split(
         val = steps.make_val_split(
             raw_images, clean_labels, storage.path("val_split"), config.to_core()
         )
+    # select_val refuses a class that has images but too few trustworthy ones, so a class
+    # without validation images is one without any image
+    empty = [k for k, count in enumerate(val.counts) if count == 0]
+    warning = {}
+    if empty:
+        warning["warning"] = (
+            f"classes {empty} have no images: they get no validation or training images, "
+            "and their recall is undefined in eval_report"
+        )
+        context.log.warning(warning["warning"])
     return dg.Output(val, metadata={
+        **warning, "empty_classes": dg.MetadataValue.json(empty),
         "n": sum(val.counts), "counts_per_class": dg.MetadataValue.json(list(val.counts)),
         "export": dg.MetadataValue.path(val.dir),
         **_stats_metadata(stats),

@@ -77,6 +77,28 @@ def test_every_class_is_a_column(rare_count):
     assert np.all(probs[:, 4] == 0.0)  # a class nobody has gets a zero column, not a missing one
 
 
+@pytest.mark.parametrize("with_rest", [False, True])
+def test_a_fold_left_with_one_class_answers_that_class(with_rest):
+    # K=2 with a single image of class 1: the fold holding it out trains on class 0 alone
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(60, dtype=np.int64), 1]
+    x = rng.normal(size=(61, 8))
+    mask = np.ones(61, dtype=bool)
+    if with_rest:
+        mask[:6] = False
+    probs = out_of_sample_probs(x, y, num_classes=2, train_mask=mask, seed=0, n_folds=3)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert probs[60].tolist() == [1.0, 0.0]  # scored by the fold that never saw class 1
+
+
+@pytest.mark.parametrize("labels, found", [(np.zeros(30, dtype=np.int64), "all 30 are of class 0"),
+                                           (np.full(30, 2), "all 30 are of class 2")])
+def test_the_probe_names_the_only_class_it_could_learn(labels, found):
+    x = np.random.default_rng(0).normal(size=(30, 4))
+    with pytest.raises(ValueError, match=f"at least two classes to learn from .*; {found}$"):
+        out_of_sample_probs(x, labels, num_classes=3, seed=0)
+
+
 def test_rows_outside_train_mask_get_fold_average():
     rng = np.random.default_rng(4)
     y = np.repeat([0, 1, 2], 30)

@@ -48,6 +48,18 @@ def test_class_without_true_examples_gets_none_and_is_left_out_of_the_mean():
     assert rep["confusion_matrix"][3] == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("names, sentence", [
+    (None, "Recall is undefined for 2, 3: no example of those classes here"),
+    (["cat", "dog", "fox", "owl"], "Recall is undefined for fox, owl: no example of those classes here"),
+])
+def test_markdown_marks_recall_of_a_class_without_examples_undefined(names, sentence):
+    rep = classification_report([0, 0, 1, 1], [0, 2, 1, 1], num_classes=4, class_names=names)
+    md = to_markdown(rep, confusion=False)
+    third = "fox" if names else "2"
+    assert f"| {third} | 0 | undefined |" in md and sentence in md
+    assert "undefined" not in to_markdown(classification_report([0, 1], [0, 1], num_classes=2))
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(y_true=[0, 1], y_pred=[0], num_classes=2), "y_true has 2"),
     (dict(y_true=[0, 3], y_pred=[0, 1], num_classes=2), "y_true must lie"),

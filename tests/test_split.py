@@ -95,6 +95,42 @@ def test_select_val_refuses_a_starved_class():
         select_val(frame, frame["confidence"].to_numpy(), dup_group=group, num_classes=3)
 
 
+def test_select_val_skips_a_class_without_images():
+    frame, group = decisions_table(4, counts=(300, 260))  # labels 0 and 1 only
+    trust = frame["confidence"].to_numpy()
+    with_empty = select_val(frame, trust, dup_group=group, num_classes=3, seed=0)
+    without = select_val(frame, trust, dup_group=group, num_classes=2, seed=0)
+    assert np.array_equal(with_empty, without)  # the empty class neither lowers n nor shifts the draw
+    counts = np.bincount(frame["label"].to_numpy()[with_empty], minlength=3)
+    assert counts[2] == 0 and counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize("case, detail", [
+    ("one_image", "class 2 has 0 trustworthy images (1 given, 0 after cleaning)"),
+    ("only_relabelled_in", "class 2 has 0 trustworthy images (0 given, 7 after cleaning)"),
+    ("four_trusted", "class 2 has 4 trustworthy images (4 given, 4 after cleaning)"),
+])
+def test_select_val_names_a_class_with_images_but_too_few_trusted(case, detail):
+    frame, group = decisions_table(5, counts=(300, 260))
+    extra = {"one_image": 1, "only_relabelled_in": 7, "four_trusted": 4}[case]
+    rows = pd.DataFrame({
+        "given": 2 if case != "only_relabelled_in" else 0,
+        "label": -1 if case == "one_image" else 2,
+        "action": {"one_image": "drop", "only_relabelled_in": "relabel", "four_trusted": "keep"}[case],
+        "reason": "" if case == "four_trusted" else "label_issue",
+        "confidence": 0.9, "label_issue": case != "four_trusted",
+    }, index=range(extra))
+    frame = pd.concat([frame, rows], ignore_index=True)
+    group = np.arange(len(frame))
+    with pytest.raises(ValueError) as err:
+        select_val(frame, frame["confidence"].to_numpy(), dup_group=group, num_classes=3)
+    assert str(err.value) == (
+        f"split.py: classes [2] have too few trustworthy images for a validation set: {detail}; "
+        "with max_fraction 0.2 a class needs at least 5 (kept with its given label, not flagged "
+        "by cleanlab, no kept byte-identical twin)"
+    )
+
+
 def test_select_val_deterministic_and_seeded_ties():
     frame, group = decisions_table(3)
     flat = np.ones(len(frame))  # all tied: the seed decides

@@ -142,7 +142,9 @@ def out_of_sample_probs(
     train_idx = np.flatnonzero(train_mask)
     y = _check_labels(labels[train_idx], num_classes, len(train_idx))
     if len(np.unique(y)) < 2:
-        raise ValueError("cleaning.py: the probe needs at least two classes among the training rows")
+        found = f"all {len(y)} are of class {int(y[0])}" if len(y) else "there are none"
+        raise ValueError("cleaning.py: the probe needs images of at least two classes to learn from "
+                         f"(images not flagged out-of-distribution); {found}")
 
     probs = np.zeros((n, num_classes), dtype=np.float64)
     rest = np.flatnonzero(~train_mask)
@@ -158,6 +160,15 @@ def out_of_sample_probs(
 
 def _fit_fold(features, y, train_idx, rest, held, probs, *, n_folds, c, max_iter, pca_dims, class_weight):
     """Fit one fold's probe on the training rows outside ``held``; write its predictions into ``probs``."""
+    seen = np.unique(y[~held])
+    if len(seen) == 1:
+        # A class rarer than the folds can be held out whole, leaving one class to learn from
+        # (e.g. 1 image against 10,000 with K=2). lbfgs refuses a one-class fit, and any model of
+        # these rows could only answer that class, so the fold answers it with certainty.
+        probs[np.ix_(train_idx[held], seen)] = 1.0
+        if len(rest):
+            probs[np.ix_(rest, seen)] += 1.0 / n_folds
+        return
     steps = [StandardScaler()]
     dims = None if pca_dims is None else min(pca_dims, int((~held).sum()))
     if dims is not None and dims < features.shape[1]:

@@ -82,7 +82,7 @@ def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def to_markdown(report: dict[str, Any], *, confusion: bool = True) -> str:
@@ -98,7 +98,8 @@ def to_markdown(report: dict[str, Any], *, confusion: bool = True) -> str:
     Returns
     -------
     str
-        A summary line, a per-class table and optionally the confusion matrix.
+        A summary line, a per-class table (recall "undefined" for a class without examples, with
+        a sentence saying so) and optionally the confusion matrix.
     """
     lines = [
         f"**balanced accuracy {report['balanced_accuracy']:.4f}** · accuracy {report['accuracy']:.4f} "
@@ -108,6 +109,11 @@ def to_markdown(report: dict[str, Any], *, confusion: bool = True) -> str:
         "|---|---:|---:|",
     ]
     lines += [f"| {row['name']} | {row['support']} | {_fmt(row['recall'])} |" for row in report["per_class"]]
+    absent = [row["name"] for row in report["per_class"] if row["recall"] is None]
+    if absent:
+        lines += ["", f"Recall is undefined for {', '.join(absent)}: no example of "
+                      f"{'that class' if len(absent) == 1 else 'those classes'} here; balanced "
+                      "accuracy is the mean recall of the other classes."]
     if confusion:
         names = report["class_names"]
         lines += ["", "| true \\ predicted | " + " | ".join(names) + " |",

@@ -431,8 +431,9 @@ def load_raw_images(raw: RawImages, *, mmap: bool = False) -> tuple[np.ndarray, 
 
 
 def summary(raw: RawImages) -> dict:
-    """Counts for metadata (JSON-ready): usable images per class, rows per status and reason,
-    violations per rule, and the sizes and colour modes of every image that had a readable header.
+    """Counts for metadata (JSON-ready): usable images per class, the classes of K without any
+    usable image, rows per status and reason, violations per rule, and the sizes and colour modes
+    of every image that had a readable header.
     """
     m = read_manifest(raw.manifest_path)
     ok = m[m["status"] == "ok"]
@@ -444,6 +445,7 @@ def summary(raw: RawImages) -> dict:
         "n_label_entries": raw.n_label_entries, "n_usable": raw.n_usable,
         "n_quarantined": int((m["status"] == "quarantined").sum()),
         "counts_per_class": {str(k): int((ok["given"] == k).sum()) for k in range(raw.num_classes)},
+        "empty_classes": [k for k in range(raw.num_classes) if not (ok["given"] == k).any()],
         "status_counts": {str(k): int(v) for k, v in sorted(Counter(m["status"]).items())},
         "reasons": {str(k): int(v) for k, v in sorted(Counter(m.loc[m["reason"] != "", "reason"]).items())},
         "violations_by_rule": dict(sorted(Counter(v["rule"] for v in violations).items())),

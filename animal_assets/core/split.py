@@ -8,6 +8,8 @@ class from being memorised from a handful of images.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -40,6 +42,10 @@ def select_val(
     highest-``trust`` candidates are taken. Trusting the probe this way favours typical, easier
     images, which is the price of clean labels on a set with no ground truth.
 
+    A class without any image (no row given or labelled ``k``) is skipped: it gets no
+    validation images and does not lower ``n`` for the others; its recall is undefined
+    downstream. A class that has images but too few candidates to give even one is refused.
+
     Parameters
     ----------
     decisions : pandas.DataFrame, N rows
@@ -62,6 +68,12 @@ def select_val(
     -------
     np.ndarray of bool, shape (N,)
         True for validation rows; training rows are ``label >= 0`` and not validation.
+
+    Raises
+    ------
+    ValueError
+        When a class has images but fewer than ``ceil(1 / max_fraction)`` candidates; the
+        message names each such class and its candidate count.
     """
     n = len(decisions)
     trust = np.asarray(trust, dtype=np.float64)
@@ -84,17 +96,29 @@ def select_val(
     )
     if not np.isfinite(trust[candidate]).all():
         raise ValueError("split.py: trust must be finite on every validation candidate")
-    pools = [np.flatnonzero(candidate & (label == k)) for k in range(num_classes)]
-    caps = [min(per_class, int(max_fraction * len(p))) for p in pools]
-    if min(caps) < 1:
-        starved = [k for k, cap in enumerate(caps) if cap < 1]
-        raise ValueError(f"split.py: classes {starved} have too few trusted images for a validation set "
-                         f"(need {int(np.ceil(1 / max_fraction))} each)")
-    take = min(caps)
+    given = decisions["given"].to_numpy().astype(np.int64)
+    # a class without any image, given or after cleaning, is skipped
+    present = [k for k in range(num_classes) if ((given == k) | (label == k)).any()]
+    pools = {k: np.flatnonzero(candidate & (label == k)) for k in present}
+    caps = {k: min(per_class, int(max_fraction * len(pool))) for k, pool in pools.items()}
+    starved = [k for k in present if caps[k] < 1]
+    if starved:
+        counts = "; ".join(
+            f"class {k} has {len(pools[k])} trustworthy image{'' if len(pools[k]) == 1 else 's'} "
+            f"({int((given == k).sum())} given, {int((label == k).sum())} after cleaning)"
+            for k in starved
+        )
+        raise ValueError(
+            f"split.py: classes {starved} have too few trustworthy images for a validation set: "
+            f"{counts}; with max_fraction {max_fraction:g} a class needs at least "
+            f"{math.ceil(1 / max_fraction - 1e-9)} (kept with its given label, not flagged by "
+            "cleanlab, no kept byte-identical twin)"
+        )
+    take = min(caps.values(), default=0)
     rng = np.random.default_rng(seed)
     val = np.zeros(n, dtype=bool)
-    for pool in pools:
-        val[_trust_order(pool, trust, rng)[:take]] = True
+    for k in present:
+        val[_trust_order(pools[k], trust, rng)[:take]] = True
     return val
 
 
