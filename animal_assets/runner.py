@@ -20,6 +20,10 @@ class RunFailed(RuntimeError):
         self.result = result
 
 
+# Step events are DEBUG; INFO keeps the console to the assets' own progress lines.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def _defs() -> dg.Definitions:
     from animal_assets.definitions import defs
 
@@ -33,7 +37,7 @@ def observe(
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
     result = defs.resolve_job_def("observe_input_dataset").execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance, raise_on_error=False, run_config=_QUIET,
     )
     if not result.success:
         raise RunFailed(_failure_line(result), result)
@@ -96,8 +100,7 @@ def run(
         # Dagster rejects config for ops outside the subset.
         ops = {k: v for k, v in run_config.get("ops", {}).items() if k in select}
         run_config = {**run_config, "ops": ops}
-    # Step events are DEBUG; INFO keeps the console to the assets' own progress lines.
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **run_config}
+    run_config = {**_QUIET, **run_config}
     result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     if not result.success:
         raise RunFailed(_failure_line(result), result)
@@ -116,12 +119,32 @@ def _failure_line(result) -> str:
         return "; ".join(parts) + " (nothing downstream ran)"
     for event in result.all_events:
         if event.is_step_failure:
-            error = event.step_failure_data.error
-            message = error.message.strip().splitlines()[0] if error else "unknown error"
-            if error and error.cause and "Failure" not in error.cls_name:
-                message = error.cause.message.strip().splitlines()[0]
-            return f"step {event.step_key} failed: {message}"
+            return f"step {event.step_key} failed: {_error_line(event.step_failure_data)}"
     return f"run {result.run_id} failed"
+
+
+#: Exceptions whose message already says what is wrong (naming the file or class and the rule):
+#: the line shows the message alone, without the exception's name.
+_MESSAGE_ONLY = frozenset({"DatasetError", "ValueError", "RuntimeError", "Failure"})
+
+
+def _error_line(data) -> str:
+    """The first line of a step's own error, without Dagster's wrapper or a module path."""
+    described = data.user_failure_data.description if data.user_failure_data else None
+    if described and described.strip():
+        return described.strip().splitlines()[0]
+    error = data.error
+    if error is None:
+        return "unknown error"
+    # the step's exception is the cause of Dagster's DagsterExecutionStepExecutionError
+    if error.cause and "Failure" not in error.cls_name:
+        error = error.cause
+    text = error.message.strip()
+    line = text.splitlines()[0] if text else error.cls_name
+    qualified, sep, rest = line.partition(": ")
+    if sep and qualified.rsplit(".", 1)[-1] == error.cls_name:
+        line = rest if error.cls_name in _MESSAGE_ONLY else f"{error.cls_name}: {rest}"
+    return line
 
 
 def _summary(result, defs) -> dict:
