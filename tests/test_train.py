@@ -196,3 +196,12 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("n,batch_size", [(3, 64), (8, 4), (16, 4), (40, 8)])
+def test_very_short_runs_train_without_a_schedule_error(n, batch_size):
+    images, labels = make_shapes(2, n // 2 + 1, seed=5)
+    result = train_resnet34(images[:n], labels[:n], num_classes=2,
+                            config=tiny_config(epochs=1, batch_size=batch_size))
+    assert len(result.history) == 1
+    assert np.isfinite(result.history[0]["train_loss"])

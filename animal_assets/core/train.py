@@ -185,6 +185,18 @@ def _logits(model: torch.nn.Module, data: torch.Tensor, *, batch_size: int, amp:
     return torch.cat(outs) if outs else torch.empty(0, model.fc.out_features, device=data.device)
 
 
+def _one_cycle(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    """OneCycle over ``total_steps``. Each phase needs more than one step, so very short runs
+    stretch the warm-up, and a run of one or two steps keeps the starting learning rate."""
+    if total_steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    pct_start = min(max(config.pct_start, 1.5 / total_steps), 1.0 - 1.5 / total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.max_lr, total_steps=total_steps, pct_start=pct_start,
+        div_factor=config.div_factor, final_div_factor=config.final_div_factor,
+        cycle_momentum=False)  # keep config.momentum fixed instead of cycling 0.95 -> 0.85
+
+
 def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes: int,
                    config: TrainConfig, val_images: np.ndarray | None = None,
                    val_labels: np.ndarray | None = None,
@@ -260,10 +272,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
         optimizer = torch.optim.SGD(model.parameters(), lr=config.max_lr / config.div_factor,
                                     momentum=config.momentum, nesterov=config.nesterov,
                                     weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.max_lr, total_steps=total_steps, pct_start=config.pct_start,
-            div_factor=config.div_factor, final_div_factor=config.final_div_factor,
-            cycle_momentum=False)  # keep config.momentum fixed instead of cycling 0.95 -> 0.85
+        scheduler = _one_cycle(optimizer, config, total_steps)
         # Separate streams, so changing the augmentations never changes the data order. The
         # augmentation stream lives on the device so a batch needs no host-to-device copy;
         # Mixup draws its weight on the host, so its stream stays on the CPU.
