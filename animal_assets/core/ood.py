@@ -13,6 +13,8 @@ instead of N x N. Neighbours are ordered by distance, then by index, so equal di
 On the CPU the product dominates the cost at D = 1,280, so ``dims`` can first project the
 unit-normalised features onto their top principal axes (:func:`project_features`); the search is
 then exact on the projected features, which only approximate the original cosine distances.
+Directions that only outliers use are the first to go, so the OOD AUROC drops with ``dims``
+(``benchmarks/bench_ood_dims.py`` measures by how much); the default keeps all D.
 """
 from __future__ import annotations
 

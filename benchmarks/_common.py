@@ -1,0 +1,119 @@
+"""Shared parts of the speed benchmarks: the result table, the machine label, worker processes.
+
+Every benchmark prints one markdown table with the columns ``figure | ours | baseline | ratio |
+machine``; ``ratio`` is always "how many times better ours is" (baseline / ours for times and
+memory, ours / baseline for throughputs and scores), so a ratio above 1 favours ours.
+
+Methods whose peak memory is reported run in a fresh worker process each (the benchmark script
+re-invoked with ``--worker``), so one method's allocations never count against another's.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    # The scripts run as files (python benchmarks/bench_x.py), not as an installed package.
+    sys.path.insert(0, str(ROOT))
+
+COLUMNS = ("figure", "ours", "baseline", "ratio", "machine")
+RESULT_PREFIX = "RESULT "
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu / /proc/cpuinfo give it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_label(device: str) -> str:
+    """Short description of where a figure was measured, e.g. ``AMD EPYC, 2 cores, cpu``."""
+    label = f"{cpu_model()}, {cpu_cores()} cores"
+    if device.startswith("cuda"):
+        import torch
+
+        label = f"{torch.cuda.get_device_name(torch.device(device))} + {label}"
+    return f"{label}, {device}"
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def print_header(title: str) -> None:
+    """Print the benchmark's title with the date and the load, which skews CPU timings."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = load_average()
+    note = f" (> 1.5: other processes compete for the {cpu_cores()} cores)" if load > 1.5 else ""
+    print(f"## {title}\n\n{now}, load average {load:.2f}{note}\n", flush=True)
+
+
+def fmt(value: float) -> str:
+    """A number with four significant digits; whole numbers from 1,000 up."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def print_table(rows: list[tuple[str, float, float, float]], machine: str) -> None:
+    """Print ``(figure, ours, baseline, ratio)`` rows as one markdown table."""
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for figure, ours, baseline, ratio in rows:
+        print(f"| {figure} | {fmt(ours)} | {fmt(baseline)} | {ratio:.3g} | {machine} |")
+    print(flush=True)
+
+
+def report(result: dict) -> None:
+    """Worker side: hand the result dict back to the parent on stdout."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_worker(script: str, args: list[str], *, env: dict | None = None) -> dict:
+    """Run ``script --worker ...`` in a fresh Python and return the dict it reported.
+
+    Raises
+    ------
+    RuntimeError
+        When the worker fails or reports nothing; its output is included.
+    """
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"benchmarks: worker {Path(script).name} {' '.join(args)} failed with exit code "
+            f"{proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n"
+            f"{proc.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; other names pass through."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,50 @@
+"""The speed benchmarks in benchmarks/ still run: each script's --quick mode prints its table."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+COLUMNS = ["figure", "ours", "baseline", "ratio", "machine"]
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of every markdown table row in the output, header first."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in stdout.splitlines() if line.startswith("|") and not line.startswith("|---")]
+
+
+# Each script with a figure its quick table must contain.
+SCRIPTS = [
+    ("bench_knn.py", r"wall time, s \(exact\)"),
+    ("bench_train.py", r"training images/s \(epoch 1 loop\)"),
+    ("bench_embed.py", r"images/s at 64x64"),
+    ("bench_ood_dims.py", r"OOD AUROC \(dims=64\)"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, figure", SCRIPTS)
+def test_quick_mode_prints_a_table_with_numeric_ratios(script, figure, tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--device", "cpu"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=240, check=False)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    rows = table_rows(proc.stdout)
+    assert rows and rows[0] == COLUMNS, proc.stdout
+    body = rows[1:]
+    assert body, f"{script} printed a table without rows:\n{proc.stdout}"
+    for row in body:
+        assert len(row) == len(COLUMNS), row
+        ours, baseline, ratio = (float(v) for v in row[1:4])
+        assert ours >= 0 and baseline >= 0 and ratio > 0, row
+        assert row[4].endswith(", cpu"), row
+    assert any(re.match(figure, row[0]) for row in body), [row[0] for row in body]
+
+
+def test_every_benchmark_script_is_covered():
+    scripts = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
+    assert scripts == sorted(script for script, _ in SCRIPTS)
