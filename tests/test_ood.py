@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from animal_assets.core.ood import flag_outliers, knn, knn_ood_scores, project_features
+from animal_assets.core.ood import flag_outliers, knn, knn_ood_scores, neighbour_label_entropy, project_features
 
 
 def brute_force_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,3 +252,28 @@ def test_dims_rejects_bad_values(dims):
         knn(features, k=2, device="cpu", dims=dims)
     with pytest.raises(ValueError, match="dims must be None or an int"):
         project_features(features, dims, device="cpu")
+
+
+def test_neighbour_label_entropy_finds_a_dense_junk_cluster_with_random_labels():
+    rng = np.random.default_rng(7)
+    k_classes, per_class, n_junk = 4, 150, 60
+    centres = rng.standard_normal((k_classes, 32)) * 4
+    inlier = np.concatenate([c + rng.standard_normal((per_class, 32)) for c in centres])
+    labels = np.repeat(np.arange(k_classes), per_class)
+    junk = 6 + 0.3 * rng.standard_normal((n_junk, 32))  # tighter than any class
+    features = np.concatenate([inlier, junk]).astype(np.float32)
+    given = np.concatenate([labels, rng.integers(0, k_classes, n_junk)])
+    is_junk = np.r_[np.zeros(len(inlier), bool), np.ones(n_junk, bool)]
+    _, idx = knn(features, k=20)
+    entropy = neighbour_label_entropy(idx, given, num_classes=k_classes)
+    assert roc_auc_score(is_junk, entropy) >= 0.95
+    assert roc_auc_score(is_junk, knn_ood_scores(features, k=10)) < 0.5  # the distance misses it
+
+
+def test_neighbour_label_entropy_values():
+    idx = np.array([[1, 2], [0, 2], [0, 1]])
+    assert np.allclose(neighbour_label_entropy(idx, np.array([0, 0, 0]), num_classes=2), 0.0)
+    assert np.allclose(neighbour_label_entropy(idx, np.array([0, 1, 1]), num_classes=2)[0], 0.0)
+    assert np.allclose(neighbour_label_entropy(idx, np.array([0, 1, 0]), num_classes=2)[2], np.log(2))
+    with pytest.raises(ValueError, match="labels must lie"):
+        neighbour_label_entropy(idx, np.array([0, 1, 2]), num_classes=2)

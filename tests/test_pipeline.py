@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from animal_assets.core.demo import make_demo_dataset
 from animal_assets.core.pipeline import main
 from tests.test_graph import NAMES, TINY
@@ -44,3 +46,20 @@ def test_core_pipeline_runs_the_graph_and_writes_the_summary(tmp_path):
     assert summary["cleaning"]["n_scored"] > 0 and summary["cleaning"]["n_missing"] == 0
     report = json.loads(Path(summary["report_path"]).read_text())
     assert report["test_set"]["n"] == len(json.loads((demo.dataset_dir / "data-labels.json").read_text()))
+
+
+def test_label_entropy_outlier_scores_through_the_steps(tmp_path):
+    import pandas as pd
+
+    from animal_assets.core import steps
+    from animal_assets.core.config import EmbeddingsParams, OodParams
+    from animal_assets.core.ingest import read_dataset
+
+    demo = make_demo_dataset(tmp_path / "demo", seed=2, size="tiny")
+    raw = read_dataset(demo.dataset_dir, tmp_path / "raw")
+    emb = steps.compute_embeddings(raw, tmp_path / "emb", EmbeddingsParams(image_size=32), device="cpu")
+    scores = steps.score_outliers(raw, emb, tmp_path / "ood",
+                                  OodParams(method="label_entropy", label_k=10, fraction=0.1))
+    table = pd.read_csv(scores.path)
+    assert len(table) == raw.n_usable and table["flag"].sum() == scores.n_flagged == int(0.1 * raw.n_usable)
+    assert table["score"].between(0, np.log(10) + 1e-6).all()

@@ -251,6 +251,48 @@ def knn_ood_scores(
     return distances.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
+def neighbour_label_entropy(
+    indices: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+) -> np.ndarray:
+    """Outlier score per row: entropy of the given labels of its nearest neighbours.
+
+    Out-of-distribution images that form dense clusters of their own (e.g. vehicles in an animal
+    set) sit close to each other, so their kNN distance is small; but they carry labels drawn at
+    random, so their neighbours disagree on the label, while an in-distribution image's
+    neighbours agree up to the label noise between look-alike classes.
+
+    Parameters
+    ----------
+    indices : np.ndarray, int, shape (N, k)
+        Neighbour indices, e.g. from :func:`knn`.
+    labels : np.ndarray, int, shape (N,)
+        Given label of every row, in 0..num_classes-1.
+    num_classes : int
+        K.
+
+    Returns
+    -------
+    np.ndarray, float32, shape (N,)
+        Entropy in nats, in [0, log(min(k, K))]; higher means more outlying.
+    """
+    indices = np.asarray(indices)
+    labels = np.asarray(labels)
+    if indices.ndim != 2 or labels.shape != (indices.shape[0],):
+        raise ValueError(f"ood.neighbour_label_entropy: expected indices (N, k) and labels (N,), got "
+                         f"{indices.shape} and {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"ood.neighbour_label_entropy: labels must lie in 0..{num_classes - 1}")
+    votes = np.zeros((indices.shape[0], num_classes), dtype=np.float64)
+    np.add.at(votes, (np.repeat(np.arange(indices.shape[0]), indices.shape[1]), labels[indices].ravel()), 1.0)
+    p = votes / max(indices.shape[1], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return entropy.astype(np.float32)
+
+
 def flag_outliers(
     scores: np.ndarray,
     *,

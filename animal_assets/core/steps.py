@@ -141,7 +141,13 @@ def score_outliers(
     check_aligned(raw, embeddings)
     _, manifest = load_raw_images(raw)
     features = np.load(embeddings.path)
-    scores = ood.knn_ood_scores(features, k=params.k)
+    if params.method == "label_entropy":
+        _, neighbours = ood.knn(features, k=params.label_k)
+        scores = ood.neighbour_label_entropy(
+            neighbours, manifest["given"].to_numpy(dtype=np.int64), num_classes=raw.num_classes,
+        )
+    else:
+        scores = ood.knn_ood_scores(features, k=params.k)
     flags = ood.flag_outliers(scores, fraction=params.fraction)
     rank = np.empty(len(scores), dtype=np.int64)
     rank[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
