@@ -139,7 +139,7 @@ def score_outliers(
     from animal_assets.core import ood
 
     check_aligned(raw, embeddings)
-    _, manifest = load_raw_images(raw)
+    _, manifest = load_raw_images(raw, mmap=True)  # the manifest only; pixels stay on disk
     features = np.load(embeddings.path)
     if params.method == "label_entropy":
         _, neighbours = ood.knn(features, k=params.label_k)
@@ -176,7 +176,7 @@ def clean_label_decisions(
     from animal_assets.core import cleaning
 
     check_aligned(raw, embeddings, ood_scores)
-    _, manifest = load_raw_images(raw)
+    _, manifest = load_raw_images(raw, mmap=True)  # the manifest only
     features = np.load(embeddings.path)
     ood_table = pd.read_csv(ood_scores.path)
     labels = manifest["given"].to_numpy(dtype=np.int64)
