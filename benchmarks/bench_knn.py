@@ -1,7 +1,9 @@
 """Speed of the kNN outlier score: ours (exact blocked cosine kNN) against cleanlab's.
 
 Both score the same N x D features in the same run: ours with
-``animal_assets.core.ood.knn_ood_scores`` (optionally on ``dims`` principal axes), the baseline
+``animal_assets.core.ood.knn_ood_scores`` (optionally on ``dims`` principal axes; each pair of
+row blocks is multiplied once for the queries of both, and the output names the float32
+product it ran on), the baseline
 with ``cleanlab.outlier.OutOfDistribution().fit_score(features=...)`` (scikit-learn's brute-force
 cosine ``NearestNeighbors``). Each method runs in its own process, which reports its wall time and
 its peak resident memory while scoring (features included).
@@ -64,9 +66,12 @@ def worker(method: str, features_path: str, scores_path: str, k: int, device: st
     else:
         import torch
 
+        from animal_assets.core import ood
         from animal_assets.core.ood import knn_ood_scores
 
         dims = None if method == "ours" else int(method.split("=")[1])
+        on_cpu = not device.startswith("cuda")
+        extra["product"] = "oneDNN" if on_cpu and ood._onednn_available() else "torch.mm"
         # Warm-up: CUDA context, cuBLAS handles and the thread pool are not part of the method.
         knn_ood_scores(features[:64], k=min(k, 10), device=device)
         if device.startswith("cuda"):
@@ -144,6 +149,9 @@ def main() -> None:
                      base["added_mb"], base["added_mb"] / max(res["added_mb"], 1.0)))
     _common.print_table(rows, _common.machine_label(device))
     print("ours runs on the device in the machine column; cleanlab on the CPU.")
+    products = sorted({results[method].get("product", "?") for method in methods})
+    print(f"ours: symmetric blocks (each pair of row blocks multiplied once, for both blocks' "
+          f"queries), float32 product on {', '.join(products)}.")
     for method in methods:
         line = (f"{method}: top-10 % outliers shared with cleanlab "
                 f"{top_overlap(scores[method], scores['cleanlab']):.3f}")

@@ -1,11 +1,14 @@
 """Tests for the exact blocked cosine kNN and the kNN outlier score."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from animal_assets.core import ood
 from animal_assets.core.ood import flag_outliers, knn, knn_ood_scores, neighbour_label_entropy, project_features
 
 
@@ -277,3 +280,150 @@ def test_neighbour_label_entropy_values():
     assert np.allclose(neighbour_label_entropy(idx, np.array([0, 1, 0]), num_classes=2)[2], np.log(2))
     with pytest.raises(ValueError, match="labels must lie"):
         neighbour_label_entropy(idx, np.array([0, 1, 2]), num_classes=2)
+
+
+# The kNN's code paths, all run on the CPU: (screen, onednn, workers). Screening with oneDNN
+# products on two threads is the CPU's path, screening with torch.mm its path where oneDNN is
+# missing, and the dense merge with torch.mm on one thread the path CUDA takes.
+KNN_PATHS = [
+    pytest.param(True, True, 2, id="screened-onednn-2-threads"),
+    pytest.param(True, False, 1, id="screened-torch-mm"),
+    pytest.param(False, False, 1, id="dense-torch-mm"),
+]
+
+
+def run_path(features, k, block_size, screen, onednn, workers=1):
+    if onednn and not ood._onednn_available():
+        pytest.skip("this PyTorch build has no oneDNN linear op")
+    with ood._full_float32():
+        return ood._blocked_knn(features, k, block_size, torch.device("cpu"), screen=screen,
+                                onednn=onednn, workers=workers)
+
+
+def lattice_features(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
+    """Rows with 16 entries of +-1 (unit rows of +-1/4): every cosine is a multiple of 1/16,
+    exact in float32 whatever the summation order, so any exact kNN must match the reference
+    bit for bit. Some rows are exact copies of others and one row is all zero."""
+    features = np.zeros((n, dim), dtype=np.float32)
+    for row in features:
+        row[rng.choice(dim, 16, replace=False)] = rng.choice([-1.0, 1.0], 16)
+    copies = rng.choice(n, n // 5, replace=False)
+    features[copies] = features[rng.choice(n, n // 5)]
+    features[rng.integers(n)] = 0.0
+    return features
+
+
+@pytest.mark.parametrize("screen, onednn, workers", KNN_PATHS)
+@pytest.mark.parametrize(
+    "n, k, block_size",
+    [
+        (37, 5, 4096),  # N smaller than one block
+        (300, 10, 128),  # block_size does not divide N
+        (256, 10, 64),  # block_size divides N
+        (130, 3, 129),  # last block has one row
+        (90, 12, 8),  # k above the rows of a block: floors stay -inf after the diagonal
+        (61, 59, 16),  # k = N - 2
+        (40, 39, 7),  # k = N - 1: every other row is a neighbour
+    ],
+)
+def test_every_knn_path_equals_brute_force_exactly(n, k, block_size, screen, onednn, workers):
+    rng = np.random.default_rng(n * 100 + k)
+    features = lattice_features(rng, n)
+    dist, idx = run_path(features, k, block_size, screen, onednn, workers)
+    ref_d, ref_i = brute_force_knn(features, k)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_array_equal(dist, ref_d.astype(np.float32))
+    assert not np.any(idx == np.arange(n)[:, None]), "a row is its own neighbour"
+    if k == n - 1:
+        np.testing.assert_array_equal(np.sort(idx, axis=1),
+                                      [np.delete(np.arange(n), i) for i in range(n)])
+
+
+@pytest.mark.parametrize("screen, onednn, workers", KNN_PATHS)
+@pytest.mark.parametrize("n, dim, k, block_size", [(333, 200, 10, 64), (200, 1280, 7, 4096), (150, 48, 20, 37)])
+def test_every_knn_path_matches_brute_force_on_float_data(n, dim, k, block_size, screen, onednn, workers):
+    rng = np.random.default_rng(dim + k)
+    centres = rng.standard_normal((6, dim))
+    features = np.abs(centres[rng.integers(0, 6, n)] + 0.5 * rng.standard_normal((n, dim))).astype(np.float32)
+    dist, idx = run_path(features, k, block_size, screen, onednn, workers)
+    assert dist.dtype == np.float32 and idx.dtype == np.int64
+    assert_same_neighbours(dist, idx, *brute_force_knn(features, k), tol=2e-6)
+
+
+def test_screened_path_merges_few_entries_and_falls_back_on_mass_ties(monkeypatch):
+    calls = {"sparse": 0, "entries": 0}
+    merge_sparse = ood._merge_sparse
+
+    def counting(best_vals, best_idx, rows, vals, idx, k):
+        calls["sparse"] += 1
+        calls["entries"] += rows.numel()
+        merge_sparse(best_vals, best_idx, rows, vals, idx, k)
+
+    monkeypatch.setattr(ood, "_merge_sparse", counting)
+    rng = np.random.default_rng(5)
+    features = (rng.standard_normal((8, 32))[rng.integers(0, 8, 1024)]
+                + 0.5 * rng.standard_normal((1024, 32))).astype(np.float32)
+    dist, idx = knn(features, k=3, block_size=256, device="cpu")
+    assert_same_neighbours(dist, idx, *brute_force_knn(features, 3), tol=2e-6)
+    # Six off-diagonal products, seen from both sides: 786,432 similarities, of which the
+    # screen lets through a few per query.
+    assert calls["sparse"] > 0 and calls["entries"] < 0.05 * 6 * 256 * 256 * 2
+    # Three distinct rows: every row ties with a third of the others, so the screen passes
+    # whole blocks and the dense merge takes over; ties still go to the lower index.
+    calls["sparse"] = 0
+    features = np.tile(np.eye(3, 8, dtype=np.float32), (70, 1))
+    dist, idx = knn(features, k=5, block_size=32, device="cpu")
+    twins = [np.flatnonzero(np.arange(210) % 3 == i % 3) for i in range(210)]
+    np.testing.assert_array_equal(idx, [t[t != i][:5] for i, t in enumerate(twins)])
+    np.testing.assert_array_equal(dist, 0.0)
+    assert calls["sparse"] == 0
+
+
+@pytest.mark.parametrize("shape", [(150, 190), (130, 203), (5, 300), (300, 5)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_screen_returns_every_entry_at_or_above_the_floor(shape, transposed):
+    rng = np.random.default_rng(shape[0] * shape[1])
+    # Multiples of 1/8, so entries tie with each other and with their row's floor.
+    block = torch.from_numpy(np.round(rng.standard_normal(shape) * 4).astype(np.float32) / 8)
+    sims = block.T if transposed else block
+    floor = sims.amax(dim=1) - 0.125 * (torch.arange(sims.shape[0]) % 3 == 0)
+    rows, cols, vals = ood._screen(sims, floor) or pytest.fail("screen fell back on a sparse block")
+    expected = np.argwhere(sims.numpy() >= floor.numpy()[:, None])
+    got = np.stack([rows.numpy(), cols.numpy()], axis=1)
+    np.testing.assert_array_equal(got[np.lexsort(got.T[::-1])], expected)
+    np.testing.assert_array_equal(vals.numpy(), sims.numpy()[rows.numpy(), cols.numpy()])
+    # With no floor yet every entry passes: whole groups pass and the dense merge takes over.
+    no_floor = torch.full_like(floor, -math.inf)
+    if sims.shape[1] >= ood._FOLD:
+        assert ood._screen(sims, no_floor) is None
+    else:
+        assert len(ood._screen(sims, no_floor)[0]) == sims.numel()
+
+
+def test_knn_keeps_full_float32_and_restores_matmul_settings():
+    onednn = getattr(torch.backends.mkldnn, "matmul", None)
+    if onednn is None:
+        pytest.skip("this PyTorch has no per-backend float32 precision setting")
+    features = lattice_features(np.random.default_rng(2), 120)
+    before = onednn.fp32_precision
+    onednn.fp32_precision = "bf16"
+    try:
+        dist, idx = knn(features, k=6, block_size=50, device="cpu")
+        assert onednn.fp32_precision == "bf16"
+    finally:
+        onednn.fp32_precision = before
+    ref_d, ref_i = brute_force_knn(features, 6)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_array_equal(dist, ref_d.astype(np.float32))
+
+
+def test_knn_threads_give_the_same_result_and_leave_the_thread_count_alone():
+    rng = np.random.default_rng(9)
+    features = np.abs(rng.standard_normal((700, 96))).astype(np.float32)
+    threads = torch.get_num_threads()
+    one = run_path(features, 8, 128, True, True, workers=1)
+    three = run_path(features, 8, 128, True, True, workers=3)
+    assert torch.get_num_threads() == threads
+    np.testing.assert_array_equal(three[1], one[1])
+    np.testing.assert_array_equal(three[0], one[0])
+    assert_same_neighbours(*one, *brute_force_knn(features, 8), tol=2e-6)
