@@ -48,6 +48,7 @@ class OodScores:
     k: int
     n_flagged: int
     threshold: float
+    method: str = "knn_distance"  # the seed score actually used ("auto" resolved)
 
 
 @dataclass(frozen=True)
@@ -135,19 +136,29 @@ def compute_embeddings(
 def score_outliers(
     raw: RawImages, embeddings: Embeddings, out_dir: str | Path, params: OodParams,
 ) -> OodScores:
-    """Score each image by its mean cosine distance to its k nearest neighbours; flag the top."""
+    """Score each image (kNN distance or neighbour-label entropy, then self-training); flag the top."""
     from animal_assets.core import ood
 
     check_aligned(raw, embeddings)
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only; pixels stay on disk
     features = np.load(embeddings.path)
-    if params.method == "label_entropy":
+    method = params.method
+    if method == "auto":
+        sizes = np.bincount(manifest["given"].to_numpy(dtype=np.int64), minlength=raw.num_classes)
+        method = "label_entropy" if sizes.min() >= 2 * params.label_k else "knn_distance"
+    if method == "label_entropy":
         _, neighbours = ood.knn(features, k=params.label_k)
         scores = ood.neighbour_label_entropy(
             neighbours, manifest["given"].to_numpy(dtype=np.int64), num_classes=raw.num_classes,
         )
     else:
         scores = ood.knn_ood_scores(features, k=params.k)
+    if params.refine_rounds:
+        from animal_assets.core import ood_refine
+
+        scores = ood_refine.self_train(features, scores, rounds=params.refine_rounds,
+                                       out_share=params.refine_share,
+                                       in_share=params.refine_in_share)
     flags = ood.flag_outliers(scores, fraction=params.fraction)
     rank = np.empty(len(scores), dtype=np.int64)
     rank[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
@@ -160,7 +171,7 @@ def score_outliers(
     threshold = float(scores[flags].min()) if flags.any() else float("inf")
     return OodScores(
         path=str(path), raw_version=raw_version(raw), k=params.k, n_flagged=int(flags.sum()),
-        threshold=threshold,
+        threshold=threshold, method=method,
     )
 
 
@@ -182,10 +193,27 @@ def clean_label_decisions(
     labels = manifest["given"].to_numpy(dtype=np.int64)
     ood_flags = ood_table["flag"].to_numpy(dtype=bool)
     groups = cleaning.duplicate_groups(manifest["sha256"].tolist())
-    pred_probs = cleaning.out_of_sample_probs(
-        features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
-        **config.probe_kwargs(),
-    )
+    probe_kwargs = config.probe_kwargs()
+    if probe_kwargs["c"] is None:
+        probe_kwargs["c"] = cleaning.select_probe_c(
+            features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, seed=config.seed,
+            class_weight=config.class_weight, n_threads=config.probe_threads,
+        )
+    transition = None
+    if config.method == "noise_model":
+        from animal_assets.core import noise_model
+
+        result = noise_model.noise_posteriors(
+            features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
+            rounds=config.em_rounds, min_rate=config.min_noise_rate,
+            prior_images=config.noise_prior_images, probe_kwargs=probe_kwargs,
+        )
+        pred_probs, transition = result.posterior, result.transition
+    else:
+        pred_probs = cleaning.out_of_sample_probs(
+            features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
+            **probe_kwargs,
+        )
     decisions = cleaning.decide(
         labels, pred_probs, ood_flags=ood_flags, dup_group=groups, num_classes=raw.num_classes,
         config=config,
@@ -200,6 +228,11 @@ def clean_label_decisions(
     with atomic_path(path) as tmp:
         decisions.to_csv(tmp, index=False)
     summary = cleaning.summarise(decisions, num_classes=raw.num_classes)
+    summary["method"] = config.method
+    summary["probe_c"] = probe_kwargs["c"]
+    if transition is not None:
+        # T[true, given]: how often each class was labelled as each other class.
+        summary["transition"] = np.round(transition, 4).tolist()
     return CleanLabels(path=str(path), raw_version=raw_version(raw), summary=summary)
 
 
@@ -397,7 +430,6 @@ def evaluate(
     """Balanced accuracy on ``val_split`` (and on an external clean test set), plus cleaning
     scores against a truth file when one is given. Writes ``report.json`` under ``out_dir``."""
     from animal_assets.core import evaluate as metrics
-    from animal_assets.core.ingest import read_dataset
     from animal_assets.core.scoring import cleaning_scores
 
     out_dir = Path(out_dir)
@@ -408,19 +440,10 @@ def evaluate(
         num_classes=k, class_names=class_names,
     )
     if test_set:
-        test_raw = read_dataset(test_set, out_dir / "test_set")
-        if test_raw.blocking or test_raw.n_usable == 0:
-            raise ValueError(
-                f"test set {test_set}: breaks the format rules; see {test_raw.violations_path}"
-            )
-        if test_raw.num_classes != k:
-            raise ValueError(
-                f"test set {test_set}: labels have K={test_raw.num_classes}, the model has K={k}"
-            )
-        images, manifest = load_raw_images(test_raw)
+        images, labels = _read_test_set(test_set, out_dir / "test_set", k)
         report["test_set"] = metrics.classification_report(
-            manifest["given"].to_numpy(dtype=np.int64),
-            predict_split(model, images, device=device), num_classes=k, class_names=class_names,
+            labels, predict_split(model, images, device=device), num_classes=k,
+            class_names=class_names,
         )
         report["test_set"]["path"] = str(test_set)
     if truth_path:
@@ -434,3 +457,48 @@ def evaluate(
                           "epochs": len(model.history)}
     report["path"] = write_report(out_dir / "report.json", report)
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# ablation
+
+
+def ablate(
+    raw: RawImages, clean: CleanLabels, val: Split, balanced: BalancedTrain, out_dir: str | Path,
+    params, train_config, *, test_set: str | None = None, log=print,
+) -> dict:
+    """Train the same trainer on every recipe of :mod:`.ablation`; write ``ablation.json``."""
+    from animal_assets.core import ablation
+
+    check_aligned(raw, clean)
+    out_dir = Path(out_dir)
+    images, _ = load_raw_images(raw, mmap=True)
+    test_images = test_labels = None
+    if test_set:
+        test_images, test_labels = _read_test_set(test_set, out_dir / "test_set", raw.num_classes)
+    result = ablation.run_ablation(
+        images=images, decisions=read_decisions(clean),
+        val_sources=set(pd.read_csv(val.ids_path)["source_id"].astype(str)),
+        val_images=np.load(val.images_path), val_labels=np.load(val.labels_path),
+        full_images=np.load(balanced.train.images_path),
+        full_labels=np.load(balanced.train.labels_path), num_classes=raw.num_classes,
+        train_config=train_config, params=params, test_images=test_images,
+        test_labels=test_labels, log=log,
+    )
+    result["path"] = write_report(out_dir / "ablation.json", result)
+    return result
+
+
+def _read_test_set(test_set: str, out_dir: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images and labels of an external clean test set, checked against K."""
+    from animal_assets.core.ingest import read_dataset
+
+    test_raw = read_dataset(test_set, out_dir)
+    if test_raw.blocking or test_raw.n_usable == 0:
+        raise ValueError(f"test set {test_set}: breaks the format rules; see {test_raw.violations_path}")
+    if test_raw.num_classes != num_classes:
+        raise ValueError(
+            f"test set {test_set}: labels have K={test_raw.num_classes}, the model has K={num_classes}"
+        )
+    images, manifest = load_raw_images(test_raw)
+    return images, manifest["given"].to_numpy(dtype=np.int64)

@@ -1,0 +1,131 @@
+"""Tests of the class-conditional noise model: transition estimate, deconvolution, posteriors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from animal_assets.core.cleaning import select_probe_c
+from animal_assets.core.noise_model import (
+    PRIOR_IMAGES,
+    bayes_posterior,
+    deconvolve,
+    estimate_transition,
+    noise_posteriors,
+    sparsify,
+)
+
+K = 4
+PARTNER = np.array([1, 0, 3, 2])
+
+
+def pair_noise(seed: int, flip: float = 0.3, n_per_class: int = 250, d: int = 24):
+    """Pairs of nearby Gaussian clusters; each label flips to its partner with probability ``flip``."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(K // 2, d)) * 5.0
+    centres = np.repeat(base, 2, axis=0) + rng.normal(size=(K, d)) * 1.5
+    true = np.repeat(np.arange(K), n_per_class)
+    x = (centres[true] + rng.normal(size=(len(true), d))).astype(np.float32)
+    given = np.where(rng.random(len(true)) < flip, PARTNER[true], true)
+    return x, given, true
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("flip", [0.2, 0.35])
+def test_posterior_recovers_true_labels_and_the_noise_rates(seed, flip):
+    x, given, true = pair_noise(seed, flip)
+    res = noise_posteriors(x, given, num_classes=K, probe_kwargs={"c": 0.1, "seed": seed})
+    raw_acc = np.mean(given == true)
+    acc = np.mean(res.posterior.argmax(axis=1) == true)
+    assert acc > raw_acc + 0.6 * (1 - raw_acc)  # most of the flips are undone
+    # T is estimated from the data: pairs get about the injected rate, shrunk by the prior of
+    # PRIOR_IMAGES clean pseudo-images per class; other cells exactly 0.
+    sizes = np.bincount(true, minlength=K)
+    for j in range(K):
+        assert abs(res.transition[j, PARTNER[j]] - flip * sizes[j] / (sizes[j] + PRIOR_IMAGES)) < 0.08
+        others = np.setdiff1d(np.arange(K), [j, PARTNER[j]])
+        assert (res.transition[j, others] == 0).all()
+    np.testing.assert_allclose(res.posterior.sum(axis=1), 1.0, atol=1e-9)
+    assert len(res.moved_per_round) == 3
+
+
+def test_posterior_is_deterministic_and_rounds_help():
+    x, given, true = pair_noise(3, 0.3)
+    a = noise_posteriors(x, given, num_classes=K, rounds=0, probe_kwargs={"c": 0.1})
+    b = noise_posteriors(x, given, num_classes=K, rounds=2, probe_kwargs={"c": 0.1})
+    again = noise_posteriors(x, given, num_classes=K, rounds=2, probe_kwargs={"c": 0.1})
+    np.testing.assert_array_equal(b.posterior, again.posterior)
+    assert np.mean(b.posterior.argmax(1) == true) >= np.mean(a.posterior.argmax(1) == true)
+
+
+def test_no_noise_moves_almost_nothing():
+    x, given, true = pair_noise(4, 0.0)
+    res = noise_posteriors(x, given, num_classes=K, probe_kwargs={"c": 0.1})
+    assert np.mean(res.posterior.argmax(1) != given) < 0.02
+
+
+def test_masked_rows_do_not_train():
+    x, given, _ = pair_noise(5, 0.2)
+    mask = np.ones(len(given), bool)
+    mask[:50] = False
+    scrambled = given.copy()
+    scrambled[:50] = (given[:50] + 2) % K  # garbage labels outside the mask
+    a = noise_posteriors(x, given, num_classes=K, train_mask=mask, probe_kwargs={"c": 0.1})
+    b = noise_posteriors(x, scrambled, num_classes=K, train_mask=mask, probe_kwargs={"c": 0.1})
+    np.testing.assert_allclose(a.transition, b.transition)
+    np.testing.assert_allclose(a.posterior[50:], b.posterior[50:])
+
+
+def test_sparsify_zeroes_small_rates_and_keeps_rows_stochastic():
+    t = np.array([[0.9, 0.05, 0.05], [0.3, 0.65, 0.05], [0.0, 0.0, 0.0]])
+    out = sparsify(t, min_rate=0.08)
+    np.testing.assert_allclose(out[0], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(out[1], [0.3 / 0.95, 0.65 / 0.95, 0.0])
+    np.testing.assert_allclose(out[2], [0.0, 0.0, 1.0])  # an empty row becomes identity
+
+
+def test_deconvolve_inverts_the_noise_and_bayes_uses_the_given_label():
+    t = np.array([[0.7, 0.3], [0.2, 0.8]])
+    clean = np.array([[0.9, 0.1], [0.25, 0.75]])
+    np.testing.assert_allclose(deconvolve(clean @ t, t), clean, atol=1e-9)
+    post = bayes_posterior(clean, np.array([1, 0]), t)
+    # image 0: 0.9 * 0.3 vs 0.1 * 0.8; image 1: 0.25 * 0.7 vs 0.75 * 0.2
+    np.testing.assert_allclose(post[0], [0.27 / 0.35, 0.08 / 0.35])
+    np.testing.assert_allclose(post[1], [0.175 / 0.325, 0.15 / 0.325])
+
+
+def test_transition_without_every_class_falls_back_to_counts():
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.1, 0.9, 0], [0.1, 0.9, 0], [0.6, 0.4, 0]])
+    t = estimate_transition(labels, probs, num_classes=3, min_rate=0.0)
+    assert t.shape == (3, 3)
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)
+    np.testing.assert_allclose(t[2], [0, 0, 1])  # no image of class 2: identity row
+
+
+@pytest.mark.parametrize("scale, expected", [(1.0, (0.03, 1.0)), (30.0, (1e-4, 0.01))])
+def test_probe_c_follows_the_data(scale, expected):
+    """Separable low-dimensional clusters want a weak penalty; 512 noisy dims want a strong one."""
+    rng = np.random.default_rng(0)
+    if scale == 1.0:
+        x, given, _ = pair_noise(6, 0.2)
+    else:
+        given = rng.integers(0, K, 1200)
+        x = rng.normal(size=(1200, 512)).astype(np.float32)
+        x[:, :4] += np.eye(K)[given] * 1.5  # a weak signal in a few of many noisy dims
+    c = select_probe_c(x, given, num_classes=K)
+    assert expected[0] <= c <= expected[1]
+
+
+def test_sparsify_caps_the_noise_of_a_row():
+    out = sparsify(np.array([[0.3, 0.7], [0.1, 0.9]]), min_rate=0.08)
+    np.testing.assert_allclose(out[0], [0.55, 0.45])
+    np.testing.assert_allclose(out[1], [0.1, 0.9])
+
+
+def test_small_classes_are_shrunk_toward_their_given_labels():
+    """With a dozen images per class the estimated rates are mostly probe error: move little."""
+    x, given, true = pair_noise(7, 0.3, n_per_class=12)
+    free = noise_posteriors(x, given, num_classes=K, prior_images=0.0, probe_kwargs={"c": 0.1})
+    shrunk = noise_posteriors(x, given, num_classes=K, probe_kwargs={"c": 0.1})
+    assert shrunk.moved_per_round[-1] < free.moved_per_round[-1]
+    assert (np.diag(shrunk.transition) > 0.75).all()
