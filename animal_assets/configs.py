@@ -21,7 +21,8 @@ _NOT_RUN_CONFIG = {"device"}
 def _config_class(name: str, params: type) -> type[dg.Config]:
     hints = typing.get_type_hints(params)
     fields = {
-        f.name: (hints[f.name], f.default)
+        f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
+                 else pydantic.Field(default_factory=f.default_factory))
         for f in dataclasses.fields(params)
         if f.name not in _NOT_RUN_CONFIG
     }
@@ -43,3 +44,4 @@ CleanLabelsConfig = _config_class("CleanLabelsConfig", _PARAMS["clean_labels"])
 ValSplitConfig = _config_class("ValSplitConfig", _PARAMS["val_split"])
 BalancedTrainConfig = _config_class("BalancedTrainConfig", _PARAMS["balanced_train"])
 Resnet34Config = _config_class("Resnet34Config", _PARAMS["resnet34_model"])
+AblationConfig = _config_class("AblationConfig", _PARAMS["ablation_report"])

@@ -56,7 +56,7 @@ def machine_description(device: str) -> str:
 def run_pipeline(
     dataset: str, out_dir: str | Path, *, run_config: dict, device: str = "auto",
     truth_path: str | None = None, test_set: str | None = None,
-    class_names: list[str] | None = None, log=print,
+    class_names: list[str] | None = None, log=print, ablation=None,
 ) -> dict:
     """Run every step and return the summary (per-step wall time and peak memory, accuracies)."""
     out = Path(out_dir).absolute()
@@ -93,7 +93,13 @@ def run_pipeline(
     report = step("eval_report", steps.evaluate, model, val, clean, ood, out / "eval_report",
                   device=device, class_names=class_names, test_set=test_set,
                   truth_path=truth_path)
-    return summarise_run(report, timings, dataset=dataset, device=device)
+    summary = summarise_run(report, timings, dataset=dataset, device=device)
+    if ablation is not None:
+        result = step("ablation_report", steps.ablate, raw, clean, val, bal, out / "ablation_report", ablation,
+                      train_config, test_set=test_set, log=log)
+        summary["ablation"] = {"recipes": result["recipes"], "path": result["path"]}
+        log(result["markdown"])
+    return summary
 
 
 def _with_device(config, device: str):
@@ -130,11 +136,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-set", help="an external clean test set, same format and classes")
     parser.add_argument("--class-names", help="comma-separated class names")
     parser.add_argument("--json", help="write the run summary here")
+    parser.add_argument("--ablation", help="also train on these recipes (comma-separated, or 'all'): "
+                        "raw, ood_removed, labels_corrected, full")
+    parser.add_argument("--ablation-seeds", default="0", help="comma-separated seeds per recipe")
+    parser.add_argument("--ablation-epochs", type=int, help="epochs per ablation run (default: the trainer's)")
     args = parser.parse_args(argv)
+    ablation = None
+    if args.ablation:
+        from animal_assets.core.ablation import RECIPES, AblationParams
+
+        recipes = RECIPES if args.ablation == "all" else tuple(args.ablation.split(","))
+        ablation = AblationParams(recipes=list(recipes), epochs=args.ablation_epochs,
+                                  seeds=[int(s) for s in args.ablation_seeds.split(",")])
     summary = run_pipeline(
         args.dataset, args.out, run_config=load_run_config(args.config), device=args.device,
         truth_path=args.truth, test_set=args.test_set,
-        class_names=args.class_names.split(",") if args.class_names else None,
+        class_names=args.class_names.split(",") if args.class_names else None, ablation=ablation,
     )
     if args.json:
         write_json(args.json, summary)

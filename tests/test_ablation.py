@@ -1,0 +1,70 @@
+"""Ablation: recipes built from the graph's outputs, trained and scored on one fixed set."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from animal_assets.core.ablation import RECIPES, AblationParams, markdown, recipe_rows
+from animal_assets.core.demo import make_demo_dataset
+from animal_assets.core.pipeline import main
+from tests.test_graph import TINY
+
+
+def decisions_table():
+    # ids a..h; c and d are byte-identical copies; b is OOD; e relabelled; f dropped; h is a copy
+    # of the validation image g.
+    return pd.DataFrame({
+        "id": list("abcdefgh"),
+        "given": [0, 1, 1, 1, 0, 1, 0, 0],
+        "label": [0, -1, 1, -1, 1, -1, 0, -1],
+        "reason": ["", "ood", "", "duplicate", "label_issue", "label_issue", "", "duplicate"],
+        "dup_group": [0, 1, 2, 2, 3, 4, 5, 5],
+    })
+
+
+def test_recipes_follow_the_decisions_and_leave_out_validation_images():
+    sets = recipe_rows(decisions_table(), val_sources={"g"})
+    ids = np.array(list("abcdefgh"))
+    assert list(ids[sets["raw"][0]]) == list("abcdef")  # g and its copy h are held out
+    assert list(sets["raw"][1]) == [0, 1, 1, 1, 0, 1]
+    assert list(ids[sets["ood_removed"][0]]) == list("acdef")
+    assert list(ids[sets["labels_corrected"][0]]) == list("ace")
+    assert list(sets["labels_corrected"][1]) == [0, 1, 1]  # e carries its new label
+
+
+@pytest.mark.parametrize("bad", [{"recipes": ()}, {"recipes": ("raw", "magic")}, {"seeds": ()},
+                                 {"epochs": 0}])
+def test_params_reject_bad_values(bad):
+    with pytest.raises(ValueError, match="ablation.py"):
+        AblationParams(**bad)
+
+
+def test_markdown_has_one_row_per_recipe():
+    table = markdown({"raw": {"n_train": 10, "seeds": 2, "val_balanced_accuracy": {"mean": 0.5, "std": 0.1}},
+                      "full": {"n_train": 12, "seeds": 2, "val_balanced_accuracy": {"mean": 0.75, "std": 0.0}}})
+    lines = table.splitlines()
+    assert len(lines) == 4 and "| raw | 10 | 2 | 0.500 ± 0.100 |" in lines and "0.750 ± 0.000" in lines[3]
+
+
+@pytest.mark.slow
+def test_headless_ablation_trains_every_recipe_on_the_same_eval_set(tmp_path):
+    demo = make_demo_dataset(tmp_path / "demo", seed=3, size="tiny")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "run.json"
+    assert main([str(demo.dataset_dir), "--out", str(tmp_path / "out"), "--config", str(config),
+                 "--device", "cpu", "--test-set", str(demo.dataset_dir), "--json", str(out),
+                 "--ablation", "all", "--ablation-seeds", "0", "--ablation-epochs", "1"]) == 0
+    summary = json.loads(out.read_text())
+    result = json.loads((tmp_path / "out" / "ablation_report" / "ablation.json").read_text())
+    assert list(result["recipes"]) == list(RECIPES)
+    assert len(result["runs"]) == len(RECIPES)
+    n = {r: e["n_train"] for r, e in result["recipes"].items()}
+    assert n["raw"] > n["ood_removed"] > n["labels_corrected"]
+    val_ids = pd.read_csv(tmp_path / "out" / "val_split" / "ids.csv")
+    n_images = len(json.loads((demo.dataset_dir / "data-labels.json").read_text()))
+    assert n["raw"] <= n_images - len(val_ids)  # validation images and their copies left out
+    for run in result["runs"]:
+        assert 0.0 <= run["val_balanced_accuracy"] <= 1.0 and 0.0 <= run["test_balanced_accuracy"] <= 1.0
+    assert summary["ablation"]["recipes"]["full"]["seeds"] == 1
