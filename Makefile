@@ -1,11 +1,11 @@
 # make demo: install and materialize the whole graph on the built-in demo dataset.
-# make test: install and run the test suite.   make ui: the Dagster UI on the same instance.
+# make test: install (Chromium too, as root) and run the test suite.   make ui: the Dagster UI.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo ui test clean
+.PHONY: install demo ui test chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,20 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -q
+
+# tests/test_browser.py drives Debian's headless Chromium: installed here when missing and run
+# as root; otherwise say how (the test fails without it unless ANIMAL_ASSETS_SKIP_BROWSER=1).
+chromium:
+	@if [ "$$ANIMAL_ASSETS_SKIP_BROWSER" != 1 ] && ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make test: Chromium is missing; install it (sudo apt-get install -y chromium)" \
+	      "or set ANIMAL_ASSETS_SKIP_BROWSER=1 to skip the browser test" >&2; \
+	  fi; \
+	fi
 
 clean:
 	rm -rf var .dagster_home

@@ -1,4 +1,5 @@
-"""Asset checks: the DS801 format rules on the input and on everything the graph exports.
+"""Asset checks: the DS801 format rules on the input and on everything the graph exports, and
+that a person's review is applied as written.
 
 The checks on ``raw_images`` are blocking: a failure at ERROR severity stops everything
 downstream in that run, and the downstream assets themselves refuse a ``raw_images`` whose
@@ -14,10 +15,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from animal_assets.assets import balanced_train, raw_images, val_split
-from animal_assets.core import steps
+from animal_assets.assets import balanced_train, clean_labels, raw_images, val_split
+from animal_assets.core import review, steps
 from animal_assets.core.formats import RULE_GROUPS, validate_ds801_folder
 from animal_assets.core.ingest import RawImages
+from animal_assets.resources import DatasetResource
 
 MAX_LISTED = 50  # offending files listed in a check's metadata; the full list is on disk
 
@@ -161,6 +163,42 @@ def balanced_train_shares_nothing_with_val_split(
     )
 
 
+@dg.asset_check(asset=clean_labels)
+def clean_labels_follow_the_review(
+    clean_labels: steps.CleanLabels, dataset: DatasetResource,
+) -> dg.AssetCheckResult:
+    """Every decision of the review file is in the final decisions, marked ``source = review``,
+    and no other row is; a review file edited since the materialization is reported (WARN)."""
+    d = steps.read_decisions(clean_labels)
+    applied = clean_labels.summary.get("review_version", review.NO_REVIEW)
+    current = review.review_version(dataset.review_path or None)
+    if current != applied:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN,
+            description="the review file changed since clean_labels was materialized; observe "
+                        "review_file and materialize the unsynced assets",
+            metadata={"applied_version": applied, "current_version": current},
+        )
+    k = len(clean_labels.summary["per_class"])
+    wanted = review.empty_review() if current == review.NO_REVIEW else review.read_review(
+        dataset.review_path, known_ids=d["id"].astype(str).tolist(),
+        given=d["given"].to_numpy(), num_classes=k, class_names=dataset.names(k),
+    )
+    got = d[d["source"] == "review"].set_index("id")
+    problems = sorted(set(got.index) ^ set(wanted["id"]))
+    for row in wanted.itertuples():
+        if row.id in got.index and (got.at[row.id, "action"] != row.action
+                                    or int(got.at[row.id, "label"]) != row.label):
+            problems.append(row.id)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=(f"{len(wanted)} review decision(s) applied" if not problems else
+                     f"{len(problems)} review decision(s) not applied, first {problems[0]}"),
+        metadata={"n_reviewed": len(wanted), "review_version": current,
+                  "not_applied": dg.MetadataValue.json(problems[:MAX_LISTED])},
+    )
+
+
 ALL_CHECKS = [
     raw_images_filenames_follow_rule,
     raw_images_labels_are_one_hot,
@@ -169,4 +207,5 @@ ALL_CHECKS = [
     val_split_export_follows_format,
     balanced_train_export_follows_format,
     balanced_train_shares_nothing_with_val_split,
+    clean_labels_follow_the_review,
 ]

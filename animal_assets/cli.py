@@ -3,13 +3,13 @@
     animal-assets run --config demo                      # the built-in demo dataset
     animal-assets run --dataset ds801-train-set.tgz --test-set clean-test/ --json run.json
     animal-assets run --unsynced                         # rerun only what is out of date
-    animal-assets observe                                # record the input's data version
+    animal-assets observe --review review.csv            # record the input's and review's versions
     animal-assets status                                 # synced / unsynced per asset
 
 Runs land in the instance under ``DAGSTER_HOME`` (default ``./.dagster_home``), so ``make ui``
-shows them. The dataset, truth file, test set and class names can also come from the
-environment (``ANIMAL_ASSETS_DATASET``, ``ANIMAL_ASSETS_TRUTH``, ``ANIMAL_ASSETS_TEST_SET``,
-``ANIMAL_ASSETS_CLASS_NAMES``), which is what ``dagster dev`` reads.
+shows them. The dataset, truth file, test set, review file and class names can also come from
+the environment (``ANIMAL_ASSETS_DATASET``, ``ANIMAL_ASSETS_TRUTH``, ``ANIMAL_ASSETS_TEST_SET``,
+``ANIMAL_ASSETS_REVIEW``, ``ANIMAL_ASSETS_CLASS_NAMES``), which is what ``dagster dev`` reads.
 """
 from __future__ import annotations
 
@@ -25,17 +25,20 @@ ENV = {
     "class_names": "ANIMAL_ASSETS_CLASS_NAMES",
     "output": "ANIMAL_ASSETS_OUTPUT",
     "device": "ANIMAL_ASSETS_DEVICE",
+    "review": "ANIMAL_ASSETS_REVIEW",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="animal-assets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="observe the input, then materialize the graph")
-    for p in (run, sub.add_parser("observe", help="record the input's data version"),
+    run = sub.add_parser("run", help="observe the input and the review, then materialize the graph")
+    for p in (run, sub.add_parser("observe", help="record the input's and the review's data versions"),
               sub.add_parser("status", help="print each asset's sync status")):
         p.add_argument("--dataset", help="DS801 folder or .zip/.tar.gz/.tgz (default: demo)")
         p.add_argument("--output", help="output folder (default: var/outputs)")
+        p.add_argument("--review", help="review file (CSV: id, action, label, note) that overrules "
+                                        "the cleaning decisions it lists")
     run.add_argument("--config", default="default", help="demo, default or a run-config YAML")
     run.add_argument("--truth", help="truth file of a ground-truth benchmark (scoring only)")
     run.add_argument("--test-set", help="external clean test set, same format and class order")
@@ -45,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--unsynced", action="store_true",
                      help="materialize only unsynced assets and what is downstream of them")
     run.add_argument("--json", help="write a run summary (per-asset time, memory, accuracy)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress line on stderr (the console log shows the steps instead)")
     return parser
 
 
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, key, None)
         if value:
             os.environ[var] = str(Path(value).absolute()) if key in (
-                "dataset", "truth", "test_set", "output") else value
+                "dataset", "truth", "test_set", "output", "review") else value
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "observe":
-            print(f"input_dataset data version: {runner.observe()}")
+            for name, version in runner.observe().items():
+                print(f"{name} data version: {version}")
             return 0
         if args.command == "status":
             for name, status in runner.sync_status().items():
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config,
             select=args.select.split(",") if args.select else None,
             unsynced=args.unsynced,
+            progress=None if args.no_progress else runner.ProgressBar(sys.stderr),
         )
     except runner.RunFailed as err:
         print(f"animal-assets: {err}", file=sys.stderr)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from animal_assets.assets import PIPELINE_ASSETS, input_dataset
+from animal_assets.assets import PIPELINE_ASSETS, input_dataset, review_file
 from animal_assets.checks import ALL_CHECKS
 from animal_assets.core.pipeline import load_run_config
 from animal_assets.resources import default_resources
@@ -13,10 +13,13 @@ def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.
     """The Definitions, with resources from the environment unless given."""
     assets = assets or PIPELINE_ASSETS
     return dg.Definitions(
-        assets=[input_dataset, *assets],
+        assets=[input_dataset, review_file, *assets],
         asset_checks=ALL_CHECKS,
         jobs=[
-            dg.define_asset_job("observe_input_dataset", selection=[input_dataset.key]),
+            dg.define_asset_job(
+                "observe_sources", selection=[input_dataset.key, review_file.key],
+                description="Record the data versions of the input dataset and the review file.",
+            ),
             dg.define_asset_job(
                 "pipeline", selection=dg.AssetSelection.assets(*assets),
                 description="The whole graph with the default (full, GPU-sized) config.",

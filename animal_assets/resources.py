@@ -26,12 +26,14 @@ class DatasetResource(dg.ConfigurableResource):
     Left empty, the graph runs on the built-in demo dataset, generated deterministically from
     ``demo_seed`` on first use. ``truth_path`` (a ground-truth file) and ``test_set`` (an
     external clean test set in the same format and class order) are optional and only used
-    for scoring in ``eval_report``.
+    for scoring in ``eval_report``. ``review_path`` is a person's review of the cleaning
+    decisions (CSV: id, action, label, note; see :mod:`animal_assets.core.review`); empty: none.
     """
 
     path: str = ""
     truth_path: str = ""
     test_set: str = ""
+    review_path: str = ""
     class_names: list[str] = []
     demo_seed: int = 0
     demo_size: str = "demo"  # "demo" (~1.8k images) or "tiny" (~200, for tests)
@@ -82,6 +84,7 @@ def default_resources() -> dict:
             path=env("ANIMAL_ASSETS_DATASET", ""),
             truth_path=env("ANIMAL_ASSETS_TRUTH", ""),
             test_set=env("ANIMAL_ASSETS_TEST_SET", ""),
+            review_path=env("ANIMAL_ASSETS_REVIEW", ""),
             class_names=names,
         ),
         "compute": DeviceResource(device=env("ANIMAL_ASSETS_DEVICE", "auto")),

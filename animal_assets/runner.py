@@ -1,9 +1,16 @@
 """Headless runs of the code location on the instance under ``DAGSTER_HOME``.
 
-Used by the ``animal-assets`` command and by the tests: observe the input, materialize the graph
-(or only what is unsynced), and collect per-asset timings, check results and the report.
+Used by the ``animal-assets`` command and by the tests: observe the input and the review file,
+materialize the graph (or only what is unsynced) with an optional progress line, and collect
+per-asset timings, check results and the report.
 """
 from __future__ import annotations
+
+import re
+import sys
+import time
+import uuid
+from typing import TextIO
 
 import dagster as dg
 from dagster._utils.test.data_versions import get_stale_status_resolver
@@ -32,20 +39,22 @@ def _defs() -> dg.Definitions:
 
 def observe(
     instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
-) -> str:
-    """Record the input dataset's data version; returns it."""
+) -> dict[str, str]:
+    """Record the data versions of the input dataset and of the review file; returns them by
+    source name."""
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
-    result = defs.resolve_job_def("observe_input_dataset").execute_in_process(
+    result = defs.resolve_job_def("observe_sources").execute_in_process(
         instance=instance, raise_on_error=False, run_config=_QUIET,
     )
     if not result.success:
         raise RunFailed(_failure_line(result), result)
-    (obs,) = [
-        e.asset_observation_data.asset_observation
-        for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
-    ]
-    return obs.data_version or ""
+    versions = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION":
+            obs = event.asset_observation_data.asset_observation
+            versions[obs.asset_key.to_user_string()] = obs.data_version or ""
+    return versions
 
 
 def sync_status(
@@ -75,9 +84,10 @@ def sync_status(
 def run(
     *, config: str | dict = "default", select: list[str] | None = None, unsynced: bool = False,
     instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
-    observe_first: bool = True,
+    observe_first: bool = True, progress: ProgressBar | None = None,
 ) -> dict:
-    """Observe the input, then materialize the selected assets (default: all) and their checks.
+    """Observe the input and the review file, then materialize the selected assets (default:
+    all) and their checks; ``progress`` is shown as the run goes.
 
     Raises :class:`RunFailed` with one clear line when a step or a blocking check fails.
     """
@@ -101,10 +111,104 @@ def run(
         ops = {k: v for k, v in run_config.get("ops", {}).items() if k in select}
         run_config = {**run_config, "ops": ops}
     run_config = {**_QUIET, **run_config}
-    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    run_id = str(uuid.uuid4())
+    if progress is not None:
+        progress.begin(select or names)
+        instance.add_event_listener(run_id, progress)
+        run_config = {**run_config, "loggers": {"console": {"config": {
+            "log_level": progress.console_level}}}}
+    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False,
+                                    run_id=run_id)
+    if progress is not None:
+        progress.finish(result.success)
     if not result.success:
         raise RunFailed(_failure_line(result), result)
     return _summary(result, defs)
+
+
+#: A progress line of an asset (see ``assets._progress``): "... 640/1800 (35%)".
+_PERCENT = re.compile(r"\((\d{1,3})%\)")
+
+
+class ProgressBar:
+    """The progress of a run as one line of text: assets done out of those selected, the asset
+    running now with its own share done (from its progress lines: embedded images, training
+    steps and epochs) and the elapsed time.
+
+    On a terminal the line is redrawn in place (and the console log is kept to warnings, which
+    would break the line); elsewhere (a CI log, a file) a new line is written when an asset
+    finishes or its own progress passes a quarter.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, width: int = 24):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.width = width
+        self.console_level = "WARNING" if self.tty else "INFO"
+        self.assets: list[str] = []
+        self.done: list[str] = []
+        self.current, self.fraction, self.detail = "", 0.0, ""
+        self._start = time.monotonic()
+        self._last_quarter: tuple[str, int] = ("", -1)
+
+    def begin(self, assets: list[str]) -> None:
+        self.assets, self.done = list(assets), []
+        self.current, self.fraction, self.detail = "", 0.0, ""
+        self._start = time.monotonic()
+
+    def line(self) -> str:
+        """The progress line as it stands."""
+        total = max(1, len(self.assets))
+        share = min(1.0, (len(self.done) + (self.fraction if self.current else 0.0)) / total)
+        filled = int(round(share * self.width))
+        elapsed = int(time.monotonic() - self._start)
+        text = (f"[{'#' * filled}{'-' * (self.width - filled)}] {len(self.done)}/{len(self.assets)} "
+                f"assets {elapsed // 60}m{elapsed % 60:02d}s")
+        if self.current:
+            text += f" | {self.current} {int(100 * self.fraction)}%"
+            if self.detail:
+                text += f" {self.detail[:60]}"
+        return text
+
+    def __call__(self, entry) -> None:
+        """Take one event of the run (an ``EventLogEntry``) into account."""
+        event = entry.dagster_event
+        if event is not None:
+            kind = event.event_type_value
+            if kind == "STEP_START" and event.step_key in self.assets:
+                self.current, self.fraction, self.detail = event.step_key, 0.0, ""
+            elif kind == "ASSET_MATERIALIZATION" and event.asset_key is not None:
+                name = event.asset_key.to_user_string()
+                if name in self.assets and name not in self.done:
+                    self.done.append(name)
+                    if name == self.current:
+                        self.current = ""
+                    self._show(force=True)
+            return
+        match = _PERCENT.search(entry.user_message or "")
+        if match and entry.step_key == self.current:
+            self.fraction = min(100, int(match.group(1))) / 100
+            self.detail = entry.user_message.strip().splitlines()[0]
+            self._show(force=False)
+
+    def _show(self, *, force: bool) -> None:
+        if self.tty:
+            self.stream.write("\r" + self.line() + "\x1b[K")
+        else:
+            quarter = (self.current, int(4 * self.fraction))
+            if not force and quarter == self._last_quarter:
+                return
+            self._last_quarter = quarter
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def finish(self, success: bool) -> None:
+        """End the line (a terminal's cursor moves on) and say how the run ended."""
+        if self.tty:
+            self.stream.write("\r" + self.line() + "\x1b[K\n")
+        self.stream.write(f"run {'finished' if success else 'failed'} after "
+                          f"{time.monotonic() - self._start:.0f} s\n")
+        self.stream.flush()
 
 
 def _failure_line(result) -> str:
@@ -125,7 +229,7 @@ def _failure_line(result) -> str:
 
 #: Exceptions whose message already says what is wrong (naming the file or class and the rule):
 #: the line shows the message alone, without the exception's name.
-_MESSAGE_ONLY = frozenset({"DatasetError", "ValueError", "RuntimeError", "Failure"})
+_MESSAGE_ONLY = frozenset({"DatasetError", "ReviewError", "ValueError", "RuntimeError", "Failure"})
 
 
 def _error_line(data) -> str:

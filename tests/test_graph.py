@@ -102,6 +102,7 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(materialized):
     status = runner.sync_status(instance, bumped)
     assert status["resnet34_model"] == "unsynced"
     assert status["eval_report"] == "upstream unsynced"
+    assert status["ablation_report"] == "upstream unsynced"
     cleaning = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
                 "balanced_train"]
     assert all(status[name] == "synced" for name in cleaning), status
@@ -109,7 +110,7 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(materialized):
               for n in cleaning}
 
     summary = runner.run(config=TINY, instance=instance, defs=bumped, unsynced=True)
-    assert sorted(summary["assets"]) == ["eval_report", "resnet34_model"]
+    assert sorted(summary["assets"]) == ["ablation_report", "eval_report", "resnet34_model"]
     after = {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
              for n in cleaning}
     assert after == before  # nothing upstream was recomputed
