@@ -68,3 +68,23 @@ def test_headless_ablation_trains_every_recipe_on_the_same_eval_set(tmp_path):
     for run in result["runs"]:
         assert 0.0 <= run["val_balanced_accuracy"] <= 1.0 and 0.0 <= run["test_balanced_accuracy"] <= 1.0
     assert summary["ablation"]["recipes"]["full"]["seeds"] == 1
+
+
+def test_ablation_logs_every_epoch_of_every_run():
+    from animal_assets.core.ablation import run_ablation
+    from animal_assets.core.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (24, 64, 64, 3), dtype=np.uint8)
+    decisions = pd.DataFrame({"id": [f"i{j}" for j in range(24)], "given": np.arange(24) % 2,
+                              "label": np.arange(24) % 2, "reason": [""] * 24,
+                              "dup_group": np.arange(24)})
+    lines = []
+    result = run_ablation(
+        images=images, decisions=decisions, val_sources={"i0", "i1"}, val_images=images[:2],
+        val_labels=np.array([0, 1]), full_images=images[2:], full_labels=np.arange(22) % 2,
+        num_classes=2, train_config=TrainConfig(epochs=2, batch_size=8, device="cpu"),
+        params=AblationParams(recipes=["raw", "full"]), log=lines.append,
+    )
+    assert [r["n_train"] for r in result["runs"]] == [22, 22]
+    assert sum("epoch 2/2, loss" in line for line in lines) == 2, lines

@@ -133,8 +133,12 @@ def run_ablation(
             if params.epochs is not None:
                 config = dataclasses.replace(config, epochs=params.epochs)
             log(f"[ablation] {recipe} seed {seed}: training on {len(y)} images")
+            def on_epoch(row: dict, recipe: str = recipe, seed: int = seed, epochs: int = config.epochs) -> None:
+                log(f"[ablation] {recipe} seed {seed}: epoch {row['epoch']}/{epochs}, "
+                    f"loss {row['train_loss']:.4f}")
+
             result = train.train_resnet34(np.ascontiguousarray(x), y, num_classes=num_classes,
-                                          config=config)
+                                          config=config, on_epoch=on_epoch)
             row = {"recipe": recipe, "seed": int(seed), "n_train": int(len(y)),
                    "seconds": round(result.seconds, 1)}
             for name, xs, ys in (("val", val_images, val_labels), ("test", test_images, test_labels)):
