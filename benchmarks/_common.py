@@ -26,6 +26,14 @@ COLUMNS = ("figure", "ours", "baseline", "ratio", "machine")
 RESULT_PREFIX = "RESULT "
 
 
+def top_overlap(a, b, share: float = 0.10) -> float:
+    """Share of the top-``share`` rows by score ``a`` (N,) that are also top by score ``b`` (N,)."""
+    import numpy as np
+
+    m = max(1, int(share * len(a)))
+    return len(np.intersect1d(np.argsort(-a)[:m], np.argsort(-b)[:m])) / m
+
+
 def cpu_model() -> str:
     """The CPU's model name as lscpu / /proc/cpuinfo give it."""
     try:

@@ -39,20 +39,9 @@ def clustered_features(n: int, d: int, *, seed: int = 0, clusters: int = 50,
     return np.abs(features, out=features)
 
 
-def rss_mb() -> float:
-    """Current resident memory of this process in MiB (0.0 where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def worker(method: str, features_path: str, scores_path: str, k: int, device: str) -> None:
     """Score the features with one method in this process and report time and peak memory."""
-    from animal_assets.core.profiling import measure
+    from animal_assets.core.profiling import measure, rss_mb
 
     features = np.load(features_path)
     extra = {}
@@ -84,12 +73,6 @@ def worker(method: str, features_path: str, scores_path: str, k: int, device: st
     np.save(scores_path, np.asarray(scores, dtype=np.float32))
     _common.report({"seconds": stats.seconds, "peak_mb": stats.peak_rss_mb,
                     "added_mb": max(stats.peak_rss_mb - before, 0.0), **extra})
-
-
-def top_overlap(a: np.ndarray, b: np.ndarray, share: float = 0.10) -> float:
-    """Share of the top-``share`` outliers by score ``a`` that are also top by score ``b``."""
-    m = max(1, int(share * len(a)))
-    return len(np.intersect1d(np.argsort(-a)[:m], np.argsort(-b)[:m])) / m
 
 
 def main() -> None:
@@ -154,9 +137,9 @@ def main() -> None:
           f"queries), float32 product on {', '.join(products)}.")
     for method in methods:
         line = (f"{method}: top-10 % outliers shared with cleanlab "
-                f"{top_overlap(scores[method], scores['cleanlab']):.3f}")
+                f"{_common.top_overlap(scores[method], scores['cleanlab']):.3f}")
         if method != "ours" and "ours" in scores:
-            line += f", with exact ours {top_overlap(scores[method], scores['ours']):.3f}"
+            line += f", with exact ours {_common.top_overlap(scores[method], scores['ours']):.3f}"
         if "gpu_peak_mb" in results[method]:
             line += f", GPU peak {results[method]['gpu_peak_mb']:.0f} MiB"
         print(line)

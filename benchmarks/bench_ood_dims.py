@@ -50,12 +50,6 @@ def bootstrap_diff(y: np.ndarray, a: np.ndarray, b: np.ndarray, *, rounds: int =
     return float(low), float(high)
 
 
-def top_overlap(a: np.ndarray, b: np.ndarray, share: float = 0.10) -> float:
-    """Share of the top-``share`` rows by score ``a`` that are also top by score ``b``."""
-    m = max(1, int(share * len(a)))
-    return len(np.intersect1d(np.argsort(-a)[:m], np.argsort(-b)[:m])) / m
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny demo, 64 px, dims 64 and 16")
@@ -106,7 +100,7 @@ def main() -> None:
         rows.append((f"kNN wall time, s (dims={dims})", seconds, exact_s, exact_s / seconds))
         low, high = bootstrap_diff(is_ood, scores, exact)
         notes.append(f"dims={dims}: AUROC - exact {auc - exact_auc:+.4f}, 95 % CI [{low:+.4f}, "
-                     f"{high:+.4f}]; top-10 % shared with exact {top_overlap(scores, exact):.3f}")
+                     f"{high:+.4f}]; top-10 % shared with exact {_common.top_overlap(scores, exact):.3f}")
     _common.print_table(rows, _common.machine_label(device))
     print(f"embedding took {embed_s:.1f} s; baseline = exact kNN on all {features.shape[1]} dimensions")
     print("\n".join(notes))

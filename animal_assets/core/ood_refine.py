@@ -97,7 +97,7 @@ def self_train(
                 if len(np.unique(target[use])) < 2:
                     # A fold without both pseudo-classes: scores of two scales cannot be
                     # mixed, so the last complete round stands.
-                    return current.copy() if current is not scores else scores.copy()
+                    return current.copy()
                 model = LogisticRegression(C=c, max_iter=300, class_weight="balanced")
                 model.fit(x[use], target[use])
                 refined[test] = model.decision_function(x[test])

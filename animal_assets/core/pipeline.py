@@ -93,12 +93,14 @@ def run_pipeline(
     report = step("eval_report", steps.evaluate, model, val, clean, ood, out / "eval_report",
                   device=device, class_names=class_names, test_set=test_set,
                   truth_path=truth_path)
-    summary = summarise_run(report, timings, dataset=dataset, device=device)
+    result = None
     if ablation is not None:
-        result = step("ablation_report", steps.ablate, raw, clean, val, bal, out / "ablation_report", ablation,
-                      train_config, test_set=test_set, log=log)
-        summary["ablation"] = {"recipes": result["recipes"], "path": result["path"]}
+        result = step("ablation_report", steps.ablate, raw, clean, val, bal, out / "ablation_report",
+                      ablation, train_config, test_set=test_set, log=log)
         log(result["markdown"])
+    summary = summarise_run(report, timings, dataset=dataset, device=device)
+    if result is not None:
+        summary["ablation"] = {"recipes": result["recipes"], "path": result["path"]}
     return summary
 
 

@@ -29,14 +29,27 @@ def _reset_peak() -> bool:
         return False
 
 
-def peak_rss_mb() -> float:
-    """The process's peak resident memory in MiB since the last reset."""
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB; None without /proc."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def rss_mb() -> float:
+    """The process's current resident memory in MiB (0.0 where /proc is missing)."""
+    return _status_mb("VmRSS") or 0.0
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory in MiB since the last reset."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 

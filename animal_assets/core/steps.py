@@ -142,15 +142,14 @@ def score_outliers(
     check_aligned(raw, embeddings)
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only; pixels stay on disk
     features = np.load(embeddings.path)
+    given = manifest["given"].to_numpy(dtype=np.int64)
     method = params.method
     if method == "auto":
-        sizes = np.bincount(manifest["given"].to_numpy(dtype=np.int64), minlength=raw.num_classes)
+        sizes = np.bincount(given, minlength=raw.num_classes)
         method = "label_entropy" if sizes.min() >= 2 * params.label_k else "knn_distance"
     if method == "label_entropy":
         _, neighbours = ood.knn(features, k=params.label_k)
-        scores = ood.neighbour_label_entropy(
-            neighbours, manifest["given"].to_numpy(dtype=np.int64), num_classes=raw.num_classes,
-        )
+        scores = ood.neighbour_label_entropy(neighbours, given, num_classes=raw.num_classes)
     else:
         scores = ood.knn_ood_scores(features, k=params.k)
     if params.refine_rounds:
