@@ -214,12 +214,14 @@ def raw_images(
     })
 
 
-@dg.asset(group_name=GROUP, deps=[input_dataset], code_version="1", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, deps=[input_dataset], code_version="2", kinds={"pytorch"})
 def embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingsConfig, raw_images: RawImages,
     storage: StorageResource, compute: DeviceResource,
 ) -> dg.Output[steps.Embeddings]:
-    """EfficientNet-Lite0 ImageNet features (1280-d) of every usable image, stored as .npy."""
+    """EfficientNet-Lite0 ImageNet features of every usable image, stored as .npy: the 1,280 head
+    features, then every block's pooled mean and the deeper blocks' pooled std (4,592 in all;
+    1,280 with ``stages: false``)."""
     _guard(raw_images)
 
     with measure() as stats:
@@ -228,7 +230,8 @@ def embeddings(
             on_progress=_progress(context, "embedded images"),
         )
     return dg.Output(emb, metadata={
-        "n": emb.n, "dim": emb.dim, "image_size": emb.image_size, "device": emb.device,
+        "n": emb.n, "dim": emb.dim, "head_dim": emb.head_dim, "image_size": emb.image_size,
+        "device": emb.device,
         "images_per_s": round(emb.n / max(emb.seconds, 1e-9), 1),
         "embeddings_file": dg.MetadataValue.path(emb.path),
         **_stats_metadata(stats),

@@ -145,3 +145,28 @@ def test_load_embeddings_rejects_wrong_array(tmp_path: Path):
     np.save(path, np.zeros(5, np.float32))
     with pytest.raises(ValueError, match="2-D float32"):
         load_embeddings(path)
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_stage_features_extend_the_head_features(two_kinds, image_size):
+    images = two_kinds[0][::4]
+    head = embed_images(images, image_size=image_size, batch_size=4, device="cpu")
+    full = embed_images(images, image_size=image_size, batch_size=4, device="cpu", stages=True)
+    means, stds = embed.stage_dims()
+    assert (means, stds) == (1808, 1504)
+    assert full.shape == (len(images), FEATURE_DIM + means + stds) and full.dtype == np.float32
+    assert np.isfinite(full).all(), "a 1x1 block map must give a std of 0, not NaN"
+    # The head columns are exactly the head-only features: one forward pass gives both.
+    np.testing.assert_array_equal(full[:, :FEATURE_DIM], head)
+    assert (full[:, FEATURE_DIM + means:] >= 0).all()
+    assert full[:, FEATURE_DIM:].std() > 0
+    # The first block's mean is the mean of the first block's output, computed independently.
+    model = load_encoder("cpu")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                        align_corners=False)
+    with torch.inference_mode():
+        first = model._blocks[0](model._swish(model._bn0(model._conv_stem((x - 127.0) / 128.0))))
+    width = model._blocks[0]._block_args.output_filters
+    np.testing.assert_allclose(full[:, FEATURE_DIM:FEATURE_DIM + width],
+                               first.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)

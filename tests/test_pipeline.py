@@ -65,3 +65,28 @@ def test_label_entropy_outlier_scores_through_the_steps(tmp_path):
     table = pd.read_csv(scores.path)
     assert len(table) == raw.n_usable and table["flag"].sum() == scores.n_flagged == int(0.1 * raw.n_usable)
     assert table["score"].between(0, np.log(10) + 1e-6).all()
+
+
+def test_knn_scores_compare_the_head_features_only(tmp_path):
+    import pandas as pd
+
+    from animal_assets.core import steps
+    from animal_assets.core.config import EmbeddingsParams, OodParams
+    from animal_assets.core.ingest import read_dataset
+
+    demo = make_demo_dataset(tmp_path / "demo", seed=3, size="tiny")
+    raw = read_dataset(demo.dataset_dir, tmp_path / "raw")
+    full = steps.compute_embeddings(raw, tmp_path / "full", EmbeddingsParams(image_size=32), device="cpu")
+    head = steps.compute_embeddings(raw, tmp_path / "head", EmbeddingsParams(image_size=32, stages=False),
+                                    device="cpu")
+    assert (full.head_dim, head.head_dim, head.dim) == (1280, 1280, 1280) and full.dim > 1280
+    for method in ("knn_distance", "label_entropy"):
+        params = OodParams(method=method, label_k=10, refine_rounds=0)
+        a = pd.read_csv(steps.score_outliers(raw, full, tmp_path / f"a_{method}", params).path)
+        b = pd.read_csv(steps.score_outliers(raw, head, tmp_path / f"b_{method}", params).path)
+        np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6, atol=1e-7)
+    # The refinement reads every column, so with it the extra columns change the scores.
+    params = OodParams(method="knn_distance", refine_rounds=1)
+    a = pd.read_csv(steps.score_outliers(raw, full, tmp_path / "ra", params).path)
+    b = pd.read_csv(steps.score_outliers(raw, head, tmp_path / "rb", params).path)
+    assert not np.allclose(a["score"], b["score"])

@@ -23,6 +23,10 @@ class RawImagesParams:
 class EmbeddingsParams:
     image_size: int = 128  # encoder input; the 64x64 images are upsampled on the device
     batch_size: int = 256
+    # Append every encoder block's pooled mean (and, for the deeper blocks, std) to the 1,280
+    # head features: 4,592 values per image. The kNN scores use the head; the outlier
+    # refinement and the label probe use all of them (see core/embed.py for what it buys).
+    stages: bool = True
 
 
 @dataclass(frozen=True)

