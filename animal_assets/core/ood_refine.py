@@ -19,8 +19,9 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from animal_assets.core.scaling import ChunkedStandardScaler
 
 
 def _ranks(scores: np.ndarray) -> np.ndarray:
@@ -81,7 +82,7 @@ def self_train(
     if rounds == 0 or n_out < n_folds or n_in < n_folds:
         # Too few pseudo-labelled images to fit anything: keep the seed score.
         return scores.copy()
-    x = StandardScaler().fit_transform(features).astype(np.float32)
+    x = ChunkedStandardScaler().fit_transform(features).astype(np.float32, copy=False)
     folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x))
     current = scores
     with threadpool_limits(limits=n_threads), warnings.catch_warnings():
