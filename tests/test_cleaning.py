@@ -277,3 +277,20 @@ def test_summarise_counts(noisy):
     assert sum(c["final"] for c in s["per_class"]) == s["kept"] == int((d["label"] >= 0).sum())
     assert [c["given"] for c in s["per_class"]] == np.bincount(given, minlength=K).tolist()
     assert np.asarray(s["relabel_matrix"]).sum() == s["by_action"]["relabel"]
+
+
+def test_out_of_sample_probs_do_not_depend_on_the_number_of_fold_threads():
+    from animal_assets.core.cleaning import out_of_sample_probs
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 240)
+    features = (rng.standard_normal((240, 12)) + labels[:, None] * 0.8).astype(np.float32)
+    mask = rng.random(240) > 0.1  # the rest get the mean of the fold models
+    groups = np.arange(240)
+    groups[1::7] = groups[0::7][: len(groups[1::7])]  # some byte-identical pairs
+    kwargs = dict(num_classes=3, n_folds=5, train_mask=mask, groups=groups, c=0.1)
+    one = out_of_sample_probs(features, labels, n_jobs=1, **kwargs)
+    four = out_of_sample_probs(features, labels, n_jobs=4, **kwargs)
+    np.testing.assert_array_equal(one, four)
+    np.testing.assert_allclose(one.sum(axis=1), 1.0)
+    assert (one[~mask] > 0).all()

@@ -19,7 +19,9 @@ Both share the guards against the failure modes of naive pruning on small, noisy
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,6 +62,7 @@ class CleaningConfig:
     pca_dims: int | None = None  # PCA size fitted inside each fold (None: raw features, more accurate)
     class_weight: str | None = "balanced"  # "balanced" stops the probe from favouring large classes
     probe_threads: int | None = 1  # BLAS/OpenMP threads of the probe (None: all); 1 is immune to contention
+    probe_jobs: int | None = None  # folds fitted at once, one thread each (None: one per CPU core)
     em_rounds: int = 2  # noise_model: probe refits on the posterior's labels
     min_noise_rate: float = 0.08  # noise_model: smaller confusion rates are treated as 0
     # noise_model: pseudo-images per class labelled as themselves, added to the noise estimate;
@@ -100,7 +103,8 @@ class CleaningConfig:
         """
         return {"n_folds": self.n_folds, "seed": self.seed, "c": self.probe_c,
                 "max_iter": self.probe_max_iter, "pca_dims": self.pca_dims,
-                "class_weight": self.class_weight, "n_threads": self.probe_threads}
+                "class_weight": self.class_weight, "n_threads": self.probe_threads,
+                "n_jobs": self.probe_jobs}
 
 
 # A 1-2-5 series: with the 4,592 embedding values the CIFAR benchmark's log-loss is lowest near
@@ -121,6 +125,7 @@ def select_probe_c(
     seed: int = 0,
     class_weight: str | None = "balanced",
     n_threads: int | None = 1,
+    n_jobs: int | None = None,
 ) -> float:
     """The probe strength with the lowest out-of-sample log-loss on the given labels.
 
@@ -138,7 +143,7 @@ def select_probe_c(
         Rows to use (default: all).
     grid : sequence of float
         Candidate values of C, ascending.
-    max_rows, n_folds, seed, class_weight, n_threads
+    max_rows, n_folds, seed, class_weight, n_threads, n_jobs
         Subsample size, folds, seed and probe settings.
 
     Returns
@@ -166,7 +171,7 @@ def select_probe_c(
     for c in grid:
         probs = out_of_sample_probs(features[rows], labels[rows], num_classes=num_classes,
                                     n_folds=n_folds, seed=seed, c=c, class_weight=class_weight,
-                                    n_threads=n_threads)
+                                    n_threads=n_threads, n_jobs=n_jobs)
         probs = np.clip(probs, 1e-7, 1.0)
         loss = log_loss(labels[rows], probs / probs.sum(axis=1, keepdims=True),
                         labels=list(range(num_classes)))
@@ -203,6 +208,7 @@ def out_of_sample_probs(
     pca_dims: int | None = None,
     class_weight: str | None = "balanced",
     n_threads: int | None = 1,
+    n_jobs: int | None = None,
 ) -> np.ndarray:
     """Cross-validated class probabilities from a softmax-regression probe.
 
@@ -233,6 +239,10 @@ def out_of_sample_probs(
         Thread cap for BLAS and OpenMP while fitting (None: no cap). One thread finishes
         30,000 x 1,280 features in under 20 s; with both threads of a 2-core machine that was
         also running other work, spin-waiting threads made the same fit 3x to 24x slower.
+    n_jobs : int or None
+        Folds fitted at the same time, each in its own thread (None: one per CPU core, at most
+        ``n_folds``). The folds are independent and their results are combined in fold order,
+        so the output does not depend on it.
 
     Returns
     -------
@@ -259,26 +269,58 @@ def out_of_sample_probs(
     probs = np.zeros((n, num_classes), dtype=np.float64)
     rest = np.flatnonzero(~train_mask)
     fold_of = _assign_folds(y, None if groups is None else np.asarray(groups)[train_idx], n_folds, seed)
+
+    def fit(fold: int):
+        # The OpenMP part of the cap is per thread, so each worker sets it for itself.
+        with threadpool_limits(limits=n_threads):
+            return _fit_fold(features, y, train_idx, rest, fold_of == fold, c=c,
+                             max_iter=max_iter, pca_dims=pca_dims, class_weight=class_weight)
+
     with threadpool_limits(limits=n_threads), warnings.catch_warnings():
         # max_iter is a time budget; stopping lbfgs early only regularises the probe further.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for fold in range(n_folds):
-            _fit_fold(features, y, train_idx, rest, fold_of == fold, probs, n_folds=n_folds, c=c,
-                      max_iter=max_iter, pca_dims=pca_dims, class_weight=class_weight)
+        results = map_folds(fit, n_folds, n_jobs)
+    for fold, (cols, held_probs, rest_probs) in enumerate(results):
+        probs[np.ix_(train_idx[fold_of == fold], cols)] = held_probs
+        if len(rest):
+            probs[np.ix_(rest, cols)] += rest_probs / n_folds
     return probs
 
 
-def _fit_fold(features, y, train_idx, rest, held, probs, *, n_folds, c, max_iter, pca_dims, class_weight):
-    """Fit one fold's probe on the training rows outside ``held``; write its predictions into ``probs``."""
+def fold_jobs(n_jobs: int | None, n_folds: int) -> int:
+    """Threads for ``n_folds`` independent fits: ``n_jobs``, or one per CPU core when None."""
+    if n_jobs is None:
+        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_jobs < 1:
+        raise ValueError(f"cleaning.py: n_jobs must be >= 1 or None, got {n_jobs}")
+    return max(1, min(n_jobs, n_folds))
+
+
+def map_folds(fit, n_folds: int, n_jobs: int | None) -> list:
+    """``[fit(0), ..., fit(n_folds - 1)]``, computed by up to ``n_jobs`` threads.
+
+    The heavy parts of a fit (BLAS products, scikit-learn's loss and gradient) release the GIL,
+    so threads fit folds in parallel without copying the features into other processes.
+    """
+    jobs = fold_jobs(n_jobs, n_folds)
+    if jobs == 1:
+        return [fit(fold) for fold in range(n_folds)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(fit, range(n_folds)))
+
+
+def _fit_fold(features, y, train_idx, rest, held, *, c, max_iter, pca_dims, class_weight):
+    """Fit one fold's probe on the training rows outside ``held``.
+
+    Returns the class columns it predicts, its probabilities for the ``held`` rows and for the
+    ``rest`` rows (None when there are none).
+    """
     seen = np.unique(y[~held])
     if len(seen) == 1:
         # A class rarer than the folds can be held out whole, leaving one class to learn from
         # (e.g. 1 image against 10,000 with K=2). lbfgs refuses a one-class fit, and any model of
         # these rows could only answer that class, so the fold answers it with certainty.
-        probs[np.ix_(train_idx[held], seen)] = 1.0
-        if len(rest):
-            probs[np.ix_(rest, seen)] += 1.0 / n_folds
-        return
+        return seen, np.ones((int(held.sum()), 1)), np.ones((len(rest), 1)) if len(rest) else None
     # copy=False: the rows it scales are already a fresh copy (fancy indexing below).
     steps = [ChunkedStandardScaler(copy=False)]
     dims = None if pca_dims is None else min(pca_dims, int((~held).sum()))
@@ -288,9 +330,8 @@ def _fit_fold(features, y, train_idx, rest, held, probs, *, n_folds, c, max_iter
     steps.append(LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight))
     model = make_pipeline(*steps).fit(features[train_idx[~held]], y[~held])
     cols = model.classes_.astype(np.int64)
-    probs[np.ix_(train_idx[held], cols)] = model.predict_proba(features[train_idx[held]])
-    if len(rest):
-        probs[np.ix_(rest, cols)] += model.predict_proba(features[rest]) / n_folds
+    held_probs = model.predict_proba(features[train_idx[held]])
+    return cols, held_probs, model.predict_proba(features[rest]) if len(rest) else None
 
 
 def _assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_limits
 
+from animal_assets.core.cleaning import map_folds
 from animal_assets.core.scaling import ChunkedStandardScaler
 
 
@@ -43,6 +44,7 @@ def self_train(
     n_folds: int = 5,
     seed: int = 0,
     n_threads: int | None = 1,
+    n_jobs: int | None = None,
 ) -> np.ndarray:
     """Refined outlier scores (higher = more outlying).
 
@@ -60,8 +62,9 @@ def self_train(
         Inverse L2 strength of the logistic regression.
     n_folds, seed : int
         Cross-fitting folds and their shuffling seed.
-    n_threads : int or None
-        BLAS thread cap while fitting (see ``cleaning.out_of_sample_probs``).
+    n_threads, n_jobs : int or None
+        BLAS thread cap while fitting and folds fitted at once (see
+        ``cleaning.out_of_sample_probs``); the result does not depend on ``n_jobs``.
 
     Returns
     -------
@@ -92,15 +95,24 @@ def self_train(
             target = np.full(n, -1, dtype=np.int64)
             target[ranks >= 1.0 - n_out / n] = 1
             target[ranks < n_in / n] = 0
-            refined = np.empty(n, dtype=np.float64)
-            for train, test in folds:
+
+            def fit(fold: int, target=target):
+                train, test = folds[fold]
                 use = train[target[train] >= 0]
                 if len(np.unique(target[use])) < 2:
-                    # A fold without both pseudo-classes: scores of two scales cannot be
-                    # mixed, so the last complete round stands.
-                    return current.copy()
-                model = LogisticRegression(C=c, max_iter=300, class_weight="balanced")
-                model.fit(x[use], target[use])
-                refined[test] = model.decision_function(x[test])
+                    return None
+                with threadpool_limits(limits=n_threads):
+                    model = LogisticRegression(C=c, max_iter=300, class_weight="balanced")
+                    model.fit(x[use], target[use])
+                    return model.decision_function(x[test])
+
+            results = map_folds(fit, n_folds, n_jobs)
+            if any(r is None for r in results):
+                # A fold without both pseudo-classes: scores of two scales cannot be mixed,
+                # so the last complete round stands.
+                return current.copy()
+            refined = np.empty(n, dtype=np.float64)
+            for (_, test), values in zip(folds, results):
+                refined[test] = values
             current = refined
     return current

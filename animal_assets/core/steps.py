@@ -206,6 +206,7 @@ def clean_label_decisions(
         probe_kwargs["c"] = cleaning.select_probe_c(
             features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, seed=config.seed,
             class_weight=config.class_weight, n_threads=config.probe_threads,
+            n_jobs=config.probe_jobs,
         )
     transition = None
     if config.method == "noise_model":
