@@ -9,7 +9,8 @@ folds, and the new score seeds the next round.
 
 On the CIFAR ground-truth benchmark (vehicles given random animal labels, 10 % of the set,
 EfficientNet-Lite0 at 128 px) three rounds raised the OOD AUROC of neighbour-label entropy
-from 0.92 to 0.97; on the same data the kNN distance alone reaches 0.68.
+from 0.92 to 0.97 on the 1,280 head features and to 0.98 on all 4,592 embedding values; on
+the same data the kNN distance alone reaches 0.68.
 """
 from __future__ import annotations
 
