@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,15 +271,13 @@ def out_of_sample_probs(
     fold_of = _assign_folds(y, None if groups is None else np.asarray(groups)[train_idx], n_folds, seed)
 
     def fit(fold: int):
-        # The OpenMP part of the cap is per thread, so each worker sets it for itself.
-        with threadpool_limits(limits=n_threads):
-            return _fit_fold(features, y, train_idx, rest, fold_of == fold, c=c,
-                             max_iter=max_iter, pca_dims=pca_dims, class_weight=class_weight)
+        return _fit_fold(features, y, train_idx, rest, fold_of == fold, c=c, max_iter=max_iter,
+                         pca_dims=pca_dims, class_weight=class_weight)
 
-    with threadpool_limits(limits=n_threads), warnings.catch_warnings():
+    with warnings.catch_warnings():
         # max_iter is a time budget; stopping lbfgs early only regularises the probe further.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        results = map_folds(fit, n_folds, n_jobs)
+        results = map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)
     for fold, (cols, held_probs, rest_probs) in enumerate(results):
         probs[np.ix_(train_idx[fold_of == fold], cols)] = held_probs
         if len(rest):
@@ -287,26 +285,36 @@ def out_of_sample_probs(
     return probs
 
 
-def fold_jobs(n_jobs: int | None, n_folds: int) -> int:
-    """Threads for ``n_folds`` independent fits: ``n_jobs``, or one per CPU core when None."""
-    if n_jobs is None:
-        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if n_jobs < 1:
-        raise ValueError(f"cleaning.py: n_jobs must be >= 1 or None, got {n_jobs}")
-    return max(1, min(n_jobs, n_folds))
-
-
-def map_folds(fit, n_folds: int, n_jobs: int | None) -> list:
+def map_folds(fit, n_folds: int, *, n_jobs: int | None, n_threads: int | None) -> list:
     """``[fit(0), ..., fit(n_folds - 1)]``, computed by up to ``n_jobs`` threads.
 
     The heavy parts of a fit (BLAS products, scikit-learn's loss and gradient) release the GIL,
     so threads fit folds in parallel without copying the features into other processes.
+
+    Parameters
+    ----------
+    fit : callable (fold) -> result
+    n_folds : int
+    n_jobs : int or None
+        Threads; None: one per CPU core. Never more than ``n_folds``.
+    n_threads : int or None
+        BLAS/OpenMP thread cap inside each fit (None: no cap). The OpenMP part of a cap holds
+        for the thread that sets it only, so every fit sets it for itself.
     """
-    jobs = fold_jobs(n_jobs, n_folds)
+    if n_jobs is None:
+        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_jobs < 1:
+        raise ValueError(f"cleaning.py: n_jobs must be >= 1 or None, got {n_jobs}")
+
+    def capped(fold: int):
+        with threadpool_limits(limits=n_threads):
+            return fit(fold)
+
+    jobs = min(n_jobs, n_folds)
     if jobs == 1:
-        return [fit(fold) for fold in range(n_folds)]
+        return [capped(fold) for fold in range(n_folds)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(fit, range(n_folds)))
+        return list(pool.map(capped, range(n_folds)))
 
 
 def _fit_fold(features, y, train_idx, rest, held, *, c, max_iter, pca_dims, class_weight):

@@ -14,9 +14,11 @@ Why the block statistics: at these input sizes the ImageNet head is not the most
 On the CIFAR ground-truth benchmark (128 px) a linear probe trained on the true labels of 6,000
 images reached 0.724 with the head, 0.764 with the head and block means and 0.779 with all
 4,592 values; over the whole benchmark the cleaning's label-issue F1 rose from 0.773 to 0.811
-and the label accuracy after cleaning from 0.852 to 0.878. On DS801 the head and block features fit the given labels
-better than the head alone (cross-validated log-loss 1.640 against 1.664). The extra values
-cost no extra forward pass. The weights are a direct conversion of the TensorFlow EfficientNet-Lite
+and the label accuracy after cleaning from 0.852 to 0.878. On DS801 the head and block
+features fit the given labels better than the head alone (cross-validated log-loss 1.640
+against 1.664). The extra values cost no extra forward pass.
+
+The weights are a direct conversion of the TensorFlow EfficientNet-Lite
 checkpoint, whose input pipeline maps a pixel value ``v`` in 0..255 to ``(v - 127) / 128``
 (``MEAN_RGB = 127``, ``STDDEV_RGB = 128`` in ``efficientnet_lite_builder.py``); the same
 mapping is used here, not the torchvision ImageNet mean/std.

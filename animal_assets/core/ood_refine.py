@@ -20,7 +20,6 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
-from threadpoolctl import threadpool_limits
 
 from animal_assets.core.cleaning import map_folds
 from animal_assets.core.scaling import ChunkedStandardScaler
@@ -89,7 +88,7 @@ def self_train(
     x = ChunkedStandardScaler().fit_transform(features).astype(np.float32, copy=False)
     folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x))
     current = scores
-    with threadpool_limits(limits=n_threads), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for _ in range(rounds):
             ranks = _ranks(current)
@@ -102,12 +101,10 @@ def self_train(
                 use = train[target[train] >= 0]
                 if len(np.unique(target[use])) < 2:
                     return None
-                with threadpool_limits(limits=n_threads):
-                    model = LogisticRegression(C=c, max_iter=300, class_weight="balanced")
-                    model.fit(x[use], target[use])
-                    return model.decision_function(x[test])
+                model = LogisticRegression(C=c, max_iter=300, class_weight="balanced")
+                return model.fit(x[use], target[use]).decision_function(x[test])
 
-            results = map_folds(fit, n_folds, n_jobs)
+            results = map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)
             if any(r is None for r in results):
                 # A fold without both pseudo-classes: scores of two scales cannot be mixed,
                 # so the last complete round stands.
