@@ -231,7 +231,7 @@ def embeddings(
         )
     return dg.Output(emb, metadata={
         "n": emb.n, "dim": emb.dim, "head_dim": emb.head_dim, "image_size": emb.image_size,
-        "device": emb.device,
+        "device": emb.device, "precision": emb.precision,
         "images_per_s": round(emb.n / max(emb.seconds, 1e-9), 1),
         "embeddings_file": dg.MetadataValue.path(emb.path),
         **_stats_metadata(stats),
@@ -409,7 +409,7 @@ def resnet34_model(
         pictures.add("plot_training_curves", "training_curves.png",
                      media.training_curves(model.history), alt="training curves")
     return dg.Output(model, metadata={
-        "device": model.device, "epochs": len(model.history),
+        "device": model.device, "precision": model.precision, "epochs": len(model.history),
         "train_seconds": round(model.seconds, 1),
         "val_balanced_accuracy": float("nan") if last.get("val_balanced_acc") is None
         else float(last["val_balanced_acc"]),
@@ -486,7 +486,8 @@ def ablation_report(
     with measure() as stats:
         result = steps.ablate(
             raw_images, clean_labels, val_split, balanced_train, storage.path("ablation_report"),
-            config.to_core(), trainer, test_set=dataset.test_set or None, log=context.log.info,
+            config.to_core(), trainer, test_set=dataset.test_set or None, model=resnet34_model,
+            log=context.log.info,
         )
     recipes = result["recipes"]
     pictures = _Media(Path(result["path"]).parent)

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--test-set", help="external clean test set, same format and class order")
     run.add_argument("--class-names", help="comma-separated class names, in label order")
     run.add_argument("--device", help="auto (default), cpu, cuda")
+    run.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                     help="encoder and trainer arithmetic; auto: bf16 on CUDA and on CPUs with AMX, "
+                          "else fp32 (default: the run config's)")
     run.add_argument("--select", help="comma-separated assets to materialize (default: all)")
     run.add_argument("--unsynced", action="store_true",
                      help="materialize only unsynced assets and what is downstream of them")
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = runner.run(
             config=args.config,
             select=args.select.split(",") if args.select else None,
-            unsynced=args.unsynced,
+            unsynced=args.unsynced, precision=args.precision,
             progress=None if args.no_progress else runner.ProgressBar(sys.stderr),
         )
     except runner.RunFailed as err:

@@ -16,7 +16,7 @@ import dagster as dg
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from animal_assets.assets import PIPELINE_ASSETS
-from animal_assets.core.pipeline import load_run_config, summarise_run
+from animal_assets.core.pipeline import load_run_config, summarise_run, with_precision
 
 
 class RunFailed(RuntimeError):
@@ -84,10 +84,11 @@ def sync_status(
 def run(
     *, config: str | dict = "default", select: list[str] | None = None, unsynced: bool = False,
     instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
-    observe_first: bool = True, progress: ProgressBar | None = None,
+    observe_first: bool = True, progress: ProgressBar | None = None, precision: str | None = None,
 ) -> dict:
     """Observe the input and the review file, then materialize the selected assets (default:
-    all) and their checks; ``progress`` is shown as the run goes.
+    all) and their checks; ``progress`` is shown as the run goes. ``precision`` (``auto``,
+    ``fp32``, ``bf16``) overrides the run config's for the encoder and the trainer.
 
     Raises :class:`RunFailed` with one clear line when a step or a blocking check fails.
     """
@@ -104,6 +105,9 @@ def run(
     if unknown:
         raise RunFailed(f"unknown asset(s) {sorted(unknown)}; the assets are {names}")
     run_config = config if isinstance(config, dict) else load_run_config(config)
+    if precision is not None:
+        run_config = with_precision(run_config, precision)
+    tags = run_tags(config, run_config, defs)
     job = defs.resolve_job_def("pipeline")
     if select:
         job = job.get_subset(asset_selection={dg.AssetKey(n) for n in select})
@@ -118,12 +122,35 @@ def run(
         run_config = {**run_config, "loggers": {"console": {"config": {
             "log_level": progress.console_level}}}}
     result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False,
-                                    run_id=run_id)
+                                    run_id=run_id, tags=tags)
     if progress is not None:
         progress.finish(result.success)
     if not result.success:
         raise RunFailed(_failure_line(result), result)
     return _summary(result, defs)
+
+
+def run_tags(config: str | dict, run_config: dict, defs: dg.Definitions) -> dict[str, str]:
+    """Tags that say what a run used: dataset, config, device and the precision of the encoder
+    and of the trainer ("auto" resolved for this machine)."""
+    from animal_assets.core.embed import resolve_device
+    from animal_assets.core.precision import resolve_precision
+
+    ops = run_config.get("ops", {}) or {}
+    device = defs.resources["compute"].device
+    dev = resolve_device(device)
+
+    def precision_of(op: str) -> str:
+        asked = ((ops.get(op) or {}).get("config") or {}).get("precision", "auto")
+        return resolve_precision(asked, dev)
+
+    return {
+        "animal_assets/dataset": defs.resources["dataset"].path or "demo",
+        "animal_assets/config": config if isinstance(config, str) else "custom",
+        "animal_assets/device": str(dev),
+        "animal_assets/precision": f"embeddings {precision_of('embeddings')}, "
+                                   f"resnet34_model {precision_of('resnet34_model')}",
+    }
 
 
 #: A progress line of an asset (see ``assets._progress``): "... 640/1800 (35%)".

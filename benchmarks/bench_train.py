@@ -114,7 +114,7 @@ def run_baseline(data_dir: Path, batch_size: int, device: str, workers: int, epo
         for x, y in loader:
             x = x.to(dev, non_blocking=True).contiguous(memory_format=memory_format)
             y = y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.bf16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on_cuda):
                 loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

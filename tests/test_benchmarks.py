@@ -24,6 +24,7 @@ SCRIPTS = [
     ("bench_train.py", r"training images/s \(epoch 1 loop\)"),
     ("bench_embed.py", r"images/s at 64x64"),
     ("bench_ood_dims.py", r"OOD AUROC \(dims=64\)"),
+    ("bench_precision.py", r"ResNet-34 training images/s"),
 ]
 
 

@@ -30,7 +30,8 @@ def make_shapes(num_classes: int, per_class: int, seed: int) -> tuple[np.ndarray
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    base = dict(epochs=1, batch_size=16, max_lr=0.02, eval_batch_size=64, device="cpu")
+    # fp32 unless a test asks for bf16: "auto" would depend on the machine's CPU.
+    base = dict(epochs=1, batch_size=16, max_lr=0.02, eval_batch_size=64, device="cpu", precision="fp32")
     return TrainConfig(**{**base, **overrides})
 
 
@@ -44,15 +45,24 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[TrainResult, np.ndarray, np.ndarray]:
+def _train_shapes(precision: str) -> tuple[TrainResult, np.ndarray, np.ndarray]:
     images, labels = make_shapes(10, 20, seed=0)
     val_images, val_labels = make_shapes(10, 4, seed=1)
     rows = []
-    result = train_resnet34(images, labels, num_classes=10, config=tiny_config(epochs=2),
+    result = train_resnet34(images, labels, num_classes=10, config=tiny_config(epochs=2, precision=precision),
                             val_images=val_images, val_labels=val_labels, on_epoch=rows.append)
     assert rows == result.history
     return result, val_images, val_labels
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[TrainResult, np.ndarray, np.ndarray]:
+    return _train_shapes("fp32")
+
+
+@pytest.fixture(scope="module")
+def trained_bf16() -> tuple[TrainResult, np.ndarray, np.ndarray]:
+    return _train_shapes("bf16")
 
 
 @pytest.mark.slow
@@ -82,6 +92,19 @@ def test_training_reduces_loss_on_separable_task(trained):
 
 
 @pytest.mark.slow
+def test_bf16_path_learns_the_separable_task_too(trained, trained_bf16):
+    fp32, _, _ = trained
+    bf16, _, _ = trained_bf16
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    first, last = bf16.history
+    assert last["train_loss"] < first["train_loss"]
+    assert last["val_acc"] >= 0.25  # as the fp32 path; chance is 0.1
+    # bf16 arithmetic really ran: the same seed ends at other weights than fp32
+    assert not torch.equal(fp32.model.state_dict()["fc.weight"], bf16.model.state_dict()["fc.weight"])
+    assert next(bf16.model.parameters()).dtype == torch.float32  # autocast keeps fp32 weights
+
+
+@pytest.mark.slow
 def test_predict_proba_rows_are_distributions(trained):
     result, val_images, _ = trained
     probs = predict_proba(result.model, val_images, batch_size=7, device="cpu")
@@ -94,6 +117,8 @@ def test_predict_proba_rows_are_distributions(trained):
 @pytest.mark.parametrize("overrides", [
     dict(),
     dict(rotate_deg=10.0, mixup_alpha=0.4),
+    dict(precision="bf16"),
+    dict(precision="bf16", channels_last=False),
 ])
 def test_same_seed_gives_identical_weights(overrides):
     images, labels = make_shapes(4, 4, seed=2)
@@ -119,9 +144,11 @@ def test_global_rng_is_left_alone():
 def test_checkpoint_round_trip_gives_identical_predictions(trained, tmp_path):
     result, val_images, _ = trained
     path = tmp_path / "ckpt" / "model.pt"
-    save_checkpoint(path, result.model, num_classes=10, config=result.config, history=result.history)
+    save_checkpoint(path, result.model, num_classes=10, config=result.config, history=result.history,
+                    precision=result.precision)
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary left behind
     model, meta = load_checkpoint(path)
+    assert meta["precision"] == "fp32" and meta["config"]["precision"] == "fp32"
     assert type(model) is torchvision.models.ResNet and not model.training
     assert meta["num_classes"] == 10
     assert meta["history"] == result.history
@@ -162,10 +189,14 @@ def test_config_dict_round_trip_and_demo():
         config.epochs = 5  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"epochs": 2, "learning_rate": 0.1})
+    # checkpoints written before the precision field carried a bf16 flag
+    assert TrainConfig.from_dict({"bf16": True}).precision == "auto"
+    assert TrainConfig.from_dict({"bf16": False}).precision == "fp32"
 
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("max_lr", -1.0),
-                                         ("label_smoothing", 1.0), ("translate", -1), ("max_threads", 0)])
+                                         ("label_smoothing", 1.0), ("translate", -1), ("max_threads", 0),
+                                         ("precision", "fp16")])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})

@@ -27,6 +27,8 @@ class EmbeddingsParams:
     # head features: 4,592 values per image. The kNN scores use the head; the outlier
     # refinement and the label probe use all of them (see core/embed.py for what it buys).
     stages: bool = True
+    # "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles, float32 elsewhere.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from animal_assets.core.atomic import save_npy
+from animal_assets.core.precision import autocast, resolve_precision
 
 FEATURE_DIM = 1280  # head features: the pooled output of the last convolution
 STD_FROM_BLOCK = 7  # blocks 7..15 (strides 16 and 32) also give their spatial std
@@ -202,13 +203,14 @@ def embed_images(
     batch_size: int = 256,
     device: str | torch.device = "auto",
     stages: bool = False,
+    precision: str = "auto",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Embed RGB images with the pretrained EfficientNet-Lite0.
 
     Each batch is moved to the device as uint8, resized there (bilinear) to
     ``image_size`` x ``image_size``, normalised and run under ``torch.inference_mode``
-    (with bfloat16 autocast on CUDA).
+    (with bfloat16 autocast when ``precision`` resolves to bf16).
 
     Parameters
     ----------
@@ -224,6 +226,9 @@ def embed_images(
         ``"auto"`` picks CUDA when available.
     stages : bool
         Append the block statistics to the head features (see the module docstring).
+    precision : {"auto", "fp32", "bf16"}
+        Encoder arithmetic (:func:`animal_assets.core.precision.resolve_precision`); the
+        features are float32 either way.
     on_progress : callable (done, total) -> None, optional
         Called after every batch with the number of images embedded so far and N.
 
@@ -242,7 +247,7 @@ def embed_images(
     total = len(images)
     width = FEATURE_DIM + (sum(stage_dims(model)) if stages else 0)
     out = np.empty((total, width), dtype=np.float32)
-    use_autocast = dev.type == "cuda"
+    precision = resolve_precision(precision, dev)
     with torch.inference_mode():
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
@@ -253,7 +258,7 @@ def embed_images(
                 x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                   align_corners=False, antialias=False)
             x = (x - PIXEL_MEAN) / PIXEL_STD
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+            with autocast(dev, precision):
                 feats = pooled_features(model, x, stages=stages)
             out[start:stop] = feats.cpu().numpy()
             if on_progress is not None:

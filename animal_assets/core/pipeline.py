@@ -43,6 +43,16 @@ def load_run_config(name_or_path: str) -> dict:
     return yaml.safe_load(text) or {}
 
 
+def with_precision(run_config: dict, precision: str) -> dict:
+    """``run_config`` with ``precision`` set for the encoder and the trainer."""
+    ops = dict(run_config.get("ops", {}) or {})
+    for op in ("embeddings", "resnet34_model"):
+        entry = dict(ops.get(op) or {})
+        entry["config"] = {**(entry.get("config") or {}), "precision": precision}
+        ops[op] = entry
+    return {**run_config, "ops": ops}
+
+
 def machine_description(device: str) -> str:
     import torch
 
@@ -96,7 +106,7 @@ def run_pipeline(
     result = None
     if ablation is not None:
         result = step("ablation_report", steps.ablate, raw, clean, val, bal, out / "ablation_report",
-                      ablation, train_config, test_set=test_set, log=log)
+                      ablation, train_config, test_set=test_set, model=model, log=log)
         log(result["markdown"])
     summary = summarise_run(report, timings, dataset=dataset, device=device)
     if result is not None:
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="var/outputs", help="output folder")
     parser.add_argument("--config", default="default", help="demo, default or a YAML file")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                        help="encoder and trainer arithmetic (default: the run config's)")
     parser.add_argument("--truth", help="a truth file of a ground-truth benchmark")
     parser.add_argument("--test-set", help="an external clean test set, same format and classes")
     parser.add_argument("--class-names", help="comma-separated class names")
@@ -150,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         recipes = RECIPES if args.ablation == "all" else tuple(args.ablation.split(","))
         ablation = AblationParams(recipes=list(recipes), epochs=args.ablation_epochs,
                                   seeds=[int(s) for s in args.ablation_seeds.split(",")])
+    run_config = load_run_config(args.config)
+    if args.precision:
+        run_config = with_precision(run_config, args.precision)
     summary = run_pipeline(
-        args.dataset, args.out, run_config=load_run_config(args.config), device=args.device,
+        args.dataset, args.out, run_config=run_config, device=args.device,
         truth_path=args.truth, test_set=args.test_set,
         class_names=args.class_names.split(",") if args.class_names else None, ablation=ablation,
     )

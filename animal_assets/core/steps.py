@@ -38,6 +38,7 @@ class Embeddings:
     device: str
     seconds: float
     head_dim: int = 1280  # the first head_dim columns are the encoder's head features
+    precision: str = "fp32"  # what the encoder ran in ("auto" resolved)
 
 
 def head_features(features: np.ndarray, embeddings: Embeddings) -> np.ndarray:
@@ -93,6 +94,7 @@ class Resnet34Model:
     device: str
     seconds: float
     num_classes: int
+    precision: str = "fp32"  # what the training ran in ("auto" resolved)
 
 
 def raw_version(raw: RawImages) -> str:
@@ -121,12 +123,15 @@ def compute_embeddings(
 ) -> Embeddings:
     """Embed every usable image with the pretrained encoder and store the (N, D) matrix."""
     from animal_assets.core import embed
+    from animal_assets.core.precision import resolve_precision
 
     images, _ = load_raw_images(raw)
     start = time.perf_counter()
+    dev = embed.resolve_device(device)
+    precision = resolve_precision(params.precision, dev)
     features = embed.embed_images(
-        images, image_size=params.image_size, batch_size=params.batch_size, device=device,
-        stages=params.stages, on_progress=on_progress,
+        images, image_size=params.image_size, batch_size=params.batch_size, device=dev,
+        stages=params.stages, precision=precision, on_progress=on_progress,
     )
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir)
@@ -135,8 +140,8 @@ def compute_embeddings(
     return Embeddings(
         path=str(path), raw_version=raw_version(raw), n=int(features.shape[0]),
         dim=int(features.shape[1]),
-        image_size=params.image_size, device=str(embed.resolve_device(device)), seconds=seconds,
-        head_dim=embed.FEATURE_DIM,
+        image_size=params.image_size, device=str(dev), seconds=seconds,
+        head_dim=embed.FEATURE_DIM, precision=precision,
     )
 
 
@@ -406,10 +411,11 @@ def train_model(
     path = Path(out_dir) / "resnet34.pt"
     train.save_checkpoint(
         path, result.model, num_classes=num_classes, config=config, history=result.history,
+        precision=result.precision,
     )
     return Resnet34Model(
         checkpoint_path=str(path), history=tuple(result.history), device=result.device,
-        seconds=result.seconds, num_classes=num_classes,
+        seconds=result.seconds, num_classes=num_classes, precision=result.precision,
     )
 
 
@@ -474,10 +480,15 @@ def evaluate(
 
 def ablate(
     raw: RawImages, clean: CleanLabels, val: Split, balanced: BalancedTrain, out_dir: str | Path,
-    params, train_config, *, test_set: str | None = None, log=print,
+    params, train_config, *, test_set: str | None = None, model: Resnet34Model | None = None,
+    log=print,
 ) -> dict:
-    """Train the same trainer on every recipe of :mod:`.ablation`; write ``ablation.json``."""
-    from animal_assets.core import ablation
+    """Train the same trainer on every recipe of :mod:`.ablation`; write ``ablation.json``.
+
+    ``model``, trained with ``train_config`` on ``balanced``, is the ``full`` recipe at its own
+    seed instead of a second training run.
+    """
+    from animal_assets.core import ablation, train
 
     check_aligned(raw, clean)
     out_dir = Path(out_dir)
@@ -493,6 +504,7 @@ def ablate(
         full_labels=np.load(balanced.train.labels_path), num_classes=raw.num_classes,
         train_config=train_config, params=params, test_images=test_images,
         test_labels=test_labels, log=log,
+        full_model=None if model is None else train.load_checkpoint(model.checkpoint_path)[0],
     )
     result["path"] = write_report(out_dir / "ablation.json", result)
     return result

@@ -6,8 +6,9 @@ the device (see :mod:`animal_assets.core.augment`). The network is exactly
 ``torchvision.models.resnet34(weights=None, num_classes=K)``; normalisation happens outside it with
 the fixed constants :data:`NORM_MEAN` / :data:`NORM_STD`.
 
-On the CPU the same seed and config give identical weights. On CUDA, cuDNN autotuning and bf16
-trade that bit-exactness for speed.
+``precision`` chooses float32 or bf16 autocast (:mod:`animal_assets.core.precision`; ``auto``
+takes bf16 on CUDA and on CPUs with AMX). On the CPU the same seed, config and precision give
+identical weights. On CUDA, cuDNN autotuning trades that bit-exactness for speed.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from animal_assets.core.atomic import atomic_path
 from animal_assets.core.augment import augment_batch, mixup
+from animal_assets.core.precision import Precision, autocast, resolve_precision
 
 # ImageNet statistics; close enough for natural photos, and BatchNorm absorbs the rest.
 NORM_MEAN = (0.485, 0.456, 0.406)
@@ -54,8 +56,9 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # 0 disables Mixup; 0.2 is a common value
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when available, else the CPU
-    bf16: bool = True  # bf16 autocast, used on CUDA only
-    channels_last: bool = True  # NHWC memory layout, used on CUDA only (tensor cores)
+    # "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles, float32 elsewhere.
+    precision: Precision = "auto"
+    channels_last: bool = True  # NHWC memory layout with bf16 (tensor cores, AMX); fp32 keeps NCHW
     eval_batch_size: int = 1024
     max_threads: int | None = None  # CPU threads for torch during training; None keeps torch's setting
 
@@ -69,6 +72,7 @@ class TrainConfig:
             raise ValueError("train.TrainConfig: translate, rotate_deg and mixup_alpha must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"train.TrainConfig: label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        resolve_precision(self.precision, "cpu")  # rejects an unknown name early
         if self.max_threads is not None and self.max_threads < 1:
             raise ValueError(f"train.TrainConfig: max_threads must be >= 1 or None, got {self.max_threads}")
 
@@ -82,6 +86,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build a config from a mapping (e.g. Dagster run config); unknown keys are an error."""
+        values = dict(values)
+        if "bf16" in values and "precision" not in values:  # checkpoints before ``precision``
+            values["precision"] = "auto" if values.pop("bf16") else "fp32"
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -102,6 +109,7 @@ class TrainResult:
     seconds: float
     device: str
     config: TrainConfig
+    precision: str = "fp32"  # what ``config.precision`` resolved to on ``device``
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,18 +177,14 @@ class _Normaliser:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
 @torch.no_grad()
-def _logits(model: torch.nn.Module, data: torch.Tensor, *, batch_size: int, amp: bool,
+def _logits(model: torch.nn.Module, data: torch.Tensor, *, batch_size: int, precision: str,
             normalise: _Normaliser) -> torch.Tensor:
     """Float32 logits (N, K) for uint8 NCHW ``data`` already on the model's device."""
     outs = []
     for start in range(0, data.shape[0], batch_size):
         x = normalise(data[start:start + batch_size])
-        with _autocast(data.device, amp):
+        with autocast(data.device, precision):
             outs.append(model(x).float())
     return torch.cat(outs) if outs else torch.empty(0, model.fc.out_features, device=data.device)
 
@@ -243,7 +247,8 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
 
     device = resolve_device(config.device)
     on_cuda = device.type == "cuda"
-    channels_last = config.channels_last and on_cuda
+    precision = resolve_precision(config.precision, device)
+    channels_last = config.channels_last and precision == "bf16"
     old_threads = torch.get_num_threads()
     if config.max_threads is not None:
         torch.set_num_threads(config.max_threads)
@@ -297,7 +302,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
                 lam = 1.0
                 if config.mixup_alpha > 0:
                     x, y_a, y_b, lam = mixup(x, y_a, alpha=config.mixup_alpha, generator=mix_gen)
-                with _autocast(device, config.bf16):
+                with autocast(device, precision):
                     out = model(x)
                     loss = lam * F.cross_entropy(out, y_a, label_smoothing=config.label_smoothing)
                     if lam < 1.0:
@@ -325,7 +330,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
             }
             if val_images is not None and len(val_images):
                 model.eval()
-                logits = _logits(model, val_data, batch_size=config.eval_batch_size, amp=config.bf16,
+                logits = _logits(model, val_data, batch_size=config.eval_batch_size, precision=precision,
                                  normalise=normalise)
                 val_pred = logits.argmax(1).cpu().numpy()
                 row["val_loss"] = float(F.cross_entropy(logits, val_targets))
@@ -339,7 +344,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
         model.eval()
         model = model.to("cpu", memory_format=torch.contiguous_format)
         return TrainResult(model=model, history=history, seconds=time.perf_counter() - t_start,
-                           device=str(device), config=config)
+                           device=str(device), config=config, precision=precision)
     finally:
         torch.set_num_threads(old_threads)
         torch.backends.cudnn.benchmark = old_benchmark
@@ -379,11 +384,12 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, *, batch_size: int
     model.eval()
     model.to(target)
     normalise = _Normaliser(target, channels_last=False)
+    precision = "bf16" if amp and target.type == "cuda" else "fp32"
     try:
         probs = []
         for start in range(0, len(images), batch_size):
             chunk = _to_device_uint8(images[start:start + batch_size], target)
-            probs.append(torch.softmax(_logits(model, chunk, batch_size=batch_size, amp=amp,
+            probs.append(torch.softmax(_logits(model, chunk, batch_size=batch_size, precision=precision,
                                                normalise=normalise), dim=1).cpu())
         k = model.fc.out_features
         return torch.cat(probs).numpy().astype(np.float32) if probs else np.zeros((0, k), np.float32)
@@ -399,8 +405,12 @@ def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 102
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, num_classes: int,
-                    config: TrainConfig, history: list[dict[str, Any]]) -> None:
-    """Write the weights and plain metadata to ``path`` atomically (loadable with ``weights_only``)."""
+                    config: TrainConfig, history: list[dict[str, Any]], precision: str | None = None) -> None:
+    """Write the weights and plain metadata to ``path`` atomically (loadable with ``weights_only``).
+
+    ``precision`` is what the training ran in (``"fp32"`` or ``"bf16"``), stored beside the
+    requested ``config.precision``.
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "arch": "torchvision.models.resnet34",
@@ -408,6 +418,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, num_clas
         "norm_mean": list(NORM_MEAN),
         "norm_std": list(NORM_STD),
         "config": config.to_dict(),
+        "precision": precision,
         "history": [dict(row) for row in history],
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
@@ -423,8 +434,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[to
     model : torch.nn.Module
         ResNet-34 in eval mode on ``device``.
     meta : dict
-        ``num_classes``, ``config`` (dict; rebuild with ``TrainConfig.from_dict``), ``history``,
-        ``arch``, ``format``, ``norm_mean``, ``norm_std``.
+        ``num_classes``, ``config`` (dict; rebuild with ``TrainConfig.from_dict``), ``precision``
+        (what the training ran in), ``history``, ``arch``, ``format``, ``norm_mean``, ``norm_std``.
     """
     target = resolve_device(device)
     payload = torch.load(path, map_location=target, weights_only=True)

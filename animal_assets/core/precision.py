@@ -1,0 +1,79 @@
+"""Numeric precision of the network passes: float32, or bfloat16 autocast where it pays.
+
+``"auto"`` picks bf16 on CUDA devices that support it and on CPUs with AMX bf16 tiles (Intel
+Sapphire Rapids and later), where oneDNN runs bf16 convolutions on the tile unit; anywhere else
+(AMD, older Intel, a CPU whose flags cannot be read) it keeps float32, because bf16 without a
+matrix unit is emulated and slower. The figures behind that rule are in the README.
+
+The CPU flags come from ``/proc/cpuinfo`` (Linux); elsewhere ``"auto"`` keeps float32 on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of this machine (empty when they cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16_matrix_unit() -> bool:
+    """True when the CPU has AMX bf16 tiles (``amx_bf16`` and ``amx_tile`` flags)."""
+    flags = cpu_flags()
+    return "amx_bf16" in flags and "amx_tile" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """Turn ``"auto"``, ``"fp32"`` or ``"bf16"`` into ``"fp32"`` or ``"bf16"`` for ``device``.
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16"}
+        What was asked for. An explicit ``"bf16"`` is honoured on any device (slow without a
+        matrix unit, but it lets a user compare).
+    device : torch.device or str
+        Where the passes run (already resolved, e.g. ``cpu`` or ``cuda:0``).
+
+    Returns
+    -------
+    str
+        ``"fp32"`` or ``"bf16"``.
+
+    Raises
+    ------
+    ValueError
+        For any other name.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16_matrix_unit() else "fp32"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """A bf16 autocast context on ``device`` for a resolved ``"bf16"``; a no-op for ``"fp32"``."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
