@@ -88,3 +88,39 @@ def test_ablation_logs_every_epoch_of_every_run():
     )
     assert [r["n_train"] for r in result["runs"]] == [22, 22]
     assert sum("epoch 2/2, loss" in line for line in lines) == 2, lines
+
+
+def test_full_recipe_at_the_trainer_seed_is_the_given_model_not_a_new_run():
+    from animal_assets.core import train
+    from animal_assets.core.ablation import run_ablation
+    from animal_assets.core.train import TrainConfig
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
+    decisions = pd.DataFrame({"id": [f"i{j}" for j in range(20)], "given": np.arange(20) % 2,
+                              "label": np.arange(20) % 2, "reason": [""] * 20,
+                              "dup_group": np.arange(20)})
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", precision="fp32")
+    full_x, full_y = images[2:], np.arange(18) % 2
+    main_model = train.train_resnet34(full_x, full_y, num_classes=2, config=config).model
+    lines = []
+    result = run_ablation(
+        images=images, decisions=decisions, val_sources={"i0", "i1"}, val_images=images[:2],
+        val_labels=np.array([0, 1]), full_images=full_x, full_labels=full_y, num_classes=2,
+        train_config=config, params=AblationParams(recipes=["full"], seeds=[0, 1]),
+        full_model=main_model, log=lines.append,
+    )
+    seed0, seed1 = result["runs"]
+    assert (seed0["seed"], seed0["reused"], seed0["seconds"]) == (0, True, 0.0)
+    assert (seed1["seed"], seed1["reused"]) == (1, False) and seed1["seconds"] > 0
+    assert sum("training on" in line for line in lines) == 1  # only seed 1 was trained
+    expected = train.predict(main_model, images[:2], device="cpu")
+    assert seed0["val_balanced_accuracy"] == (0.5 * ((expected[0] == 0) + (expected[1] == 1)))
+    # other epochs than the main model's: nothing is reused
+    again = run_ablation(
+        images=images, decisions=decisions, val_sources={"i0", "i1"}, val_images=images[:2],
+        val_labels=np.array([0, 1]), full_images=full_x, full_labels=full_y, num_classes=2,
+        train_config=config, params=AblationParams(recipes=["full"], seeds=[0], epochs=2),
+        full_model=main_model, log=lambda line: None,
+    )
+    assert again["runs"][0]["reused"] is False

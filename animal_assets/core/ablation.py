@@ -10,7 +10,9 @@ Which step buys how much? Each recipe is a training set built from the graph's o
 
 Every recipe leaves out the ``val_split`` images and their byte-identical copies, so all of
 them are scored on the same images, which none trained on, and on an external clean test set
-when one is given. Each recipe is trained once per seed with the same ``TrainConfig``.
+when one is given. Each recipe is trained once per seed with the same ``TrainConfig``; the
+``full`` recipe at the trainer's own seed and settings is the model ``resnet34_model`` already
+trained, so it is scored, not trained a second time.
 """
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ def run_ablation(
     params: AblationParams = AblationParams(),
     test_images: np.ndarray | None = None,
     test_labels: np.ndarray | None = None,
+    full_model=None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train and score every recipe and seed.
@@ -107,6 +110,10 @@ def run_ablation(
     params : AblationParams
     test_images, test_labels : np.ndarray, optional
         An external clean test set.
+    full_model : torch.nn.Module, optional
+        The model already trained with ``train_config`` on the ``full`` arrays (the
+        ``resnet34_model`` asset). It is the ``full`` recipe's model at ``train_config.seed``
+        when that run would use the same settings, instead of training it a second time.
     log : callable
         Progress lines.
 
@@ -114,7 +121,8 @@ def run_ablation(
     -------
     dict
         ``runs`` (one row per recipe and seed: ``recipe``, ``seed``, ``n_train``,
-        ``val_balanced_accuracy``, ``test_balanced_accuracy``, ``seconds``), ``recipes`` (per
+        ``val_balanced_accuracy``, ``test_balanced_accuracy``, ``seconds``, ``reused``: the
+        ``full_model``), ``recipes`` (per
         recipe: ``n_train`` and mean / std of each accuracy) and ``markdown``.
     """
     from animal_assets.core import evaluate as metrics
@@ -132,24 +140,43 @@ def run_ablation(
             config = dataclasses.replace(train_config, seed=int(seed))
             if params.epochs is not None:
                 config = dataclasses.replace(config, epochs=params.epochs)
-            log(f"[ablation] {recipe} seed {seed}: training on {len(y)} images")
-            def on_epoch(row: dict, recipe: str = recipe, seed: int = seed, epochs: int = config.epochs) -> None:
-                log(f"[ablation] {recipe} seed {seed}: epoch {row['epoch']}/{epochs}, "
-                    f"loss {row['train_loss']:.4f}")
-
-            result = train.train_resnet34(np.ascontiguousarray(x), y, num_classes=num_classes,
-                                          config=config, on_epoch=on_epoch)
+            if recipe == "full" and full_model is not None and config == train_config:
+                log(f"[ablation] {recipe} seed {seed}: resnet34_model itself (the same trainer, "
+                    "seed and training set)")
+                model, seconds = full_model, 0.0
+            else:
+                model, seconds = _train(x, y, num_classes, config, f"{recipe} seed {seed}", log)
             row = {"recipe": recipe, "seed": int(seed), "n_train": int(len(y)),
-                   "seconds": round(result.seconds, 1)}
+                   "seconds": round(seconds, 1), "reused": model is full_model}
             for name, xs, ys in (("val", val_images, val_labels), ("test", test_images, test_labels)):
                 if xs is None:
                     continue
-                pred = train.predict(result.model, xs, device=config.device)
+                pred = train.predict(model, xs, device=config.device)
                 row[f"{name}_balanced_accuracy"] = metrics.classification_report(
                     np.asarray(ys, dtype=np.int64), pred, num_classes=num_classes,
                 )["balanced_accuracy"]
             log(f"[ablation] {recipe} seed {seed}: {row}")
             runs.append(row)
+    return summarise(runs)
+
+
+def _train(x: np.ndarray, y: np.ndarray, num_classes: int, config, name: str,
+           log: Callable[[str], None]):
+    """Train one ablation model; returns it with its training seconds."""
+    from animal_assets.core import train
+
+    log(f"[ablation] {name}: training on {len(y)} images")
+
+    def on_epoch(row: dict) -> None:
+        log(f"[ablation] {name}: epoch {row['epoch']}/{config.epochs}, loss {row['train_loss']:.4f}")
+
+    result = train.train_resnet34(np.ascontiguousarray(x), y, num_classes=num_classes,
+                                  config=config, on_epoch=on_epoch)
+    return result.model, result.seconds
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per recipe: training-set size, seed count and mean / std of each accuracy; and markdown."""
     table = pd.DataFrame(runs)
     recipes = {}
     for recipe, part in table.groupby("recipe", sort=False):
