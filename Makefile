@@ -7,10 +7,12 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
 .PHONY: install demo ui test chromium clean
 
+# --no-compile: byte-compiling every installed module (torch, sympy, dagster: tens of thousands
+# of files) costs most of a minute; Python compiles the few it imports on first use instead.
+# The venv's own pip is recent enough for an editable pyproject install, so it is not upgraded.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,8 +22,9 @@ $(DAGSTER_HOME)/dagster.yaml:
 	@mkdir -p $(DAGSTER_HOME)
 	@printf 'telemetry:\n  enabled: false\n' > $@
 
+# PRECISION=fp32 (or bf16) overrides the demo config's "auto" for the encoder and the trainer.
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/animal-assets run --config demo --json var/demo-run.json
+	$(BIN)/animal-assets run --config demo --json var/demo-run.json $(if $(PRECISION),--precision $(PRECISION))
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
