@@ -376,6 +376,13 @@ def test_the_graph_runs_on_its_own_exported_deliverable(tmp_path):
     assert pd.read_csv(third.train.ids_path)["id"].tolist() == table["id"].tolist()
 
 
+def test_the_preflight_knows_every_folder_the_graph_writes():
+    from animal_assets.assets import PIPELINE_ASSETS
+    from animal_assets.core.preflight import OUTPUT_FOLDERS
+
+    assert OUTPUT_FOLDERS == tuple(a.key.to_user_string() for a in PIPELINE_ASSETS)
+
+
 def test_generated_ids_are_deterministic_and_skip_taken_ones():
     first = derived_image_id("img_a", 0, seed=0, taken=set())
     taken = {first}
@@ -431,21 +438,12 @@ def _set_encrypted_flags(path: Path) -> None:
 
 
 def test_a_huge_tar_member_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
-    import gzip
-    import tarfile
-
     from animal_assets.core import ingest
 
     folder = make_dataset(tmp_path, n=3, k=2)
-    archive = tmp_path / "bomb.tgz"
     size = 64 << 20
     monkeypatch.setattr(ingest, "MAX_SKIP_BYTES", 16 << 20)
-    with gzip.open(archive, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w|") as tf:
-        info = tarfile.TarInfo("ds/junk.bin")
-        info.size = size
-        tf.addfile(info, _Zeros(size))
-        for path in sorted(folder.rglob("*")):
-            tf.add(path, arcname=f"ds/{path.relative_to(folder).as_posix()}")
+    archive = _tgz_with_member(tmp_path / "bomb.tgz", folder, size=size)
     assert archive.stat().st_size < 1 << 20
     start = time.perf_counter()
     with pytest.raises(DatasetError, match=f"member ds/junk.bin declares {size} bytes, more than "
@@ -466,6 +464,49 @@ def test_the_total_size_cap_is_checked_as_members_are_read(tmp_path, monkeypatch
     with pytest.raises(DatasetError, match="expands to more than"):
         read_dataset(folder, tmp_path / "out")
     assert len(read) < 10  # stopped early, not after reading all 21 files
+
+
+def _tgz_with_member(path: Path, folder: Path, *, size: int) -> Path:
+    """A tgz of ``folder`` under ``ds/``, preceded by a member of ``size`` zero bytes."""
+    import gzip
+    import tarfile
+
+    with gzip.open(path, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w|") as tf:
+        info = tarfile.TarInfo("ds/junk.bin")
+        info.size = size
+        tf.addfile(info, _Zeros(size))
+        for file in sorted(folder.rglob("*")):
+            tf.add(file, arcname=f"ds/{file.relative_to(folder).as_posix()}")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["encrypted_zip", "huge_member", "zip_named_tgz"])
+def test_archive_cases_on_the_command_line(tmp_path, case):
+    folder = make_dataset(tmp_path / "src", n=12, k=3)
+    args = ["--output", str(tmp_path / "out"), "--select", "raw_images"]
+    if case == "encrypted_zip":
+        archive = make_archive(folder, "zip", dest=tmp_path / "locked.zip")
+        _set_encrypted_flags(archive)
+        parts = (str(archive), "the archive is encrypted")
+    elif case == "huge_member":
+        archive = _tgz_with_member(tmp_path / "bomb.tgz", folder, size=600 << 20)
+        parts = (str(archive), "member ds/junk.bin declares 629145600 bytes",
+                 "refused before decompressing it")
+    else:
+        archive = make_archive(folder, "zip", dest=tmp_path / "data.tar.gz")
+        before = tree_hashes(tmp_path / "src")
+        proc = _cli(tmp_path, "--dataset", str(archive), *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        raw = json.loads((tmp_path / "out" / "raw_images" / "raw.json").read_text())
+        assert raw["n_usable"] == 12 and raw["source"] == str(archive)
+        assert tree_hashes(tmp_path / "src") == before and _leftovers(tmp_path) == []
+        assert _run_statuses(tmp_path).count(dg.DagsterRunStatus.SUCCESS) >= 1
+        return
+    with refused(tmp_path, *parts, pipeline_ran=True) as box:
+        start = time.perf_counter()
+        box["proc"] = _cli(tmp_path, "--dataset", str(archive), *args)
+        assert time.perf_counter() - start < 120
 
 
 class _Zeros:
