@@ -45,6 +45,7 @@ from animal_assets.core.ingest import (
     dataset_fingerprint,
     load_raw_images,
     read_dataset,
+    require_usable,
     summary,
 )
 from animal_assets.core.profiling import measure
@@ -185,13 +186,22 @@ def raw_images(
     context: dg.AssetExecutionContext, config: RawImagesConfig, dataset: DatasetResource,
     storage: StorageResource,
 ) -> dg.Output[RawImages]:
-    """Every image decoded once into a uint8 array, with a manifest of ids, labels and hashes."""
+    """Every image decoded once into a uint8 array, with a manifest of ids, labels and hashes.
+
+    Every input of the run is validated first (:mod:`animal_assets.core.preflight`), so a run
+    launched from the UI is refused with the same line as one from the command line; too few
+    usable images stop the graph here.
+    """
+    dataset.check(storage)
     path, _ = dataset.resolve(storage)
     with measure() as stats:
         raw = read_dataset(
             path, storage.path("raw_images"), format_policy=config.format_policy,
             decode_policy=config.decode_policy,
         )
+    if not raw.blocking:
+        # with a broken format rule the blocking checks speak instead
+        require_usable(raw)
     info = summary(raw)
     violations = json.loads(Path(raw.violations_path).read_text())
     context.log.info(f"read {raw.n_input_files} files from {path}: {raw.n_usable} usable")
@@ -354,7 +364,7 @@ def val_split(
     })
 
 
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="1")
+@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="2")
 def balanced_train(
     config: BalancedTrainConfig, raw_images: RawImages, clean_labels: steps.CleanLabels,
     val_split: steps.Split, dataset: DatasetResource, storage: StorageResource,

@@ -56,13 +56,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors that already say what is wrong in one line: printed as ``animal-assets: ...`` without a
+#: traceback. A bad --config (FileNotFoundError, ValueError), an output folder that cannot be
+#: written (PermissionError, NotADirectoryError, a read-only file system) and a full disk are
+#: all OSError or ValueError.
+_ONE_LINE = (OSError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except _ONE_LINE as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+        print(f"animal-assets: {text}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    from animal_assets.core.preflight import expand
+
     for key, var in ENV.items():
         value = getattr(args, key, None)
         if value:
-            os.environ[var] = str(Path(value).absolute()) if key in (
+            os.environ[var] = str(expand(value)) if key in (
                 "dataset", "truth", "test_set", "output", "review") else value
+    if args.command == "run":
+        from animal_assets.core.config import params_from_run_config
+        from animal_assets.core.pipeline import load_run_config
+
+        # a typo in --config is refused before anything runs
+        run_config = load_run_config(args.config)
+        params_from_run_config(run_config)
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
@@ -79,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:16s} {status}")
             return 0
         summary = runner.run(
-            config=args.config,
+            config=run_config,
             select=args.select.split(",") if args.select else None,
             unsynced=args.unsynced, precision=args.precision,
             progress=None if args.no_progress else runner.ProgressBar(sys.stderr),
+            summary_json=str(expand(args.json)) if args.json else None,
         )
     except runner.RunFailed as err:
         print(f"animal-assets: {err}", file=sys.stderr)
@@ -90,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from animal_assets.core.atomic import write_json
 
-        write_json(args.json, summary)
+        write_json(expand(args.json), summary)
     runner.print_summary(summary)
     return 0
 

@@ -6,6 +6,7 @@ import dagster as dg
 from animal_assets.assets import PIPELINE_ASSETS, input_dataset, review_file
 from animal_assets.checks import ALL_CHECKS
 from animal_assets.core.pipeline import load_run_config
+from animal_assets.loggers import console_logger
 from animal_assets.resources import default_resources
 
 
@@ -31,6 +32,7 @@ def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.
             ),
         ],
         resources=resources or default_resources(),
+        loggers={"console": console_logger},
     )
 
 

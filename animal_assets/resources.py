@@ -6,6 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from animal_assets.core.preflight import expand, preflight
+
 DEMO_CLASS_NAMES = [str(d) for d in range(10)]
 
 
@@ -15,7 +17,7 @@ class StorageResource(dg.ConfigurableResource):
     root: str = "var/outputs"
 
     def path(self, *parts: str) -> Path:
-        p = Path(self.root).absolute().joinpath(*parts)
+        p = Path(self.root).expanduser().absolute().joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
@@ -44,7 +46,7 @@ class DatasetResource(dg.ConfigurableResource):
     def resolve(self, storage: StorageResource) -> tuple[str, str | None]:
         """Return (dataset path, truth path or None), generating the demo dataset if needed."""
         if not self.is_demo():
-            return self.path, self.truth_path or None
+            return str(expand(self.path)), str(expand(self.truth_path)) if self.truth_path else None
         from animal_assets.core.demo import make_demo_dataset
         from animal_assets.core.noise import DATASET_DIRNAME, TRUTH_FILE
 
@@ -53,7 +55,16 @@ class DatasetResource(dg.ConfigurableResource):
         if not (dataset.exists() and truth.exists()):
             made = make_demo_dataset(folder, seed=self.demo_seed, size=self.demo_size)
             dataset, truth = Path(made.dataset_dir), Path(made.truth_path)
-        return str(dataset), self.truth_path or str(truth)
+        return str(dataset), str(expand(self.truth_path)) if self.truth_path else str(truth)
+
+    def check(self, storage: StorageResource, *, summary_json: str | None = None) -> None:
+        """Validate every configured input against the rules of :mod:`animal_assets.core.preflight`
+        before anything is written; raises ``InputError`` with one line."""
+        preflight(
+            None if self.is_demo() else self.path, storage.root, test_set=self.test_set or None,
+            truth=self.truth_path or None, review=self.review_path or None,
+            class_names=list(self.class_names) or None, summary_json=summary_json,
+        )
 
     def names(self, num_classes: int) -> list[str]:
         if self.class_names:

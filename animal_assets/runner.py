@@ -6,6 +6,7 @@ per-asset timings, check results and the report.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -16,7 +17,9 @@ import dagster as dg
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from animal_assets.assets import PIPELINE_ASSETS
+from animal_assets.core.atomic import OutputBusyError, output_lock
 from animal_assets.core.pipeline import load_run_config, summarise_run, with_precision
+from animal_assets.core.preflight import InputError
 
 
 class RunFailed(RuntimeError):
@@ -35,6 +38,15 @@ def _defs() -> dg.Definitions:
     from animal_assets.definitions import defs
 
     return defs
+
+
+def check_inputs(defs: dg.Definitions, *, summary_json: str | None = None) -> None:
+    """Run the preflight (:mod:`animal_assets.core.preflight`) on the inputs the definitions'
+    resources name, before anything is written; raises :class:`RunFailed` with its line."""
+    try:
+        defs.resources["dataset"].check(defs.resources["storage"], summary_json=summary_json)
+    except InputError as err:
+        raise RunFailed(str(err)) from None
 
 
 def observe(
@@ -84,16 +96,21 @@ def sync_status(
 def run(
     *, config: str | dict = "default", select: list[str] | None = None, unsynced: bool = False,
     instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
-    observe_first: bool = True, progress: ProgressBar | None = None, precision: str | None = None,
+    observe_first: bool = True, progress: ProgressBar | None = None,
+    summary_json: str | None = None, precision: str | None = None,
 ) -> dict:
-    """Observe the input and the review file, then materialize the selected assets (default:
-    all) and their checks; ``progress`` is shown as the run goes. ``precision`` (``auto``,
-    ``fp32``, ``bf16``) overrides the run config's for the encoder and the trainer.
+    """Validate every input (:func:`check_inputs`), observe the input and the review file, then
+    materialize the selected assets (default: all) and their checks under the output folder's
+    lock; ``progress`` is shown as the run goes. ``summary_json`` is where the caller will
+    write the summary (validated with the rest). ``precision`` (``auto``, ``fp32``, ``bf16``)
+    overrides the run config's for the encoder and the trainer.
 
-    Raises :class:`RunFailed` with one clear line when a step or a blocking check fails.
+    Raises :class:`RunFailed` with one clear line when an input breaks a rule, another run holds
+    the output folder, or a step or a blocking check fails.
     """
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
+    check_inputs(defs, summary_json=summary_json)
     if observe_first:
         observe(instance, defs)
     names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
@@ -121,8 +138,13 @@ def run(
         instance.add_event_listener(run_id, progress)
         run_config = {**run_config, "loggers": {"console": {"config": {
             "log_level": progress.console_level}}}}
-    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False,
-                                    run_id=run_id, tags=tags)
+    storage = defs.resources["storage"]
+    try:
+        with output_lock(storage.path(), holder=f"run {run_id} (pid {os.getpid()})"):
+            result = job.execute_in_process(instance=instance, run_config=run_config,
+                                            raise_on_error=False, run_id=run_id, tags=tags)
+    except OutputBusyError as err:
+        raise RunFailed(str(err)) from None
     if progress is not None:
         progress.finish(result.success)
     if not result.success:
@@ -256,7 +278,8 @@ def _failure_line(result) -> str:
 
 #: Exceptions whose message already says what is wrong (naming the file or class and the rule):
 #: the line shows the message alone, without the exception's name.
-_MESSAGE_ONLY = frozenset({"DatasetError", "ReviewError", "ValueError", "RuntimeError", "Failure"})
+_MESSAGE_ONLY = frozenset({"DatasetError", "ReviewError", "ValueError", "RuntimeError", "Failure",
+                           "InputError", "DiskFullError", "OutputBusyError"})
 
 
 def _error_line(data) -> str:

@@ -30,6 +30,27 @@ def new_image_id(rng: np.random.Generator) -> str:
     return f"img_{uuid.UUID(bytes=rng.bytes(16), version=4)}"
 
 
+#: Namespace of the uuid5 ids of generated images (any fixed uuid would do; this one is random).
+GENERATED_NAMESPACE = uuid.UUID("5b0c3f1e-8d2a-4c57-9e61-2f4a7d9b3c08")
+
+
+def derived_image_id(source_id: str, copy: int, *, seed: int, taken: set[str]) -> str:
+    """Return a deterministic ``img_{uuid}`` id for the ``copy``-th image generated from
+    ``source_id``, unique against ``taken`` (which it joins).
+
+    The uuid is a uuid5 of the source id, the copy index, the seed and an attempt counter: the
+    same inputs give the same ids, and an id already in ``taken`` (an image of the input, e.g.
+    one a previous run generated and exported) is drawn again with the next attempt.
+    """
+    attempt = 0
+    while True:
+        image_id = f"img_{uuid.uuid5(GENERATED_NAMESPACE, f'{source_id}/{copy}/{seed}/{attempt}')}"
+        if image_id not in taken:
+            taken.add(image_id)
+            return image_id
+        attempt += 1
+
+
 def one_hot(label: int, num_classes: int) -> list[int]:
     """Return the DS801 label list for class ``label``: K JSON integers with a single 1."""
     if not 0 <= label < num_classes:

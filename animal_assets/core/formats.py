@@ -20,10 +20,11 @@ from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from animal_assets.core.ds801 import IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of the orientation
 MAX_IMAGE_BYTES = 1 << 20  # a 64x64 JPEG is a few KiB; anything past 1 MiB is not one
 MAX_LABELS_BYTES = 256 << 20  # about 100x the 30,707-entry labels file of the real set
 POLICIES = ("strict", "quarantine")
@@ -318,7 +319,12 @@ def decode_image(data: bytes, *, name: str) -> tuple[np.ndarray | None, str | No
                 if im.mode != "RGB":
                     return None, f"{name} has colour mode {im.mode}, not RGB", info
                 im.load()
-                array = np.array(im, dtype=np.uint8)
+                # the pixels as a viewer shows them: an EXIF orientation tag is applied (a 64x64
+                # image stays 64x64), and info["exif_transposed"] counts it
+                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+                info["exif_transposed"] = orientation not in (1, None)
+                array = np.array(ImageOps.exif_transpose(im) if info["exif_transposed"] else im,
+                                 dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return None, f"{name} is refused as a possible decompression bomb ({exc})", info
     except UnidentifiedImageError:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from animal_assets.core.atomic import atomic_dir
+from animal_assets.core.atomic import atomic_dir, ensure_free_space
 from animal_assets.core.ds801 import IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
 from animal_assets.core.formats import (
     MAX_IMAGE_BYTES, MAX_LABELS_BYTES, RULE_PRIORITY, LabelTable, Rule, Violation, blocking_rules,
@@ -34,7 +34,13 @@ from animal_assets.core.formats import (
 MANIFEST_COLUMNS = ("id", "file", "given", "sha256", "status", "reason", "width", "height", "mode", "index")
 MAX_TOTAL_BYTES = 4 << 30  # refuse archives that would expand to more than this in memory
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
-_ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"7z\xbc\xaf", b"Rar!")
+#: The first bytes of each archive format, and its name.
+_FORMATS = ((b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x1f\x8b", "tar.gz"), (b"BZh", "bzip2"),
+            (b"\xfd7zXZ", "xz"), (b"7z\xbc\xaf", "7z"), (b"Rar!", "rar"))
+_ARCHIVE_MAGIC = tuple(magic for magic, _ in _FORMATS)
+#: A tar member larger than this is refused before it is read or skipped: no DS801 file comes
+#: near it (the labels file may be MAX_LABELS_BYTES), and skipping costs a full decompression.
+MAX_SKIP_BYTES = 2 * MAX_LABELS_BYTES
 
 
 class DatasetError(ValueError):
@@ -95,7 +101,7 @@ def _limit(path: str) -> int:
 
 
 def _tar_members(path: Path) -> list[_Member]:
-    members = []
+    members, total = [], 0
     # stream mode reads the gzip once, front to back, and never seeks
     with tarfile.open(path, mode="r|gz") as tf:
         for ti in tf:
@@ -110,15 +116,30 @@ def _tar_members(path: Path) -> list[_Member]:
                 kind = "file"
             else:
                 kind = "other"
+            if kind == "file" and ti.size > MAX_SKIP_BYTES:
+                # a compressed stream cannot seek: skipping the member means decompressing it all
+                raise DatasetError(
+                    f"{path}: member {_printable(ti.name)} declares {ti.size} bytes, more than the "
+                    f"{MAX_SKIP_BYTES} bytes any file of a DS801 dataset can need; refused before "
+                    "decompressing it")
             data = None
             if kind == "file" and unsafe is None and ti.size <= _limit(name):
                 data = tf.extractfile(ti).read()
+                total = _count(path, total, len(data))
             members.append(_Member(name, kind, ti.size, data, unsafe))
     return members
 
 
+def _count(path: Path, total: int, size: int) -> int:
+    """Add ``size`` to the bytes held in memory so far; refuse once they pass the cap."""
+    total += size
+    if total > MAX_TOTAL_BYTES:
+        raise DatasetError(f"{path}: expands to more than {MAX_TOTAL_BYTES} bytes of file data")
+    return total
+
+
 def _zip_members(path: Path) -> list[_Member]:
-    members = []
+    members, total = [], 0
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             name, unsafe = _clean(info.orig_filename)
@@ -140,12 +161,14 @@ def _zip_members(path: Path) -> list[_Member]:
                     data = f.read(_limit(name) + 1)
                 if len(data) > _limit(name):
                     data = None
+                else:
+                    total = _count(path, total, len(data))
             members.append(_Member(name, kind, info.file_size, data, unsafe))
     return members
 
 
 def _folder_members(root: Path) -> list[_Member]:
-    members = []
+    members, total = [], 0
     pending = [(root, "")]
     while pending:
         folder, rel = pending.pop()
@@ -163,29 +186,41 @@ def _folder_members(root: Path) -> list[_Member]:
                     pending.append((Path(entry.path), f"{path}/"))
                 elif stat.S_ISREG(st.st_mode):
                     data = read_regular(entry.path, _limit(path)) if st.st_size <= _limit(path) else None
+                    total = _count(root, total, len(data or b""))
                     members.append(_Member(path, "file", st.st_size, data))
                 else:
                     members.append(_Member(path, "other", st.st_size, None))
     return members
 
 
+def archive_format(path: str | os.PathLike) -> str | None:
+    """The archive format of a file by its first bytes: "zip", "tar.gz", another format's name
+    (e.g. "7z"), or None when the bytes match no archive format known here.
+
+    The name of the file is not looked at: a zip named ``.tar.gz`` is a zip.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, kind in _FORMATS:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
 def _read_members(path: Path) -> list[_Member]:
     if path.is_dir():
         return _folder_members(path)
-    name = path.name.lower()
+    kind = archive_format(path)
+    if kind not in ("zip", "tar.gz"):
+        what = f"a {kind} archive" if kind else "neither a zip nor a gzip-compressed tar archive"
+        raise DatasetError(
+            f"{path}: unsupported input ({what}); give a folder or a "
+            f"{', '.join(ARCHIVE_SUFFIXES)} archive")
     try:
-        if name.endswith(".zip"):
-            members = _zip_members(path)
-        elif name.endswith((".tar.gz", ".tgz")):
-            members = _tar_members(path)
-        else:
-            raise DatasetError(
-                f"{path}: unsupported input; give a folder or a {', '.join(ARCHIVE_SUFFIXES)} archive")
+        members = _zip_members(path) if kind == "zip" else _tar_members(path)
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
             NotImplementedError) as exc:
-        raise DatasetError(f"{path}: the archive is damaged or unreadable ({exc})") from exc
-    if sum(len(m.data or b"") for m in members) > MAX_TOTAL_BYTES:
-        raise DatasetError(f"{path}: expands to more than {MAX_TOTAL_BYTES} bytes of file data")
+        raise DatasetError(f"{path}: the {kind} archive is damaged or unreadable ({exc})") from exc
     return members
 
 
@@ -198,6 +233,12 @@ def _find_root(members: list[_Member], source: str) -> str:
     else:
         candidates = sorted({p.split("/")[0] + "/" for p in labels})
     if not candidates:
+        encrypted = [m.path for m in members if m.kind == "encrypted"]
+        if encrypted:
+            raise DatasetError(
+                f"{source}: the archive is encrypted (password-protected members such as "
+                f"{encrypted[0]}, {len(encrypted)} in all); decrypt it first, the pipeline never "
+                "asks for a password")
         raise DatasetError(f"{source}: no {LABELS_FILE} found at the top or inside one wrapping folder")
     if len(candidates) > 1:
         raise DatasetError(
@@ -367,7 +408,7 @@ def read_dataset(
         Every other problem is a violation listed in the outputs.
     """
     rules = blocking_rules(format_policy, decode_policy)
-    src, out = Path(path).resolve(), Path(out_dir).resolve()
+    src, out = Path(path).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     _check_paths(src, out)
     members = _read_members(src)
     prefix = _find_root(members, str(src))
@@ -387,15 +428,22 @@ def read_dataset(
         blocking=any(v.rule in rules for v in violations), source=str(src),
         fingerprint=dataset_fingerprint(src), format_policy=format_policy, decode_policy=decode_policy,
     )
-    with atomic_dir(out) as tmp:
+    shape = (len(usable), IMAGE_SIZE, IMAGE_SIZE, 3)
+    # the arrays, the original JPEG bytes and a margin for the manifest and the small files
+    needed = (int(np.prod(shape)) + sum(len(r["_data"]) for r in usable) + 256 * len(rows)
+              + (1 << 16))
+    ensure_free_space(out, needed)
+    with atomic_dir(out, needed=needed) as tmp:
         (tmp / "files").mkdir()
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(len(usable), IMAGE_SIZE, IMAGE_SIZE, 3))
+        # plain writes, not a memory map: a full disk then raises ENOSPC instead of SIGBUS
+        with open(tmp / "images.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                    "fortran_order": False, "shape": shape})
+            for r in usable:
+                f.write(np.ascontiguousarray(r.pop("_array"), dtype=np.uint8).tobytes())
         for r in usable:
-            images[r["index"]] = r.pop("_array")
             (tmp / "files" / f"{r['id']}.jpg").write_bytes(r.pop("_data"))
-        images.flush()
-        del images
         # label keys may hold lone surrogates (JSON allows "\ud800"); escape rather than fail
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore",
@@ -405,6 +453,65 @@ def read_dataset(
         (tmp / "violations.json").write_text(json.dumps([v.to_dict() for v in violations], indent=1) + "\n")
         (tmp / "raw.json").write_text(json.dumps(asdict(raw), indent=1) + "\n")
     return raw
+
+
+def peek_labels(path: str | os.PathLike) -> LabelTable | None:
+    """The labels file of a dataset, read alone (no image is read or decoded), or None when it
+    cannot be found this way (:func:`read_dataset` then says why).
+
+    Used to validate what depends on K and on the ids (a test set, a truth file, class names)
+    before any work starts. A folder's or a zip's labels file is read directly; a tar.gz is read
+    up to its labels file.
+    """
+    path = Path(path).expanduser()
+    try:
+        if path.is_dir():
+            found = [path / LABELS_FILE] if (path / LABELS_FILE).is_file() else [
+                sub / LABELS_FILE for sub in sorted(path.iterdir())
+                if sub.is_dir() and not sub.is_symlink() and (sub / LABELS_FILE).is_file()]
+            data = read_regular(found[0], MAX_LABELS_BYTES) if len(found) == 1 else None
+        elif path.is_file() and archive_format(path) == "zip":
+            with zipfile.ZipFile(path) as zf:
+                names = [i for i in zf.infolist() if i.filename.rsplit("/", 1)[-1] == LABELS_FILE
+                         and i.filename.count("/") <= 1 and not i.flag_bits & 0x1
+                         and i.file_size <= MAX_LABELS_BYTES]
+                data = zf.read(names[0]) if len(names) == 1 else None
+        elif path.is_file() and archive_format(path) == "tar.gz":
+            data = None
+            with tarfile.open(path, mode="r|gz") as tf:
+                for ti in tf:
+                    if ti.size > MAX_SKIP_BYTES:
+                        break
+                    if (ti.isreg() and ti.name.rsplit("/", 1)[-1] == LABELS_FILE
+                            and ti.name.strip("/").count("/") <= 1 and ti.size <= MAX_LABELS_BYTES):
+                        data = tf.extractfile(ti).read()
+                        break
+        else:
+            data = None
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError):
+        data = None
+    if data is None:
+        return None
+    table = read_labels(data, source=LABELS_FILE)
+    return table if table.readable else None
+
+
+#: The fewest usable images the graph can work on: ood_scores compares each image with its
+#: k = 10 nearest neighbours, so it needs more than 10.
+MIN_USABLE_IMAGES = 11
+
+
+def require_usable(raw: RawImages, *, minimum: int = MIN_USABLE_IMAGES) -> None:
+    """Raise :class:`DatasetError` when fewer than ``minimum`` images are usable, with one line
+    giving the usable and quarantined counts and the reasons."""
+    if raw.n_usable >= minimum:
+        return
+    info = summary(raw)
+    reasons = ", ".join(f"{n} {reason}" for reason, n in info["reasons"].items())
+    raise DatasetError(
+        f"{raw.source}: only {raw.n_usable} usable images ({info['n_quarantined']} quarantined"
+        f"{': ' + reasons if reasons else ''}; see {raw.manifest_path}); the graph needs at "
+        f"least {minimum}")
 
 
 def open_raw(out_dir: str | os.PathLike) -> RawImages:

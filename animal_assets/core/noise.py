@@ -346,7 +346,7 @@ def read_truth(path: str | os.PathLike, *, num_classes: int | None = None) -> di
     ValueError
         Naming the offending key and rule, when the file breaks the format.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 from animal_assets.core import steps
-from animal_assets.core.atomic import write_json
 from animal_assets.core.config import params_from_run_config
-from animal_assets.core.ingest import read_dataset
+from animal_assets.core.atomic import OutputBusyError, output_lock, write_json
+from animal_assets.core.ingest import DatasetError, read_dataset, require_usable
+from animal_assets.core.preflight import expand, preflight
 from animal_assets.core.profiling import measure
 
 RUN_CONFIGS = Path(__file__).resolve().parents[1] / "run_configs"
@@ -30,8 +32,8 @@ def load_run_config(name_or_path: str) -> dict:
     """A shipped run config by name ("demo", "default") or a YAML/JSON file path."""
     path = RUN_CONFIGS / f"{name_or_path}.yaml"
     if not path.exists():
-        path = Path(name_or_path)
-    if not path.exists():
+        path = Path(name_or_path).expanduser()
+    if not path.is_file():
         raise FileNotFoundError(f"run config {name_or_path}: no such shipped config or file")
     text = path.read_text()
     if path.suffix == ".json":
@@ -40,7 +42,13 @@ def load_run_config(name_or_path: str) -> dict:
         import yaml
     except ImportError as err:  # pragma: no cover - yaml ships with dagster, not always alone
         raise RuntimeError(f"{path}: reading YAML needs pyyaml; pass a .json config") from err
-    return yaml.safe_load(text) or {}
+    try:
+        config = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a readable YAML run config ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a run config must be a mapping (ops: {{asset: {{config: ...}}}})")
+    return config
 
 
 def with_precision(run_config: dict, precision: str) -> dict:
@@ -67,10 +75,24 @@ def run_pipeline(
     dataset: str, out_dir: str | Path, *, run_config: dict, device: str = "auto",
     truth_path: str | None = None, test_set: str | None = None,
     class_names: list[str] | None = None, log=print, ablation=None,
+    summary_json: str | None = None,
 ) -> dict:
-    """Run every step and return the summary (per-step wall time and peak memory, accuracies)."""
-    out = Path(out_dir).absolute()
+    """Run every step and return the summary (per-step wall time and peak memory, accuracies).
+
+    Every input is validated first (:func:`animal_assets.core.preflight.preflight`, the same
+    rules as the Dagster graph's) and the steps run under the output folder's lock.
+    """
+    out = expand(out_dir)
     params = params_from_run_config(run_config)
+    preflight(dataset, out, test_set=test_set, truth=truth_path, class_names=class_names,
+              summary_json=summary_json)
+    with output_lock(out, holder=f"the dagster-free runner (pid {os.getpid()})"):
+        return _run_steps(dataset, out, params=params, device=device, truth_path=truth_path,
+                          test_set=test_set, class_names=class_names, log=log, ablation=ablation)
+
+
+def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, class_names, log,
+               ablation) -> dict:
     timings: dict[str, dict] = {}
 
     def step(name, fn, *args, **kwargs):
@@ -85,7 +107,8 @@ def run_pipeline(
     raw = step("raw_images", read_dataset, dataset, out / "raw_images",
                format_policy=rp.format_policy, decode_policy=rp.decode_policy)
     if raw.blocking:
-        raise SystemExit(f"{dataset}: breaks the format rules; see {raw.violations_path}")
+        raise DatasetError(f"{dataset}: breaks the format rules; see {raw.violations_path}")
+    require_usable(raw, minimum=params["ood_scores"].k + 1)
     emb = step("embeddings", steps.compute_embeddings, raw, out / "embeddings",
                params["embeddings"], device=device)
     ood = step("ood_scores", steps.score_outliers, raw, emb, out / "ood_scores",
@@ -155,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation-seeds", default="0", help="comma-separated seeds per recipe")
     parser.add_argument("--ablation-epochs", type=int, help="epochs per ablation run (default: the trainer's)")
     args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except (OSError, ValueError, OutputBusyError) as err:
+        # the expected failures already say what is wrong, naming the path and the rule
+        print(f"animal-assets: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
     ablation = None
     if args.ablation:
         from animal_assets.core.ablation import RECIPES, AblationParams
@@ -169,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         args.dataset, args.out, run_config=run_config, device=args.device,
         truth_path=args.truth, test_set=args.test_set,
         class_names=args.class_names.split(",") if args.class_names else None, ablation=ablation,
+        summary_json=args.json,
     )
     if args.json:
-        write_json(args.json, summary)
+        write_json(expand(args.json), summary)
     print(json.dumps(summary, indent=2))
     return 0
 

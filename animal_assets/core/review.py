@@ -18,6 +18,7 @@ new version of the input of everything downstream.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from collections.abc import Sequence
@@ -48,7 +49,7 @@ def review_version(path: str | os.PathLike | None) -> str:
     """
     if not path:
         return NO_REVIEW
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ReviewError(
             f"{path}: the review file does not exist; create it with the header "
@@ -76,6 +77,25 @@ def _parse_label(text: str, class_names: Sequence[str], num_classes: int) -> int
     except ValueError:
         return -1
     return value if 0 <= value < num_classes else -1
+
+
+def _check_field_counts(path: Path) -> None:
+    """Refuse a row with more or fewer fields than the header (a comma too many or too few),
+    naming its line; blank lines are allowed."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, skipinitialspace=True)
+            header = next(reader, None)
+            if header is None:
+                return
+            for row in reader:
+                if row and any(cell.strip() for cell in row) and len(row) != len(header):
+                    raise ReviewError(
+                        f"{path}, line {reader.line_num}: the row has {len(row)} fields, the "
+                        f"header has {len(header)} ({','.join(header)}); quote a note that "
+                        "holds a comma")
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise ReviewError(f"{path}: not a readable CSV file ({err})") from None
 
 
 def read_review(
@@ -116,8 +136,9 @@ def read_review(
         a label that is no class, ``relabel`` without a label, ``drop`` or ``keep`` with a
         label other than the given one. The message names the file, the line and the rule.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     review_version(path)  # a missing file gets its own message
+    _check_field_counts(path)
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
                             skipinitialspace=True)

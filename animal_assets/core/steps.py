@@ -20,7 +20,7 @@ import pandas as pd
 from animal_assets.core import ds801
 from animal_assets.core.atomic import atomic_dir, atomic_path, save_npy, write_json
 from animal_assets.core.config import BalanceParams, EmbeddingsParams, OodParams, ValSplitParams
-from animal_assets.core.ingest import RawImages, load_raw_images
+from animal_assets.core.ingest import RawImages, load_raw_images, read_manifest
 
 #: The time of every member of the exported zip (the earliest a zip can hold).
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
@@ -339,12 +339,17 @@ def make_balanced_train(
         images, source_idx, generated, seed=params.seed, rotate_deg=params.rotate_deg,
         translate=params.translate,
     )
-    rng = np.random.default_rng(params.seed)
     all_ids = decisions["id"].to_numpy()
+    # every id of the input (quarantined files included) and of the validation set is taken, so
+    # the graph can run on its own exported deliverable
+    taken = set(read_manifest(raw.manifest_path)["id"].astype(str)) | {str(i) for i in val_ids}
+    copies: dict[str, int] = {}
     ids, jpegs = [], []
     for j, (i, gen) in enumerate(zip(source_idx, generated)):
         if gen:
-            ids.append(ds801.new_image_id(rng))
+            source = str(all_ids[i])
+            copies[source] = copies.get(source, -1) + 1
+            ids.append(ds801.derived_image_id(source, copies[source], seed=params.seed, taken=taken))
             jpegs.append(ds801.encode_jpeg(pixels[j]))
         else:
             ids.append(str(all_ids[i]))
@@ -466,7 +471,11 @@ def evaluate(
 
         decisions = read_decisions(clean)
         decisions["flag_ood"] = pd.read_csv(ood_scores.path)["flag"].to_numpy(dtype=bool)
-        report["cleaning"] = cleaning_scores(decisions, read_truth(truth_path))
+        truth = read_truth(truth_path, num_classes=k)
+        if truth and not decisions["id"].isin(truth.keys()).any():
+            raise ValueError(f"{truth_path}: none of the truth file's {len(truth)} ids is a usable "
+                             "image of the dataset; a truth file scores the dataset it was made with")
+        report["cleaning"] = cleaning_scores(decisions, truth)
         report["cleaning"]["truth_path"] = str(truth_path)
     report["training"] = {"device": model.device, "seconds": model.seconds,
                           "epochs": len(model.history)}

@@ -1,0 +1,205 @@
+"""Validate every input a run will need, once, before anything is written.
+
+Both runners call :func:`preflight` first (the ``animal-assets`` command before the Dagster run
+starts, :mod:`animal_assets.core.pipeline` before its first step) and the ``raw_images`` asset
+calls it again, so a run launched from the UI gets the same checks. It reads only small files
+(the labels files, the truth file, the review file), never an image, and raises
+:class:`InputError`, one line naming the path and the rule, on the first problem:
+
+- **overlap**: no folder the graph writes or replaces (``OUT/<asset>``) may contain or be an
+  input (the dataset, the test set, the truth file, the review file), and the output folder may
+  not lie inside an input, since creating it would already modify that input;
+- **output**: the output folder is a folder (or can be made) on a writable file system;
+- **test set**: it exists and its labels have the dataset's K;
+- **truth file**: it parses with the dataset's K and at least one of its ids is in the dataset;
+- **class names**: one per class.
+
+Every path goes through :func:`expand` (``~`` expanded, made absolute), and paths are compared
+after resolving links.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from animal_assets.core.ingest import peek_labels
+
+#: The folders the graph writes or replaces under the output folder, one per asset.
+OUTPUT_FOLDERS = (
+    "raw_images", "embeddings", "ood_scores", "clean_labels", "val_split", "balanced_train",
+    "resnet34_model", "eval_report", "ablation_report",
+)
+
+
+class InputError(ValueError):
+    """An input of the run breaks a rule; the message names the path and the rule in one line."""
+
+
+def expand(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded, made absolute (links are not resolved)."""
+    return Path(os.path.expanduser(os.fspath(path))).absolute()
+
+
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(expand(path)))
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the preflight learnt: the dataset's K (None when its labels file could not be read
+    alone; ``raw_images`` then says why) and how many truth ids are in the dataset."""
+
+    num_classes: int | None
+    n_truth_matched: int | None = None
+
+
+def check_overlap(
+    output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], *,
+    summary_json: str | os.PathLike | None = None,
+) -> None:
+    """Refuse an output folder (or a summary file) that would write into or over an input.
+
+    Parameters
+    ----------
+    output : path
+        The output folder; the graph writes ``output/<asset>`` for each of :data:`OUTPUT_FOLDERS`.
+    inputs : dict of str to path or None
+        Each input by what it is ("dataset", "test set", ...); None entries are skipped.
+    summary_json : path, optional
+        The run summary file, which must not be or lie inside an input either.
+
+    Raises
+    ------
+    InputError
+    """
+    out = _real(output)
+    written = [out / name for name in OUTPUT_FOLDERS]
+    for what, given in inputs.items():
+        if not given:
+            continue
+        src = _real(given)
+        if out == src or (src.is_dir() and out.is_relative_to(src)):
+            raise InputError(
+                f"{out}: the output folder must not be or lie inside the {what} {src}: writing "
+                "there would modify the input; choose an output folder outside it")
+        for folder in written:
+            if src == folder or src.is_relative_to(folder):
+                raise InputError(
+                    f"{src}: the {what} lies inside {folder}, which the graph replaces with its "
+                    "own output; copy it elsewhere or choose another output folder")
+        if summary_json:
+            target = _real(summary_json)
+            if target == src or (src.is_dir() and target.is_relative_to(src)):
+                raise InputError(
+                    f"{target}: the summary file must not be or lie inside the {what} {src}")
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    probe = path
+    while not probe.exists():
+        if probe == probe.parent:
+            break
+        probe = probe.parent
+    if probe != path and not probe.is_dir():
+        raise InputError(f"{path}: cannot create the {what} there: {probe} is a file, not a folder")
+    if probe == path and not path.is_dir():
+        raise InputError(f"{path}: the {what} is a file, not a folder; choose a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: the {what} is not writable ({probe} is read-only)")
+
+
+def check_output(output: str | os.PathLike, *, summary_json: str | os.PathLike | None = None) -> None:
+    """Refuse an output folder that is a file or not writable, and a summary path that is a
+    folder or cannot be written.
+
+    Raises
+    ------
+    InputError
+    """
+    _writable_folder(expand(output), "output folder")
+    if summary_json:
+        target = expand(summary_json)
+        if target.is_dir():
+            raise InputError(f"{target}: the summary file (--json) is a folder; give a file path")
+        _writable_folder(target.parent, "summary file's folder")
+
+
+def _peek_k(path: Path, what: str) -> int | None:
+    if not path.exists():
+        raise InputError(f"{path}: the {what} does not exist")
+    table = peek_labels(path)
+    return None if table is None else table.num_classes
+
+
+def preflight(
+    dataset: str | os.PathLike | None, output: str | os.PathLike, *,
+    test_set: str | os.PathLike | None = None, truth: str | os.PathLike | None = None,
+    review: str | os.PathLike | None = None, class_names: list[str] | None = None,
+    summary_json: str | os.PathLike | None = None,
+) -> Checked:
+    """Check every input of a run, before anything is written (see the module docstring).
+
+    Parameters
+    ----------
+    dataset : path or None
+        The dataset (folder or archive); None skips its checks (the demo is made on first use).
+    output : path
+        The output folder.
+    test_set, truth, review : path, optional
+        The external test set, the ground-truth file and the review file, when given.
+    class_names : list of str, optional
+        Names for the classes, in label order.
+    summary_json : path, optional
+        Where the run summary will be written.
+
+    Returns
+    -------
+    Checked
+
+    Raises
+    ------
+    InputError
+        On the first broken rule.
+    """
+    from animal_assets.core.noise import read_truth
+
+    inputs = {"dataset": dataset, "test set": test_set, "truth file": truth, "review file": review}
+    check_overlap(output, inputs, summary_json=summary_json)
+    check_output(output, summary_json=summary_json)
+    if review and not expand(review).is_file():
+        raise InputError(f"{expand(review)}: the review file does not exist")
+    if dataset is None:
+        return Checked(None)
+    dataset = expand(dataset)
+    if not dataset.exists():
+        raise InputError(f"{dataset}: the dataset does not exist")
+    table = peek_labels(dataset)
+    k = None if table is None else table.num_classes
+    if test_set:
+        test_k = _peek_k(expand(test_set), "test set")
+        if test_k is None:
+            raise InputError(f"{expand(test_set)}: the test set has no readable labels file "
+                             "(data-labels.json at the top or inside one wrapping folder)")
+        if k is not None and test_k != k:
+            raise InputError(f"{expand(test_set)}: the test set's labels have K={test_k}, the "
+                             f"dataset's K={k}; it must use the same classes in the same order")
+    if class_names and k is not None and len(class_names) != k:
+        raise InputError(f"--class-names lists {len(class_names)} names, the labels of {dataset} "
+                         f"have K={k}; give one name per class, in label order")
+    matched = None
+    if truth:
+        path = expand(truth)
+        if not path.is_file():
+            raise InputError(f"{path}: the truth file does not exist")
+        try:
+            entries = read_truth(path, num_classes=k)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InputError(str(err).splitlines()[0]) from None
+        if table is not None:
+            matched = len(set(entries) & set(table.values))
+            if entries and matched == 0:
+                raise InputError(
+                    f"{path}: none of the truth file's {len(entries)} ids is an image of "
+                    f"{dataset}; a truth file scores the dataset it was made with")
+    return Checked(k, matched)

@@ -1,0 +1,557 @@
+"""Hostile and awkward runs: the input is never lost, a failure is one line, validation is early.
+
+Every command-line case runs ``animal-assets run`` in a subprocess on a seeded fixture and checks
+the same things: the exit code; exactly one ``animal-assets:`` line on stderr, naming the path
+and the rule, with no traceback or Dagster stack trace; the input byte-identical afterwards;
+nothing written outside the output folder (and the Dagster home); no temporary file left; and
+every Dagster run of the instance ended (a failed one as FAILURE, none left STARTED).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from animal_assets.core import steps
+from animal_assets.core.atomic import DiskFullError, output_lock, save_npy
+from animal_assets.core.config import params_from_run_config
+from animal_assets.core.ds801 import derived_image_id, write_ds801
+from animal_assets.core.formats import decode_image
+from animal_assets.core.ingest import DatasetError, read_dataset
+from animal_assets.core.review import ReviewError, read_review
+from tests.fixtures import image_paths, labels_of, make_archive, make_dataset, tree_hashes
+from tests.test_degenerate_inputs import _coloured
+from tests.test_graph import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = ("out", "home")  # what a run may write: the output folder and the Dagster home
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _world(tmp_path: Path) -> dict[str, str]:
+    """Hashes of everything under ``tmp_path`` but the output folder and the Dagster home."""
+    return {k: v for k, v in tree_hashes(tmp_path).items() if k.split("/")[0] not in SCRATCH}
+
+
+def _leftovers(*folders: Path) -> list[str]:
+    return [str(p) for f in folders if f.exists() for p in f.rglob("*")
+            if p.name.endswith((".tmp", ".old"))]
+
+
+def _cli(tmp_path: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIMAL_ASSETS_")}
+    env.update(DAGSTER_HOME=str(home), PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "animal_assets.cli", "run", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _run_statuses(tmp_path: Path) -> list[dg.DagsterRunStatus]:
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        return [run.status for run in instance.get_runs()]
+
+
+@contextlib.contextmanager
+def refused(tmp_path: Path, *parts: str, out: Path | None = None, pipeline_ran: bool = False):
+    """Check the command line run in the block against every rule of the module docstring;
+    the block sets ``box["proc"]``. ``pipeline_ran``: the refusal came from a step, so the
+    instance holds one failed pipeline run."""
+    out = out or tmp_path / "out"
+    before = _world(tmp_path)
+    box: dict = {}
+    yield box
+    proc = box["proc"]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("animal-assets:")]
+    assert len(ours) == 1 and proc.stderr.rstrip("\n").endswith(ours[0]), proc.stderr[-3000:]
+    assert all(part in ours[0] for part in parts), (parts, ours[0])
+    assert "Traceback" not in proc.stderr and "Stack Trace" not in proc.stderr, proc.stderr[-3000:]
+    assert _world(tmp_path) == before  # the input is untouched and nothing was written beside it
+    assert _leftovers(tmp_path) == []
+    statuses = _run_statuses(tmp_path)
+    assert dg.DagsterRunStatus.STARTED not in statuses
+    if pipeline_ran:
+        assert dg.DagsterRunStatus.FAILURE in statuses, statuses
+    box["line"] = ours[0]
+
+
+def _truth(path: Path, entries: dict) -> Path:
+    path.write_text(json.dumps(entries))
+    return path
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MB tmpfs at ``tmp_path/out`` (root only), unmounted afterwards."""
+    yield from _mount(tmp_path / "out", "size=1m")
+
+
+@pytest.fixture
+def read_only_fs(tmp_path):
+    yield from _mount(tmp_path / "out", "ro,size=1m")
+
+
+def _mount(where: Path, options: str):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+# --------------------------------------------------------------------------------------------
+# data loss: the output may never write into or over an input
+
+
+@pytest.mark.slow
+def test_a_dataset_inside_a_folder_the_graph_replaces_is_refused(tmp_path):
+    dataset = make_dataset(tmp_path / "out" / "val_split", n=12, k=3, name="ds801")
+    before = tree_hashes(dataset)
+    with refused(tmp_path, str(dataset), "lies inside", "replaces") as box:
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
+                           "--config", "demo", "--select", "raw_images")
+    assert tree_hashes(dataset) == before and len(image_paths(dataset)) == 12
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["val_split"]
+
+
+@pytest.mark.slow
+def test_an_output_inside_the_input_is_refused_before_anything_is_created(tmp_path):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    with refused(tmp_path, str(dataset / "out"), "must not be or lie inside") as box:
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(dataset / "out"),
+                           "--select", "raw_images")
+    assert not (dataset / "out").exists()
+
+
+@pytest.mark.parametrize("what", ["test set", "truth file", "review file"])
+def test_no_input_may_lie_where_the_graph_writes(tmp_path, what):
+    from animal_assets.core.preflight import InputError, preflight
+
+    out = tmp_path / "out"
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    inside = out / "eval_report" / "input"
+    if what == "test set":
+        make_dataset(out / "eval_report", n=3, k=3, name="input")
+        kwargs = {"test_set": inside}
+    else:
+        inside.parent.mkdir(parents=True)
+        inside.write_text("{}" if what == "truth file" else "id,action\n")
+        kwargs = {"truth" if what == "truth file" else "review": inside}
+    with pytest.raises(InputError, match=f"the {what} lies inside .*eval_report, which the graph "
+                                         "replaces") as err:
+        preflight(dataset, out, **kwargs)
+    assert "\n" not in str(err.value)
+    # a dataset inside the output folder but outside what the graph replaces is fine (the demo
+    # dataset lives in OUT/demo_dataset)
+    kept = make_dataset(out / "demo_dataset", n=12, k=3)
+    assert preflight(kept, out).num_classes == 3
+
+
+# --------------------------------------------------------------------------------------------
+# disk full
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_with_one_line_and_a_failed_run(tmp_path, small_fs):
+    dataset = make_dataset(tmp_path, n=100, k=3)
+    with refused(tmp_path, str(small_fs / "raw_images"), "not enough free space",
+                 "bytes", pipeline_ran=True) as box:
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(small_fs),
+                           "--select", "raw_images")
+    assert _leftovers(small_fs) == [] and not (small_fs / "raw_images").exists()
+    assert _run_statuses(tmp_path)[0] == dg.DagsterRunStatus.FAILURE  # the newest run
+
+
+def test_a_write_that_runs_out_of_space_names_the_path_and_leaves_nothing(small_fs):
+    target = small_fs / "big.npy"
+    with pytest.raises(DiskFullError, match=f"{target}: no space left on the device: the write "
+                                            r"needs 2097280 bytes, \d+ bytes are free"):
+        save_npy(target, np.zeros(2 << 20, dtype=np.uint8))
+    assert list(small_fs.iterdir()) == []
+
+
+def test_reading_a_dataset_onto_a_full_disk_raises_enospc_not_sigbus(tmp_path, small_fs, monkeypatch):
+    from animal_assets.core import ingest
+
+    dataset = make_dataset(tmp_path, n=100, k=3)
+    monkeypatch.setattr(ingest, "ensure_free_space", lambda path, needed: None)  # skip the check
+    with pytest.raises(DiskFullError, match=f"{small_fs / 'raw_images'}: no space left on the device"):
+        read_dataset(dataset, small_fs / "raw_images")
+    assert list(small_fs.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# early validation: every input the run needs, before the first asset
+
+
+def _truth_of(dataset: Path, *, true: int | None = None) -> dict:
+    return {key: {"true": label.index(1) if true is None else true, "given": label.index(1),
+                  "kind": "clean" if true is None else "flipped"}
+            for key, label in sorted(labels_of(dataset).items())[:3]}
+
+
+PREFLIGHT_CASES = {
+    "truth_out_of_range": ("labels must be below num_classes=3", "truth"),
+    "truth_matches_nothing": ("none of the truth file's 3 ids is an image of", "truth"),
+    "truth_not_json": ("not valid JSON", "truth"),
+    "class_names_count": ("--class-names lists 2 names", None),
+    "test_set_missing": ("the test set does not exist", "test"),
+    "test_set_wrong_k": ("the test set's labels have K=4, the dataset's K=3", "test"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(PREFLIGHT_CASES))
+def test_a_bad_truth_test_set_or_class_names_is_refused_before_the_first_asset(tmp_path, case):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    rule, named = PREFLIGHT_CASES[case]
+    args = ["--dataset", str(dataset), "--output", str(tmp_path / "out")]
+    path = tmp_path / "input"
+    if case == "truth_out_of_range":
+        _truth(path, _truth_of(dataset, true=7))
+    elif case == "truth_matches_nothing":
+        _truth(path, _truth_of(make_dataset(tmp_path, n=3, k=3, seed=9, name="other")))
+    elif case == "truth_not_json":
+        path.write_text("{not json")
+    elif case == "test_set_wrong_k":
+        make_dataset(tmp_path, n=4, k=4, seed=3, name="input")
+    if named == "truth":
+        args += ["--truth", str(path)]
+    elif named == "test":
+        args += ["--test-set", str(path)]
+    else:
+        args += ["--class-names", "cat,dog"]
+    with refused(tmp_path, *([str(path)] if named else [str(dataset)]), rule) as box:
+        box["proc"] = _cli(tmp_path, *args)
+    # refused before anything ran: no run in the instance, no output folder
+    assert _run_statuses(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+def test_the_first_asset_runs_the_same_preflight_for_runs_launched_from_the_ui(tmp_path):
+    from tests.test_graph import make_defs, sqlite_instance
+
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    truth = _truth(tmp_path / "truth.json", _truth_of(dataset, true=7))
+    defs = make_defs(tmp_path, str(dataset), truth=str(truth))
+    instance = sqlite_instance(tmp_path)
+    job = defs.resolve_job_def("pipeline").get_subset(asset_selection={dg.AssetKey("raw_images")})
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "raw_images"
+    assert "labels must be below num_classes=3" in str(failure.step_failure_data.error.cause.message)
+    assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert not (tmp_path / "out" / "raw_images").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# one-line failures of the command line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["config_typo", "output_is_a_file", "json_is_a_folder"])
+def test_command_line_mistakes_are_one_line(tmp_path, case):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    args = ["--dataset", str(dataset), "--output", str(tmp_path / "out"), "--select", "raw_images"]
+    if case == "config_typo":
+        args += ["--config", "defualt"]
+        parts = ("run config defualt", "no such shipped config or file")
+    elif case == "output_is_a_file":
+        (tmp_path / "out").write_text("a file")
+        parts = (str(tmp_path / "out"), "is a file, not a folder")
+    else:
+        (tmp_path / "summary").mkdir()
+        args += ["--json", str(tmp_path / "summary")]
+        parts = (str(tmp_path / "summary"), "is a folder")
+    with refused(tmp_path, *parts) as box:
+        box["proc"] = _cli(tmp_path, *args)
+
+
+@pytest.mark.slow
+def test_a_read_only_output_is_one_line(tmp_path, read_only_fs):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    with refused(tmp_path, str(read_only_fs), "not writable") as box:
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(read_only_fs),
+                           "--select", "raw_images")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["all_quarantined", "six_images"])
+def test_too_few_usable_images_stop_at_raw_images(tmp_path, case):
+    dataset = make_dataset(tmp_path, n=12 if case == "all_quarantined" else 6, k=3)
+    if case == "all_quarantined":
+        for path in image_paths(dataset):
+            path.write_bytes(b"not a jpeg")
+        parts = ("only 0 usable images (12 quarantined: 12 image_decodes", "at least 11")
+    else:
+        parts = ("only 6 usable images (0 quarantined", "at least 11")
+    with refused(tmp_path, str(dataset), *parts, pipeline_ran=True) as box:
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
+                           "--no-progress")
+    assert "step raw_images failed" in box["line"]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_output_folder_is_refused_naming_the_first(tmp_path):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    out = tmp_path / "out"
+    with output_lock(out, holder="run 1234-abcd (pid 42)"):
+        with refused(tmp_path, str(out), "in use by run 1234-abcd (pid 42)") as box:
+            box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(out),
+                               "--select", "raw_images")
+    assert sorted(p.name for p in out.iterdir()) == [".animal-assets.lock"]
+
+
+@pytest.mark.slow
+def test_a_tilde_in_a_path_is_the_home_folder(tmp_path):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    before = tree_hashes(dataset)
+    proc = _cli(tmp_path, "--dataset", "~/ds", "--output", "~/out", "--select", "raw_images",
+                env_extra={"HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "raw_images" / "images.npy").is_file()
+    assert not (tmp_path / "~").exists() and tree_hashes(dataset) == before
+    assert _leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# the graph on its own deliverable
+
+
+def _chain(dataset: Path, out: Path) -> steps.BalancedTrain:
+    params = params_from_run_config({"ops": {
+        **TINY["ops"], "balanced_train": {"config": {"max_factor": 2.0}},
+        "ood_scores": {"config": {"fraction": 0.05, "refine_rounds": 0}},
+    }})
+    raw = read_dataset(dataset, out / "raw_images")
+    emb = steps.compute_embeddings(raw, out / "embeddings", params["embeddings"], device="cpu")
+    ood = steps.score_outliers(raw, emb, out / "ood_scores", params["ood_scores"])
+    clean = steps.clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
+    val = steps.make_val_split(raw, clean, out / "val_split", params["val_split"])
+    return steps.make_balanced_train(raw, clean, val, out / "balanced_train", params["balanced_train"])
+
+
+@pytest.mark.slow
+def test_the_graph_runs_on_its_own_exported_deliverable(tmp_path):
+    import pandas as pd
+
+    first_input = write_ds801(tmp_path / "ds", _coloured([60, 12, 12], num_classes=3, seed=4),
+                              num_classes=3)
+    first = _chain(first_input, tmp_path / "run1")
+    assert first.n_generated > 0
+    again = Path(first.train.dir)
+    before = tree_hashes(again)
+    second = _chain(again, tmp_path / "run2")  # failed with "img_...: written twice" before
+    assert second.n_generated > 0 and tree_hashes(again) == before
+
+    input_ids = set(labels_of(again))
+    table = pd.read_csv(second.train.ids_path)
+    generated = table[table["generated"]]
+    assert not set(generated["id"]) & input_ids and table["id"].is_unique
+    # the case the old ids failed on did come up: a first-draw id was already in the input
+    firsts = {derived_image_id(s, 0, seed=0, taken=set()) for s in generated["source_id"]}
+    assert firsts & input_ids
+    # deterministic: the same input gives the same ids
+    third = _chain(again, tmp_path / "run3")
+    assert pd.read_csv(third.train.ids_path)["id"].tolist() == table["id"].tolist()
+
+
+def test_the_preflight_knows_every_folder_the_graph_writes():
+    from animal_assets.assets import PIPELINE_ASSETS
+    from animal_assets.core.preflight import OUTPUT_FOLDERS
+
+    assert OUTPUT_FOLDERS == tuple(a.key.to_user_string() for a in PIPELINE_ASSETS)
+
+
+def test_generated_ids_are_deterministic_and_skip_taken_ones():
+    first = derived_image_id("img_a", 0, seed=0, taken=set())
+    taken = {first}
+    second = derived_image_id("img_a", 0, seed=0, taken=taken)
+    assert second != first and taken == {first, second}
+    assert derived_image_id("img_a", 0, seed=0, taken={first}) == second
+    assert derived_image_id("img_a", 1, seed=0, taken=set()) != first
+    assert derived_image_id("img_a", 0, seed=1, taken=set()) != first
+    from animal_assets.core.formats import filename_violation
+
+    assert filename_violation(f"{first}.jpg") is None
+
+
+# --------------------------------------------------------------------------------------------
+# archives
+
+
+def test_a_zip_named_tar_gz_is_read_as_the_zip_it_is(tmp_path):
+    folder = make_dataset(tmp_path, n=4, k=2)
+    archive = make_archive(folder, "zip", dest=tmp_path / "data.tar.gz")
+    before = tree_hashes(archive)
+    raw = read_dataset(archive, tmp_path / "out")
+    assert raw.n_usable == 4 and tree_hashes(archive) == before
+
+
+def test_an_encrypted_zip_is_reported_as_encrypted(tmp_path):
+    folder = make_dataset(tmp_path, n=3, k=2)
+    archive = tmp_path / "locked.zip"
+    make_archive(folder, "zip", dest=archive)
+    _set_encrypted_flags(archive)
+    assert all(i.flag_bits & 0x1 for i in zipfile.ZipFile(archive).infolist())
+    with pytest.raises(DatasetError, match=f"{archive}: the archive is encrypted "
+                                           r"\(password-protected members such as "):
+        read_dataset(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _set_encrypted_flags(path: Path) -> None:
+    """Set the "encrypted" flag bit of every member of a zip, in its local and central headers
+    (what ``zip -P`` sets; zipfile cannot write encrypted members)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            data[info.header_offset + 6] |= 0x1
+    central = struct.unpack_from("<I", data, len(data) - 22 + 16)[0]
+    while data[central:central + 4] == b"PK\x01\x02":
+        data[central + 8] |= 0x1
+        n, m, k = struct.unpack_from("<HHH", data, central + 28)
+        central += 46 + n + m + k
+    path.write_bytes(bytes(data))
+
+
+def test_a_huge_tar_member_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
+    from animal_assets.core import ingest
+
+    folder = make_dataset(tmp_path, n=3, k=2)
+    size = 64 << 20
+    monkeypatch.setattr(ingest, "MAX_SKIP_BYTES", 16 << 20)
+    archive = _tgz_with_member(tmp_path / "bomb.tgz", folder, size=size)
+    assert archive.stat().st_size < 1 << 20
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match=f"member ds/junk.bin declares {size} bytes, more than "
+                                           "the 16777216 bytes"):
+        read_dataset(archive, tmp_path / "out")
+    assert time.perf_counter() - start < 5 and not (tmp_path / "out").exists()
+
+
+def test_the_total_size_cap_is_checked_as_members_are_read(tmp_path, monkeypatch):
+    from animal_assets.core import ingest
+
+    folder = make_dataset(tmp_path, n=20, k=2)
+    one = len(image_paths(folder)[0].read_bytes())
+    monkeypatch.setattr(ingest, "MAX_TOTAL_BYTES", 3 * one)
+    read = []
+    real = ingest.read_regular
+    monkeypatch.setattr(ingest, "read_regular", lambda *a: read.append(a) or real(*a))
+    with pytest.raises(DatasetError, match="expands to more than"):
+        read_dataset(folder, tmp_path / "out")
+    assert len(read) < 10  # stopped early, not after reading all 21 files
+
+
+def _tgz_with_member(path: Path, folder: Path, *, size: int) -> Path:
+    """A tgz of ``folder`` under ``ds/``, preceded by a member of ``size`` zero bytes."""
+    import gzip
+    import tarfile
+
+    with gzip.open(path, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w|") as tf:
+        info = tarfile.TarInfo("ds/junk.bin")
+        info.size = size
+        tf.addfile(info, _Zeros(size))
+        for file in sorted(folder.rglob("*")):
+            tf.add(file, arcname=f"ds/{file.relative_to(folder).as_posix()}")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["encrypted_zip", "huge_member", "zip_named_tgz"])
+def test_archive_cases_on_the_command_line(tmp_path, case):
+    folder = make_dataset(tmp_path / "src", n=12, k=3)
+    args = ["--output", str(tmp_path / "out"), "--select", "raw_images"]
+    if case == "encrypted_zip":
+        archive = make_archive(folder, "zip", dest=tmp_path / "locked.zip")
+        _set_encrypted_flags(archive)
+        parts = (str(archive), "the archive is encrypted")
+    elif case == "huge_member":
+        archive = _tgz_with_member(tmp_path / "bomb.tgz", folder, size=600 << 20)
+        parts = (str(archive), "member ds/junk.bin declares 629145600 bytes",
+                 "refused before decompressing it")
+    else:
+        archive = make_archive(folder, "zip", dest=tmp_path / "data.tar.gz")
+        before = tree_hashes(tmp_path / "src")
+        proc = _cli(tmp_path, "--dataset", str(archive), *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        raw = json.loads((tmp_path / "out" / "raw_images" / "raw.json").read_text())
+        assert raw["n_usable"] == 12 and raw["source"] == str(archive)
+        assert tree_hashes(tmp_path / "src") == before and _leftovers(tmp_path) == []
+        assert _run_statuses(tmp_path).count(dg.DagsterRunStatus.SUCCESS) >= 1
+        return
+    with refused(tmp_path, *parts, pipeline_ran=True) as box:
+        start = time.perf_counter()
+        box["proc"] = _cli(tmp_path, "--dataset", str(archive), *args)
+        assert time.perf_counter() - start < 120
+
+
+class _Zeros:
+    """A file-like of ``size`` zero bytes, read in chunks (never held in memory at once)."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+
+
+# --------------------------------------------------------------------------------------------
+# small things
+
+
+def test_an_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pixels[:32] = 0  # a top half that rotation moves
+    im = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees
+    plain, tagged = (_save(im, exif=e) for e in (None, exif))
+    upright, _, info = decode_image(plain, name="a.jpg")
+    rotated, reason, info = decode_image(tagged, name="b.jpg")
+    assert reason is None and info["exif_transposed"]
+    assert np.array_equal(rotated, upright[::-1, ::-1])
+
+
+def _save(im, *, exif) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=95, **({"exif": exif} if exif is not None else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("row, fields", [("img_x,drop,,a note, with a comma", 5), ("img_x", 1)])
+def test_a_ragged_review_row_is_reported_as_a_wrong_field_count(tmp_path, row, fields):
+    path = tmp_path / "review.csv"
+    path.write_text(f"id,action,label,note\n{row}\n")
+    with pytest.raises(ReviewError, match=rf"{path}, line 2: the row has {fields} fields, the header "
+                                          "has 4"):
+        read_review(path, known_ids=["img_x"], given=[0], num_classes=2)
