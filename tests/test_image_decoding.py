@@ -25,7 +25,8 @@ def test_decode_good_image_matches_pil():
     array, reason, info = decode_image(data, name="imgs/a.jpg")
     assert reason is None and array.shape == (64, 64, 3) and array.dtype == np.uint8
     assert np.array_equal(array, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-    assert info == {"format": "JPEG", "width": 64, "height": 64, "mode": "RGB", "bytes": len(data)}
+    assert info == {"format": "JPEG", "width": 64, "height": 64, "mode": "RGB", "bytes": len(data),
+                    "exif_transposed": False}
 
 
 BAD_IMAGES = {

@@ -297,7 +297,9 @@ def decode_image(data: bytes, *, name: str) -> tuple[np.ndarray | None, str | No
     reason : str or None
         What is wrong, or None.
     info : dict
-        ``format``, ``width``, ``height``, ``mode`` (empty/0 when unknown) and ``bytes``.
+        ``format``, ``width``, ``height``, ``mode`` (empty/0 when unknown) and ``bytes``; for a
+        decoded image also ``exif_transposed``, True when an EXIF orientation tag was applied
+        (the pixels are returned as a viewer shows them).
     """
     info = {"format": "", "width": 0, "height": 0, "mode": "", "bytes": len(data)}
     if not data:
@@ -320,7 +322,7 @@ def decode_image(data: bytes, *, name: str) -> tuple[np.ndarray | None, str | No
                     return None, f"{name} has colour mode {im.mode}, not RGB", info
                 im.load()
                 # the pixels as a viewer shows them: an EXIF orientation tag is applied (a 64x64
-                # image stays 64x64), and info["exif_transposed"] counts it
+                # image stays 64x64)
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
                 info["exif_transposed"] = orientation not in (1, None)
                 array = np.array(ImageOps.exif_transpose(im) if info["exif_transposed"] else im,
