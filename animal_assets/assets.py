@@ -475,7 +475,11 @@ def eval_report(
     return dg.Output(report, metadata={**metadata, **_stats_metadata(stats)})
 
 
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="1", kinds={"pytorch"})
+# The lowest priority among the steps ready to run (every Dagster executor orders them by the
+# dagster/priority tag): eval_report, ready at the same time, is written before the long
+# ablation starts.
+@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="1", kinds={"pytorch"},
+          op_tags={"dagster/priority": "-1"})
 def ablation_report(
     context: dg.AssetExecutionContext, config: AblationConfig, raw_images: RawImages,
     clean_labels: steps.CleanLabels, val_split: steps.Split, balanced_train: steps.BalancedTrain,

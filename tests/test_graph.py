@@ -69,6 +69,15 @@ def test_whole_graph_materializes_with_every_check_passing(materialized):
         assert instance.get_latest_materialization_event(dg.AssetKey(name)) is not None
 
 
+def test_the_report_is_written_before_the_ablation_starts(materialized):
+    _, instance, _, _, summary = materialized
+    order = [(e.dagster_event.event_type_value, e.step_key)
+             for e in instance.all_logs(summary["run_id"]) if e.dagster_event is not None]
+    report_done = order.index(("STEP_SUCCESS", "eval_report"))
+    ablation_start = order.index(("STEP_START", "ablation_report"))
+    assert report_done < ablation_start
+
+
 def test_exports_pass_the_format_rules_and_add_up(materialized):
     tmp, *_ = materialized
     out = tmp / "out"
