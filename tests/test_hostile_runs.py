@@ -247,6 +247,21 @@ def test_a_bad_truth_test_set_or_class_names_is_refused_before_the_first_asset(t
     assert _run_statuses(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_a_ragged_review_row_is_refused_before_the_first_asset(tmp_path):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    first = sorted(labels_of(dataset))[0].removesuffix(".jpg")
+    review = tmp_path / "review.csv"
+    text = f"id,action,label,note\n{first},keep,,\n{first},drop,,a note, with a comma\n"
+    review.write_text(text)
+    with refused(tmp_path, str(review), "line 3: the row has 5 fields, the header has 4") as box:
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
+                           "--review", str(review))
+    assert review.read_text() == text
+    # refused by the preflight: no run in the instance, no output folder
+    assert _run_statuses(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
 def test_the_first_asset_runs_the_same_preflight_for_runs_launched_from_the_ui(tmp_path):
     from tests.test_graph import make_defs, sqlite_instance
 
