@@ -212,6 +212,7 @@ def raw_images(
         "source": dg.MetadataValue.path(path),
         "n_input_files": raw.n_input_files,
         "n_usable": raw.n_usable,
+        "n_exif_transposed": raw.n_exif_transposed,
         "n_violations": len(violations),
         "num_classes": raw.num_classes,
         "counts_per_class": dg.MetadataValue.json(info.get("counts_per_class", {})),

@@ -247,6 +247,21 @@ def test_a_bad_truth_test_set_or_class_names_is_refused_before_the_first_asset(t
     assert _run_statuses(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_a_ragged_review_row_is_refused_before_the_first_asset(tmp_path):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    first = sorted(labels_of(dataset))[0].removesuffix(".jpg")
+    review = tmp_path / "review.csv"
+    text = f"id,action,label,note\n{first},keep,,\n{first},drop,,a note, with a comma\n"
+    review.write_text(text)
+    with refused(tmp_path, str(review), "line 3: the row has 5 fields, the header has 4") as box:
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
+                           "--review", str(review))
+    assert review.read_text() == text
+    # refused by the preflight: no run in the instance, no output folder
+    assert _run_statuses(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
 def test_the_first_asset_runs_the_same_preflight_for_runs_launched_from_the_ui(tmp_path):
     from tests.test_graph import make_defs, sqlite_instance
 
@@ -538,6 +553,41 @@ def test_an_exif_orientation_is_applied(tmp_path):
     rotated, reason, info = decode_image(tagged, name="b.jpg")
     assert reason is None and info["exif_transposed"]
     assert np.array_equal(rotated, upright[::-1, ::-1])
+
+
+def test_the_images_an_exif_orientation_turned_are_counted(tmp_path):
+    from PIL import Image
+
+    from animal_assets.core.ingest import load_raw_images, open_raw, summary
+    from tests.test_graph import make_defs, sqlite_instance
+
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    target = image_paths(dataset)[0]
+    upright, _, _ = decode_image(target.read_bytes(), name=target.name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored image is turned 90 degrees counter-clockwise
+    im = Image.fromarray(upright)
+    plain, tagged = (_save(im, exif=e) for e in (None, exif))
+    target.write_bytes(tagged)
+    expected = np.asarray(Image.fromarray(decode_image(plain, name="plain.jpg")[0])
+                          .transpose(Image.Transpose.ROTATE_270))
+
+    raw = read_dataset(dataset, tmp_path / "raw")
+    assert raw.n_exif_transposed == 1 and raw.n_usable == 12
+    assert summary(raw)["n_exif_transposed"] == 1
+    assert open_raw(raw.root).n_exif_transposed == 1
+    images, ok = load_raw_images(raw)
+    row = ok.index[ok["id"] == target.stem][0]
+    assert np.array_equal(images[row], expected) and not np.array_equal(expected, upright)
+    assert (ok["status"] == "ok").all() and (ok["reason"] == "").all()  # not a quarantine reason
+
+    # the asset shows the count in its metadata
+    defs = make_defs(tmp_path, str(dataset))
+    instance = sqlite_instance(tmp_path)
+    job = defs.resolve_job_def("pipeline").get_subset(asset_selection={dg.AssetKey("raw_images")})
+    assert job.execute_in_process(instance=instance).success
+    event = instance.get_latest_materialization_event(dg.AssetKey("raw_images"))
+    assert event.asset_materialization.metadata["n_exif_transposed"].value == 1
 
 
 def _save(im, *, exif) -> bytes:

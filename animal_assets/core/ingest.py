@@ -65,6 +65,8 @@ class RawImages:
     fingerprint: str
     format_policy: str
     decode_policy: str
+    #: Usable images whose EXIF orientation tag was applied (turned upright) when decoded.
+    n_exif_transposed: int = 0
 
 
 @dataclass
@@ -324,6 +326,7 @@ def _assess(members: list[_Member], prefix: str) -> tuple[list[dict], list[Viola
             "reason": "" if ok else str(min(rules, key=RULE_PRIORITY.index)),
             "width": info["width"], "height": info["height"], "mode": info["mode"], "index": -1,
             "_array": array if ok else None, "_data": m.data if ok else None,
+            "_exif_transposed": bool(info.get("exif_transposed")),
         })
     for key in sorted(set(table.values) - seen):
         entry = label_entry_name(LABELS_FILE, key)
@@ -427,6 +430,7 @@ def read_dataset(
         n_label_entries=len(table.values), n_usable=len(usable),
         blocking=any(v.rule in rules for v in violations), source=str(src),
         fingerprint=dataset_fingerprint(src), format_policy=format_policy, decode_policy=decode_policy,
+        n_exif_transposed=sum(r["_exif_transposed"] for r in usable),
     )
     shape = (len(usable), IMAGE_SIZE, IMAGE_SIZE, 3)
     # the arrays, the original JPEG bytes and a margin for the manifest and the small files
@@ -517,7 +521,7 @@ def require_usable(raw: RawImages, *, minimum: int = MIN_USABLE_IMAGES) -> None:
 def open_raw(out_dir: str | os.PathLike) -> RawImages:
     """Load the :class:`RawImages` record that :func:`read_dataset` wrote into ``out_dir``."""
     record = json.loads((Path(out_dir) / "raw.json").read_text())
-    return RawImages(**{f.name: record[f.name] for f in fields(RawImages)})
+    return RawImages(**{f.name: record[f.name] for f in fields(RawImages) if f.name in record})
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
@@ -539,8 +543,9 @@ def load_raw_images(raw: RawImages, *, mmap: bool = False) -> tuple[np.ndarray, 
 
 def summary(raw: RawImages) -> dict:
     """Counts for metadata (JSON-ready): usable images per class, the classes of K without any
-    usable image, rows per status and reason, violations per rule, and the sizes and colour modes
-    of every image that had a readable header.
+    usable image, rows per status and reason, violations per rule, the usable images an EXIF
+    orientation turned upright, and the sizes and colour modes of every image that had a
+    readable header.
     """
     m = read_manifest(raw.manifest_path)
     ok = m[m["status"] == "ok"]
@@ -551,6 +556,7 @@ def summary(raw: RawImages) -> dict:
         "num_classes": raw.num_classes, "n_input_files": raw.n_input_files,
         "n_label_entries": raw.n_label_entries, "n_usable": raw.n_usable,
         "n_quarantined": int((m["status"] == "quarantined").sum()),
+        "n_exif_transposed": raw.n_exif_transposed,
         "counts_per_class": {str(k): int((ok["given"] == k).sum()) for k in range(raw.num_classes)},
         "empty_classes": [k for k in range(raw.num_classes) if not (ok["given"] == k).any()],
         "status_counts": {str(k): int(v) for k, v in sorted(Counter(m["status"]).items())},

@@ -12,6 +12,8 @@ calls it again, so a run launched from the UI gets the same checks. It reads onl
 - **output**: the output folder is a folder (or can be made) on a writable file system;
 - **test set**: it exists and its labels have the dataset's K;
 - **truth file**: it parses with the dataset's K and at least one of its ids is in the dataset;
+- **review file**: it exists and every row has as many fields as its header (the rules that
+  need the decisions, such as known ids, are checked by ``clean_labels``);
 - **class names**: one per class.
 
 Every path goes through :func:`expand` (``~`` expanded, made absolute), and paths are compared
@@ -163,12 +165,18 @@ def preflight(
         On the first broken rule.
     """
     from animal_assets.core.noise import read_truth
+    from animal_assets.core.review import ReviewError, check_field_counts
 
     inputs = {"dataset": dataset, "test set": test_set, "truth file": truth, "review file": review}
     check_overlap(output, inputs, summary_json=summary_json)
     check_output(output, summary_json=summary_json)
-    if review and not expand(review).is_file():
-        raise InputError(f"{expand(review)}: the review file does not exist")
+    if review:
+        if not expand(review).is_file():
+            raise InputError(f"{expand(review)}: the review file does not exist")
+        try:
+            check_field_counts(expand(review))
+        except ReviewError as err:
+            raise InputError(str(err)) from None
     if dataset is None:
         return Checked(None)
     dataset = expand(dataset)

@@ -79,9 +79,16 @@ def _parse_label(text: str, class_names: Sequence[str], num_classes: int) -> int
     return value if 0 <= value < num_classes else -1
 
 
-def _check_field_counts(path: Path) -> None:
+def check_field_counts(path: str | os.PathLike) -> None:
     """Refuse a row with more or fewer fields than the header (a comma too many or too few),
-    naming its line; blank lines are allowed."""
+    naming its line; blank lines are allowed. Needs nothing but the file, so the preflight runs
+    it before anything is computed.
+
+    Raises
+    ------
+    ReviewError
+    """
+    path = Path(path).expanduser()
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, skipinitialspace=True)
@@ -138,7 +145,7 @@ def read_review(
     """
     path = Path(path).expanduser()
     review_version(path)  # a missing file gets its own message
-    _check_field_counts(path)
+    check_field_counts(path)
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
                             skipinitialspace=True)
