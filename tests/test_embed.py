@@ -150,8 +150,10 @@ def test_load_embeddings_rejects_wrong_array(tmp_path: Path):
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_stage_features_extend_the_head_features(two_kinds, image_size):
     images = two_kinds[0][::4]
-    head = embed_images(images, image_size=image_size, batch_size=4, device="cpu")
-    full = embed_images(images, image_size=image_size, batch_size=4, device="cpu", stages=True)
+    # float32, to compare with the float32 computation below ("auto" may pick bf16)
+    head = embed_images(images, image_size=image_size, batch_size=4, device="cpu", precision="fp32")
+    full = embed_images(images, image_size=image_size, batch_size=4, device="cpu", stages=True,
+                        precision="fp32")
     means, stds = embed.stage_dims()
     assert (means, stds) == (1808, 1504)
     assert full.shape == (len(images), FEATURE_DIM + means + stds) and full.dtype == np.float32
