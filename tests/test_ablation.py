@@ -70,15 +70,19 @@ def test_headless_ablation_trains_every_recipe_on_the_same_eval_set(tmp_path):
     assert summary["ablation"]["recipes"]["full"]["seeds"] == 1
 
 
+def toy_run(n: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """n random images kept with alternating labels 0/1, each its own duplicate group."""
+    images = np.random.default_rng(seed).integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)
+    decisions = pd.DataFrame({"id": [f"i{j}" for j in range(n)], "given": np.arange(n) % 2,
+                              "label": np.arange(n) % 2, "reason": [""] * n, "dup_group": np.arange(n)})
+    return images, decisions
+
+
 def test_ablation_logs_every_epoch_of_every_run():
     from animal_assets.core.ablation import run_ablation
     from animal_assets.core.train import TrainConfig
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (24, 64, 64, 3), dtype=np.uint8)
-    decisions = pd.DataFrame({"id": [f"i{j}" for j in range(24)], "given": np.arange(24) % 2,
-                              "label": np.arange(24) % 2, "reason": [""] * 24,
-                              "dup_group": np.arange(24)})
+    images, decisions = toy_run(24, seed=0)
     lines = []
     result = run_ablation(
         images=images, decisions=decisions, val_sources={"i0", "i1"}, val_images=images[:2],
@@ -95,11 +99,7 @@ def test_full_recipe_at_the_trainer_seed_is_the_given_model_not_a_new_run():
     from animal_assets.core.ablation import run_ablation
     from animal_assets.core.train import TrainConfig
 
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
-    decisions = pd.DataFrame({"id": [f"i{j}" for j in range(20)], "given": np.arange(20) % 2,
-                              "label": np.arange(20) % 2, "reason": [""] * 20,
-                              "dup_group": np.arange(20)})
+    images, decisions = toy_run(20, seed=1)
     config = TrainConfig(epochs=1, batch_size=8, device="cpu", precision="fp32")
     full_x, full_y = images[2:], np.arange(18) % 2
     main_model = train.train_resnet34(full_x, full_y, num_classes=2, config=config).model
