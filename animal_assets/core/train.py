@@ -28,7 +28,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from animal_assets.core.atomic import atomic_path
 from animal_assets.core.augment import augment_batch, mixup
-from animal_assets.core.precision import Precision, autocast, resolve_precision
+from animal_assets.core.precision import PRECISIONS, Precision, autocast, resolve_precision
 
 # ImageNet statistics; close enough for natural photos, and BatchNorm absorbs the rest.
 NORM_MEAN = (0.485, 0.456, 0.406)
@@ -72,7 +72,8 @@ class TrainConfig:
             raise ValueError("train.TrainConfig: translate, rotate_deg and mixup_alpha must be >= 0")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"train.TrainConfig: label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        resolve_precision(self.precision, "cpu")  # rejects an unknown name early
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.TrainConfig: precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.max_threads is not None and self.max_threads < 1:
             raise ValueError(f"train.TrainConfig: max_threads must be >= 1 or None, got {self.max_threads}")
 
