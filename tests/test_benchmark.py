@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animal_assets.core.benchmark import CIFAR_STANDARD, build_benchmark, main
+from animal_assets.core.benchmark import CIFAR_STANDARD, BenchmarkSettings, build_benchmark, load_spec, main
 from animal_assets.core.noise import NoiseSpec, n_ood_for, read_truth
 
 NAME_RE = re.compile(r"^img_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jpg$")
@@ -218,6 +218,95 @@ def test_cli_writes_the_standard_benchmark(tmp_path, capsys):
     assert "test-set (12 images)" in out and re.search(r"ood: 7\b", out)
     meta = json.loads((tmp_path / "out" / "benchmark.json").read_text())
     assert meta["class_names"] == list(CIFAR_IN) and meta["seed"] == 3 and meta["counts"]["ood"] == 7
+
+
+def write_spec(path: Path, settings: dict) -> Path:
+    if path.suffix == ".json":
+        path.write_text(json.dumps(settings))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_spec_file_json_and_yaml_give_the_same_settings(tmp_path):
+    settings = {"in_classes": ["d", "b", "a", "c"], "ood_classes": ["x"], "pairs": [[0, 1], [2, 3]],
+                "pair_flip_rate": [0.45, 0.1, 0.2, 0.0], "symmetric_flip_rate": 0.05, "ood_fraction": 0.2,
+                "n_dup_conflicts": 2, "class_keep": [1.0, 0.5, 0.75, 1.0], "max_per_class": 9}
+    expected = BenchmarkSettings(in_classes=("d", "b", "a", "c"), ood_classes=("x",), spec=NoiseSpec(
+        pairs=((0, 1), (2, 3)), pair_flip_rate=(0.45, 0.1, 0.2, 0.0), symmetric_flip_rate=0.05, ood_fraction=0.2,
+        n_dup_conflicts=2, class_keep=(1.0, 0.5, 0.75, 1.0)))
+    for name in ("spec.json", "spec.yaml"):
+        assert load_spec(write_spec(tmp_path / name, settings), seed=0) == (expected, 9)
+    (tmp_path / "empty.yml").write_text("")
+    assert load_spec(tmp_path / "empty.yml", seed=0) == (CIFAR_STANDARD, None)
+
+
+def test_spec_file_class_keep_span_is_spread_in_a_seeded_order(tmp_path):
+    path = write_spec(tmp_path / "spec.json", {"class_keep": {"from": 1.0, "to": 0.25}})
+    keeps = [load_spec(path, seed=seed)[0].spec.class_keep for seed in range(6)]
+    for keep in keeps:
+        assert sorted(keep, reverse=True) == pytest.approx(np.linspace(1.0, 0.25, len(CIFAR_IN)).tolist())
+        assert len(set(keep)) == len(CIFAR_IN) and max(keep) == 1.0 and min(keep) == 0.25
+    assert load_spec(path, seed=3)[0].spec.class_keep == keeps[3]
+    assert len(set(keeps)) > 1
+
+
+def test_spec_file_asymmetric_rates_give_each_pair_one_forward_one_back(tmp_path):
+    path = write_spec(tmp_path / "spec.yaml", {"in_classes": ["a", "b", "c", "d", "e"], "pairs": [[0, 1], [3, 2]],
+                                               "asymmetric": {"forward": 0.35, "back": 0.10}})
+    rates = [load_spec(path, seed=seed)[0].spec.pair_flip_rate for seed in range(6)]
+    for rate in rates:
+        assert sorted((rate[0], rate[1])) == sorted((rate[2], rate[3])) == [0.10, 0.35] and rate[4] == 0.0
+    assert load_spec(path, seed=2)[0].spec.pair_flip_rate == rates[2]
+    assert len(set(rates)) > 1
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"pair_flip_rat": 0.3}, "unknown key 'pair_flip_rat'"),
+    ({"pair_flip_rate": 0.3, "asymmetric": {"forward": 0.35, "back": 0.1}}, "either 'asymmetric' or 'pair_flip_rate'"),
+    ({"pair_flip_rate": [0.3, 0.1]}, "'pair_flip_rate' must be a number or a list of 6 numbers"),
+    ({"pair_flip_rate": [0.3, 0.1, 0.2, 0.2, 1.5, 0.0]}, r"pair_flip_rate\[4\] must lie in \[0, 1\]"),
+    ({"asymmetric": {"forward": 0.35}}, "'asymmetric' must be"),
+    ({"asymmetric": {"forward": 0.9, "back": 0.1}, "symmetric_flip_rate": 0.2}, "resolved from 'asymmetric'"),
+    ({"class_keep": {"from": 1.0, "to": 0.0}}, r"class_keep\[\d\] must lie in \(0, 1\]"),
+    ({"class_keep": {"from": 1.0}}, "'class_keep' must be null"),
+    ({"in_classes": ["a", "b"]}, r"'pairs' must be a list of \[int, int\] class indices in 0..1, the default is"),
+    ({"pairs": [[0, 1], [1, 2]]}, "NoiseSpec.pairs"),
+    ({"ood_classes": ["bird"]}, "'ood_classes' must not repeat in_classes"),
+    ({"ood_fraction": "0.1"}, "'ood_fraction' must be a number"),
+    ({"max_per_class": 0}, "'max_per_class' must be a positive integer"),
+])
+def test_bad_spec_files_are_rejected_naming_the_file(tmp_path, settings, message):
+    path = write_spec(tmp_path / "bad.json", settings)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: ") as info:
+        load_spec(path, seed=0)
+    assert re.search(message, str(info.value))
+
+
+def test_cli_builds_from_a_spec_file(tree, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.yaml", {
+        "in_classes": ["d", "b", "a", "c"], "ood_classes": ["x", "y"], "pairs": [[0, 1]],
+        "pair_flip_rate": [0.45, 0.10, 0.0, 0.0], "ood_fraction": 0.1, "max_per_class": 10})
+    assert main([str(tree), str(tmp_path / "out"), "--spec", str(spec), "--seed", "2"]) == 0
+    assert '"pair_flip_rate": [0.45, 0.1, 0.0, 0.0]' in capsys.readouterr().out
+    meta = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert meta["class_names"] == ["d", "b", "a", "c"] and meta["ood_classes"] == ["x", "y"]
+    assert meta["spec"]["pair_flip_rate"] == [0.45, 0.10, 0.0, 0.0] and meta["spec"]["pairs"] == [[0, 1]]
+    assert meta["max_per_class"] == 10 and meta["seed"] == 2
+    truth = read_truth(tmp_path / "out" / "truth.json")
+    assert Counter(v["true"] for v in truth.values() if v["kind"] != "dup_conflict")[0] == 10
+    assert main([str(tree), str(tmp_path / "out2"), "--spec", str(spec), "--max-per-class", "8"]) == 0
+    assert json.loads((tmp_path / "out2" / "benchmark.json").read_text())["max_per_class"] == 8
+
+
+def test_cli_reports_a_bad_spec_file(tree, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.json", {"colour": "red"})
+    with pytest.raises(SystemExit) as info:
+        main([str(tree), str(tmp_path / "out"), "--spec", str(spec)])
+    assert info.value.code == 2 and "unknown key 'colour'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset.tgz"

@@ -81,6 +81,58 @@ def test_pair_flips_hit_rate_and_go_only_to_partner(rate):
     assert (noisy.given[~flipped] == noisy.true[~flipped]).all()
 
 
+def test_per_class_pair_rates_flip_each_true_class_at_its_own_rate():
+    images, labels = make_clean(4000)
+    rates = (0.45, 0.10, 0.30, 0.0, 0.9, 0.9)  # 0 -> 1 at 0.45, 1 -> 0 at 0.10; 4 and 5 are unpaired
+    noisy = inject_noise(images, labels, marked(0, ood=True), NoiseSpec(pairs=PAIRS, pair_flip_rate=rates),
+                         num_classes=K, seed=1)
+    flipped = noisy.kind == "flipped"
+    for c, rate in enumerate(rates):
+        members = noisy.true == c
+        assert abs(flipped[members].mean() - (rate if c in PARTNER else 0.0)) <= 0.05
+    assert all(g == PARTNER[t] for g, t in zip(noisy.given[flipped], noisy.true[flipped]))
+
+
+def test_float_rate_gives_the_same_draws_as_equal_per_class_rates():
+    images, labels = make_clean(1000)
+    common = dict(pairs=PAIRS, symmetric_flip_rate=0.1, ood_fraction=0.1, n_dup_conflicts=4)
+    a = inject_noise(images, labels, marked(150, ood=True), NoiseSpec(pair_flip_rate=0.3, **common),
+                     num_classes=K, seed=11)
+    b = inject_noise(images, labels, marked(150, ood=True), NoiseSpec(pair_flip_rate=(0.3,) * K, **common),
+                     num_classes=K, seed=11)
+    for name in ("images", "given", "true", "kind", "dup_of"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert (a.kind == "flipped").any()
+
+
+def test_pair_rates_and_list_input():
+    spec = NoiseSpec(pairs=PAIRS, pair_flip_rate=[0.45, 0.1, 0.2, 0.3, 0.5, 0.6])
+    assert spec.pair_flip_rate == (0.45, 0.1, 0.2, 0.3, 0.5, 0.6) and hash(spec) == hash(NoiseSpec(**spec.__dict__))
+    assert spec.pair_rates(K).tolist() == [0.45, 0.1, 0.2, 0.3, 0.0, 0.0]
+    assert NoiseSpec(pairs=PAIRS, pair_flip_rate=0.25).pair_rates(K).tolist() == [0.25] * 4 + [0.0] * 2
+    with pytest.raises(ValueError, match="NoiseSpec.pair_flip_rate has 6 entries, num_classes is 4"):
+        spec.pair_rates(4)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"pair_flip_rate": (0.1, 1.5)}, r"pair_flip_rate\[1\] must lie in \[0, 1\]"),
+    ({"pair_flip_rate": (-0.1, 0.2)}, r"pair_flip_rate\[0\] must lie in \[0, 1\]"),
+    ({"pair_flip_rate": (0.1, 0.2, 0.7), "symmetric_flip_rate": 0.4}, r"pair_flip_rate\[2\].*class 2"),
+    ({"pair_flip_rate": (0.1, 0.2), "symmetric_flip_rate": 1.2}, "symmetric_flip_rate must lie"),
+])
+def test_invalid_per_class_rates_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match="NoiseSpec") as info:
+        NoiseSpec(**kwargs)
+    assert re.search(message, str(info.value))
+
+
+def test_per_class_rates_of_wrong_length_are_rejected():
+    images, labels = make_clean(50)
+    spec = NoiseSpec(pairs=PAIRS, pair_flip_rate=(0.3, 0.1, 0.2))
+    with pytest.raises(ValueError, match="inject_noise: pair_flip_rate has 3 entries, num_classes is 6"):
+        inject_noise(images, labels, marked(0, ood=True), spec, num_classes=K, seed=0)
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.25])
 def test_symmetric_flips_hit_rate_and_spread_over_other_classes(rate):
     images, labels = make_clean(4000)

@@ -10,6 +10,7 @@ it (outside the dataset folder, so nothing that cleans the dataset can read it).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import zlib
@@ -50,22 +51,40 @@ def substream(seed: int, purpose: str) -> np.random.Generator:
 
 @dataclass(frozen=True, kw_only=True)
 class NoiseSpec:
-    """What noise to inject; class indices refer to the label order of the clean set."""
+    """What noise to inject; class indices refer to the label order of the clean set.
+
+    ``pair_flip_rate`` is either one rate for every paired class or a tuple of K rates, entry
+    ``c`` being the probability that an image of true class ``c`` is flipped to its partner (so
+    the two directions of a pair may differ); entries of unpaired classes are ignored. A list is
+    stored as a tuple.
+    """
 
     pairs: tuple[tuple[int, int], ...] = ()  # no look-alike pairs: no asymmetric flips
-    pair_flip_rate: float = 0.0  # labels of paired classes stay correct
+    pair_flip_rate: float | tuple[float, ...] = 0.0  # labels of paired classes stay correct
     symmetric_flip_rate: float = 0.0  # no uniform label noise
     ood_fraction: float = 0.0  # no out-of-distribution images
     class_keep: tuple[float, ...] | None = None  # every class kept whole (no added imbalance)
     n_dup_conflicts: int = 0  # no duplicated images with conflicting labels
 
     def __post_init__(self) -> None:
-        for name in ("pair_flip_rate", "symmetric_flip_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"NoiseSpec.{name} must lie in [0, 1], got {value}")
-        if self.pair_flip_rate + self.symmetric_flip_rate > 1.0:
-            raise ValueError("NoiseSpec: pair_flip_rate + symmetric_flip_rate must not exceed 1")
+        if isinstance(self.pair_flip_rate, numbers.Real):
+            for name in ("pair_flip_rate", "symmetric_flip_rate"):
+                value = getattr(self, name)
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"NoiseSpec.{name} must lie in [0, 1], got {value}")
+            if self.pair_flip_rate + self.symmetric_flip_rate > 1.0:
+                raise ValueError("NoiseSpec: pair_flip_rate + symmetric_flip_rate must not exceed 1")
+        else:
+            object.__setattr__(self, "pair_flip_rate", tuple(float(r) for r in self.pair_flip_rate))
+            symmetric = self.symmetric_flip_rate
+            if not 0.0 <= symmetric <= 1.0:
+                raise ValueError(f"NoiseSpec.symmetric_flip_rate must lie in [0, 1], got {symmetric}")
+            for c, rate in enumerate(self.pair_flip_rate):
+                if not 0.0 <= rate <= 1.0:
+                    raise ValueError(f"NoiseSpec.pair_flip_rate[{c}] must lie in [0, 1], got {rate}")
+                if rate + symmetric > 1.0:
+                    raise ValueError(f"NoiseSpec: pair_flip_rate[{c}] + symmetric_flip_rate must not exceed 1 "
+                                     f"(class {c}: {rate} + {symmetric})")
         if not 0.0 <= self.ood_fraction < 1.0:
             raise ValueError(f"NoiseSpec.ood_fraction must lie in [0, 1), got {self.ood_fraction}")
         if self.n_dup_conflicts < 0:
@@ -91,6 +110,25 @@ class NoiseSpec:
                                  f"0..{num_classes - 1}")
             partner[a], partner[b] = b, a
         return partner
+
+    def pair_rates(self, num_classes: int) -> np.ndarray:
+        """Return the probability that an image of each true class is flipped to its partner.
+
+        Parameters
+        ----------
+        num_classes : int
+            K; a per-class ``pair_flip_rate`` must have K entries.
+
+        Returns
+        -------
+        ndarray, shape (K,), float64
+            ``pair_flip_rate`` (or its entry ``c``) for a paired class ``c``, 0 for an unpaired one.
+        """
+        if isinstance(self.pair_flip_rate, tuple) and len(self.pair_flip_rate) != num_classes:
+            raise ValueError(f"NoiseSpec.pair_flip_rate has {len(self.pair_flip_rate)} entries, "
+                             f"num_classes is {num_classes}")
+        rates = np.broadcast_to(np.asarray(self.pair_flip_rate, dtype=np.float64), (num_classes,))
+        return np.where(self.partners(num_classes) >= 0, rates, 0.0)
 
 
 @dataclass
@@ -165,8 +203,9 @@ def inject_noise(
     """Turn a clean labelled set into a noisy one whose truth is known.
 
     Steps, each from its own seeded stream: keep ``class_keep[c]`` of class ``c`` (rounded, at
-    least one image); flip each kept label to its pair partner with probability
-    ``pair_flip_rate``, else to a uniformly drawn other class with probability
+    least one image); flip each kept label of a paired class to its pair partner with probability
+    ``pair_flip_rate`` (for a per-class rate, the entry of the image's true class; see
+    :meth:`NoiseSpec.pair_rates`), else to a uniformly drawn other class with probability
     ``symmetric_flip_rate``; copy ``n_dup_conflicts`` in-distribution items under a label that
     differs from the original's given label; add OOD images (drawn without replacement) under
     uniform random labels so that they are ``ood_fraction`` of the final set; shuffle.
@@ -205,6 +244,10 @@ def inject_noise(
     if spec.class_keep is not None and len(spec.class_keep) != num_classes:
         raise ValueError(f"inject_noise: class_keep has {len(spec.class_keep)} entries, "
                          f"num_classes is {num_classes}")
+    if isinstance(spec.pair_flip_rate, tuple) and len(spec.pair_flip_rate) != num_classes:
+        raise ValueError(f"inject_noise: pair_flip_rate has {len(spec.pair_flip_rate)} entries, "
+                         f"num_classes is {num_classes}")
+    pair_rate = spec.pair_rates(num_classes)
 
     keep_rng = substream(seed, "keep")
     kept = []
@@ -222,8 +265,7 @@ def inject_noise(
     flip_rng = substream(seed, "flip")
     u = flip_rng.random(n_in)
     offset = flip_rng.integers(1, num_classes, n_in)
-    paired = partner[true] >= 0
-    threshold = np.where(paired, spec.pair_flip_rate, 0.0)
+    threshold = pair_rate[true]  # 0 for unpaired classes
     to_pair = u < threshold
     to_any = ~to_pair & (u < threshold + spec.symmetric_flip_rate)
     given = true.copy()
