@@ -165,6 +165,28 @@ def load_spec(path: str | os.PathLike, *, seed: int) -> tuple[BenchmarkSettings,
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not valid YAML ({exc})") from exc
         data = {} if data is None else data
+    return settings_from_dict(data, seed=seed, where=str(path))
+
+
+def settings_from_dict(data: Mapping, *, seed: int,
+                       where: str = "spec") -> tuple[BenchmarkSettings, int | None]:
+    """Benchmark settings from a mapping with the keys of a spec file (see :func:`load_spec`).
+
+    Parameters
+    ----------
+    data : mapping
+        The spec's keys.
+    seed : int
+        Draws the ``asymmetric`` directions and the ``class_keep`` order.
+    where : str
+        What every error message starts with (the file path, or a grid cell's name).
+
+    Returns
+    -------
+    (BenchmarkSettings, int or None)
+        The resolved settings and ``max_per_class``.
+    """
+    path = where
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: the top level must be a mapping of settings")
     for key in data:
