@@ -129,3 +129,58 @@ def test_small_classes_are_shrunk_toward_their_given_labels():
     shrunk = noise_posteriors(x, given, num_classes=K, probe_kwargs={"c": 0.1})
     assert shrunk.moved_per_round[-1] < free.moved_per_round[-1]
     assert (np.diag(shrunk.transition) > 0.75).all()
+
+
+def unequal_pairs(seed: int, *, sizes, rates, d: int = 24, gap: float = 1.5):
+    """Two pairs of nearby Gaussian clusters of the given true sizes; true class j is flipped to
+    its partner with probability ``rates[j]``; ``gap`` scales the distance within a pair."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(K // 2, d)) * 5.0
+    centres = np.repeat(base, 2, axis=0) + rng.normal(size=(K, d)) * gap
+    true = np.repeat(np.arange(K), sizes)
+    x = (centres[true] + rng.normal(size=(len(true), d))).astype(np.float32)
+    given = np.where(rng.random(len(true)) < np.asarray(rates)[true], PARTNER[true], true)
+    return x, given, true
+
+
+def clean_with_defaults(x, given):
+    from animal_assets.core.cleaning import CleaningConfig, decide
+
+    config = CleaningConfig(probe_c=0.1)
+    res = noise_posteriors(x, given, num_classes=K, probe_kwargs=config.probe_kwargs())
+    decisions = decide(given, res.balanced(), ood_flags=np.zeros(len(given), bool),
+                       dup_group=np.arange(len(given)), num_classes=K, config=config)
+    return decisions["label"].to_numpy(), res
+
+
+def came_back_and_moved(final, given, true, cls):
+    flipped = (true == cls) & (given != cls)
+    clean = (true == cls) & (given == cls)
+    return np.mean(final[flipped] == cls), np.mean(final[clean] != cls)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_large_class_flipped_into_a_small_one_comes_back(seed):
+    """Class 0 (800 images) flipped at 0.3 into class 1 (200): the flat prior of a balanced
+    probe kept most of them in the small class and moved clean large-class images into it."""
+    x, given, true = unequal_pairs(seed, sizes=(800, 200, 500, 500), rates=(0.3, 0.3, 0.3, 0.3))
+    final, res = clean_with_defaults(x, given)
+    back, moved = came_back_and_moved(final, given, true, 0)
+    assert back >= 0.80 and moved <= 0.05, (back, moved)
+    # the estimated prior follows the true sizes, not the given-label counts
+    np.testing.assert_allclose(res.prior, np.bincount(true) / len(true), atol=0.05)
+    raw = [np.mean(given[true == k] == k) for k in range(K)]
+    cleaned = [np.mean(final[true == k] == k) for k in range(K)]
+    assert all(c >= r - 0.01 for c, r in zip(cleaned, raw)), (raw, cleaned)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_asymmetric_pair_like_wolf_and_coyote_is_undone(seed):
+    """Near-equal true sizes; 0.45 of class 0 labelled as class 1, 0.10 the other way (as DS801's
+    wolves under "coyote"). Class 1's clean images must stay, class 0's flipped ones come back."""
+    x, given, true = unequal_pairs(seed, sizes=(500, 550, 500, 500), rates=(0.45, 0.10, 0.2, 0.2))
+    final, _ = clean_with_defaults(x, given)
+    back, moved = came_back_and_moved(final, given, true, 0)
+    assert back >= 0.80, back
+    _, moved_receiving = came_back_and_moved(final, given, true, 1)
+    assert moved_receiving <= 0.05, moved_receiving

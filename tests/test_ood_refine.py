@@ -55,3 +55,37 @@ def test_rejects_bad_settings(kwargs, message):
     features, seed_score, _ = junk_among_clusters()
     with pytest.raises(ValueError, match=message):
         self_train(features, seed_score, **kwargs)
+
+
+def clusters_with_junk(seed: int, share: float, n_in: int = 2400, k: int = 4, d: int = 32):
+    """``k`` labelled Gaussian clusters (20 % of labels flipped at random) and a wider junk
+    cluster of its own under uniform random labels, ``share`` of the whole set."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d)) * 2.0
+    true = rng.integers(0, k, n_in)
+    inliers = centres[true] + rng.standard_normal((n_in, d))
+    labels = np.where(rng.random(n_in) < 0.2, rng.integers(0, k, n_in), true)
+    n_junk = round(share * n_in / (1 - share))
+    junk = rng.standard_normal(d) * 2.0 + rng.standard_normal((n_junk, d)) * 1.5
+    features = np.concatenate([inliers, junk]).astype(np.float32)
+    given = np.concatenate([labels, rng.integers(0, k, n_junk)])
+    return features, given, np.r_[np.zeros(n_in, bool), np.ones(n_junk, bool)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("share", [0.05, 0.15])
+def test_the_outlier_share_is_estimated_within_three_points(seed, share):
+    from animal_assets.core import ood
+    from animal_assets.core.config import OodParams
+
+    features, given, is_junk = clusters_with_junk(seed, share)
+    params = OodParams()
+    _, neighbours = ood.knn(features, k=20)
+    seed_score = ood.neighbour_label_entropy(neighbours, given, num_classes=4)
+    refined = self_train(features, seed_score, rounds=params.refine_rounds,
+                         out_share=params.refine_share, in_share=params.refine_in_share)
+    estimate = ood.estimate_outlier_share(refined)
+    assert abs(estimate - is_junk.mean()) <= 0.03, (estimate, is_junk.mean())
+    # and the images flagged at that share are mostly the junk
+    flags = ood.flag_outliers(refined, fraction=estimate)
+    assert (flags & is_junk).sum() >= 0.8 * min(flags.sum(), is_junk.sum())

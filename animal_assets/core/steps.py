@@ -22,6 +22,9 @@ from animal_assets.core.atomic import atomic_dir, atomic_path, save_npy, write_j
 from animal_assets.core.config import BalanceParams, EmbeddingsParams, OodParams, ValSplitParams
 from animal_assets.core.ingest import RawImages, load_raw_images, read_manifest
 
+#: Share flagged when it is not set and too few images are there to estimate it.
+DEFAULT_OOD_FRACTION = 0.10
+
 #: The time of every member of the exported zip (the earliest a zip can hold).
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -39,6 +42,7 @@ class Embeddings:
     seconds: float
     head_dim: int = 1280  # the first head_dim columns are the encoder's head features
     precision: str = "fp32"  # what the encoder ran in ("auto" resolved)
+    n_cached: int = 0  # rows read from a feature cache instead of embedded
 
 
 def head_features(features: np.ndarray, embeddings: Embeddings) -> np.ndarray:
@@ -56,6 +60,8 @@ class OodScores:
     n_flagged: int
     threshold: float
     method: str = "knn_distance"  # the seed score actually used ("auto" resolved)
+    fraction: float = 0.10  # the share flagged
+    estimated: bool = False  # whether that share was estimated from the scores
 
 
 @dataclass(frozen=True)
@@ -119,20 +125,41 @@ def check_aligned(raw: RawImages, *derived) -> None:
 
 def compute_embeddings(
     raw: RawImages, out_dir: str | Path, params: EmbeddingsParams, *, device: str,
-    on_progress=None,
+    on_progress=None, cache_dir: str | Path | None = None,
 ) -> Embeddings:
-    """Embed every usable image with the pretrained encoder and store the (N, D) matrix."""
+    """Embed every usable image with the pretrained encoder and store the (N, D) matrix.
+
+    With ``cache_dir``, images whose bytes were embedded before with the same settings are read
+    from the cache (:mod:`.feature_cache`) and only the others are embedded.
+    """
     from animal_assets.core import embed
     from animal_assets.core.precision import resolve_precision
 
-    images, _ = load_raw_images(raw)
+    images, manifest = load_raw_images(raw, mmap=cache_dir is not None)
     start = time.perf_counter()
     dev = embed.resolve_device(device)
     precision = resolve_precision(params.precision, dev)
-    features = embed.embed_images(
-        images, image_size=params.image_size, batch_size=params.batch_size, device=dev,
-        stages=params.stages, precision=precision, on_progress=on_progress,
-    )
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return embed.embed_images(
+            batch, image_size=params.image_size, batch_size=params.batch_size, device=dev,
+            stages=params.stages, precision=precision, on_progress=on_progress,
+        )
+
+    n_cached = 0
+    if cache_dir is None:
+        features = run(images)
+    else:
+        from animal_assets.core.feature_cache import FeatureCache
+
+        cache = FeatureCache(cache_dir, image_size=params.image_size, stages=params.stages,
+                             precision=precision, weights=embed.WEIGHTS_SHA256_PREFIX)
+        keys = manifest["sha256"].tolist()
+        todo = cache.missing(keys)
+        if len(todo):
+            cache.add([keys[i] for i in todo], run(np.asarray(images[todo])))
+        n_cached = len(keys) - len(todo)
+        features = cache.get(keys)
     seconds = time.perf_counter() - start
     out_dir = Path(out_dir)
     path = out_dir / "embeddings.npy"
@@ -141,7 +168,7 @@ def compute_embeddings(
         path=str(path), raw_version=raw_version(raw), n=int(features.shape[0]),
         dim=int(features.shape[1]),
         image_size=params.image_size, device=str(dev), seconds=seconds,
-        head_dim=embed.FEATURE_DIM, precision=precision,
+        head_dim=embed.FEATURE_DIM, precision=precision, n_cached=n_cached,
     )
 
 
@@ -172,7 +199,11 @@ def score_outliers(
         scores = ood_refine.self_train(features, scores, rounds=params.refine_rounds,
                                        out_share=params.refine_share,
                                        in_share=params.refine_in_share)
-    flags = ood.flag_outliers(scores, fraction=params.fraction)
+    fraction = params.fraction
+    if fraction is None:
+        fraction = (ood.estimate_outlier_share(scores) if len(scores) >= ood.MIN_IMAGES_TO_ESTIMATE
+                    else DEFAULT_OOD_FRACTION)
+    flags = ood.flag_outliers(scores, fraction=fraction)
     rank = np.empty(len(scores), dtype=np.int64)
     rank[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
     table = pd.DataFrame(
@@ -184,7 +215,8 @@ def score_outliers(
     threshold = float(scores[flags].min()) if flags.any() else float("inf")
     return OodScores(
         path=str(path), raw_version=raw_version(raw), k=params.k, n_flagged=int(flags.sum()),
-        threshold=threshold, method=method,
+        threshold=threshold, method=method, fraction=float(fraction),
+        estimated=params.fraction is None,
     )
 
 
@@ -213,16 +245,19 @@ def clean_label_decisions(
             class_weight=config.class_weight, n_threads=config.probe_threads,
             n_jobs=config.probe_jobs,
         )
-    transition = None
+    transition = prior = None
     if config.method == "noise_model":
         from animal_assets.core import noise_model
 
         result = noise_model.noise_posteriors(
             features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
             rounds=config.em_rounds, min_rate=config.min_noise_rate,
-            prior_images=config.noise_prior_images, probe_kwargs=probe_kwargs,
+            prior_images=config.noise_prior_images,
+            estimate_prior_from_data=config.estimate_prior,
+            reestimate=config.reestimate_noise, probe_kwargs=probe_kwargs,
         )
-        pred_probs, transition = result.posterior, result.transition
+        pred_probs = result.balanced() if config.decision == "balanced" else result.posterior
+        transition, prior = result.transition, result.prior
     else:
         pred_probs = cleaning.out_of_sample_probs(
             features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
@@ -247,6 +282,8 @@ def clean_label_decisions(
     if transition is not None:
         # T[true, given]: how often each class was labelled as each other class.
         summary["transition"] = np.round(transition, 4).tolist()
+    if prior is not None:
+        summary["prior"] = np.round(prior, 4).tolist()  # estimated P(true class)
     return CleanLabels(path=str(path), raw_version=raw_version(raw), summary=summary)
 
 

@@ -1,0 +1,93 @@
+"""Image features kept on disk by content, so an image already embedded is never embedded again.
+
+A row is keyed by the SHA-256 of the image file's bytes; a cache folder holds the rows of one
+encoder setting only (input size, block statistics, precision, weights), so a feature is reused
+only where the same encoder would have computed it. Rows computed in another batch can differ
+from a fresh run by the rounding of the batched convolutions (bf16 more than float32), never by
+more: the encoder has no state that crosses images.
+
+Layout: ``root/{settings key}/features.npy`` (M, D) float32 and ``keys.json`` (M hashes, the
+row order), both replaced atomically when rows are added.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from animal_assets.core.atomic import atomic_path, save_npy
+
+
+def settings_key(**settings) -> str:
+    """A short stable hash of the encoder settings (keyword order does not matter)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class FeatureCache:
+    """Features of one encoder setting, by image content hash.
+
+    Parameters
+    ----------
+    root : path
+        Folder of the cache; created when rows are first added.
+    **settings
+        Everything the features depend on besides the image bytes (e.g. ``image_size``,
+        ``stages``, ``precision``, ``weights``).
+    """
+
+    def __init__(self, root: str | os.PathLike, **settings) -> None:
+        self.dir = Path(root).expanduser() / settings_key(**settings)
+        self._keys: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._features: np.ndarray | None = None
+        keys_path = self.dir / "keys.json"
+        if keys_path.is_file():
+            self._keys = json.loads(keys_path.read_text())
+            self._features = np.load(self.dir / "features.npy")
+            if len(self._keys) != len(self._features):
+                raise ValueError(f"{self.dir}: keys.json lists {len(self._keys)} images, "
+                                 f"features.npy holds {len(self._features)} rows; delete the folder")
+            self._rows = {k: i for i, k in enumerate(self._keys)}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def missing(self, keys: Sequence[str]) -> np.ndarray:
+        """Indices into ``keys`` of the images the cache has no row for."""
+        return np.array([i for i, k in enumerate(keys) if k not in self._rows], dtype=np.int64)
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """The rows of ``keys``, in that order (every key must be cached)."""
+        if self._features is None:
+            raise KeyError("feature cache is empty")
+        return self._features[[self._rows[k] for k in keys]]
+
+    def add(self, keys: Sequence[str], features: np.ndarray) -> None:
+        """Store the rows of new ``keys`` (keys already cached keep their row) and save."""
+        features = np.asarray(features, dtype=np.float32)
+        if len(keys) != len(features):
+            raise ValueError(f"feature_cache.py: {len(keys)} keys for {len(features)} rows")
+        new, seen = [], set(self._rows)
+        for i, k in enumerate(keys):
+            if k not in seen:
+                seen.add(k)
+                new.append(i)
+        if not new:
+            return
+        if self._features is not None and features.shape[1:] != self._features.shape[1:]:
+            raise ValueError(f"feature_cache.py: rows of width {features.shape[1]} added to a cache "
+                             f"of width {self._features.shape[1]}")
+        added = features[new]
+        self._features = added if self._features is None else np.concatenate([self._features, added])
+        for i in new:
+            self._rows[keys[i]] = len(self._keys)
+            self._keys.append(keys[i])
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_npy(self.dir / "features.npy", self._features)
+        with atomic_path(self.dir / "keys.json") as tmp:
+            Path(tmp).write_text(json.dumps(self._keys))

@@ -1,0 +1,61 @@
+"""The content-addressed feature cache and the embeddings stage reading from it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from animal_assets.core import steps
+from animal_assets.core.config import EmbeddingsParams
+from animal_assets.core.feature_cache import FeatureCache
+from animal_assets.core.ingest import read_dataset
+from tests.fixtures import make_dataset
+
+
+def test_rows_come_back_by_key_and_survive_a_reopen(tmp_path):
+    cache = FeatureCache(tmp_path, image_size=64, stages=False)
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    cache.add(["a", "b", "c", "b"], rows)  # the repeated key keeps its first row
+    assert len(cache) == 3
+    again = FeatureCache(tmp_path, image_size=64, stages=False)
+    np.testing.assert_array_equal(again.get(["c", "a"]), rows[[2, 0]])
+    assert again.missing(["a", "x", "c", "y"]).tolist() == [1, 3]
+    again.add(["x", "a"], np.full((2, 3), 7.0, np.float32))  # "a" keeps its row
+    np.testing.assert_array_equal(FeatureCache(tmp_path, image_size=64, stages=False).get(["a", "x"]),
+                                  np.stack([rows[0], np.full(3, 7.0)]))
+
+
+def test_other_settings_never_share_rows(tmp_path):
+    FeatureCache(tmp_path, image_size=64, stages=False).add(["a"], np.ones((1, 3), np.float32))
+    other = FeatureCache(tmp_path, image_size=128, stages=False)
+    assert len(other) == 0 and other.missing(["a"]).tolist() == [0]
+
+
+def test_width_mismatch_is_refused(tmp_path):
+    cache = FeatureCache(tmp_path, image_size=64)
+    cache.add(["a"], np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="width"):
+        cache.add(["b"], np.ones((1, 4), np.float32))
+
+
+def test_embeddings_stage_embeds_only_new_images(tmp_path):
+    params = EmbeddingsParams(image_size=64, batch_size=8, stages=False, precision="fp32")
+    cache = tmp_path / "cache"
+    first = read_dataset(make_dataset(tmp_path, n=10, k=2, seed=0, name="a"), tmp_path / "out-a")
+    fresh = steps.compute_embeddings(first, tmp_path / "emb-a", params, device="cpu")
+    cold = steps.compute_embeddings(first, tmp_path / "emb-a2", params, device="cpu", cache_dir=cache)
+    assert cold.n_cached == 0
+    np.testing.assert_allclose(np.load(cold.path), np.load(fresh.path), rtol=0, atol=1e-5)
+    # a second dataset: the first one's 10 images plus 6 others
+    second_dir = make_dataset(tmp_path, n=6, k=2, seed=1, name="b")
+    import shutil, json
+    for img in (first_root := make_dataset(tmp_path, n=10, k=2, seed=0, name="a2")).joinpath("imgs").iterdir():
+        shutil.copy(img, second_dir / "imgs" / img.name)
+    labels = json.loads((second_dir / "data-labels.json").read_text())
+    labels.update(json.loads((first_root / "data-labels.json").read_text()))
+    (second_dir / "data-labels.json").write_text(json.dumps(labels))
+    second = read_dataset(second_dir, tmp_path / "out-b")
+    warm = steps.compute_embeddings(second, tmp_path / "emb-b", params, device="cpu", cache_dir=cache)
+    assert (warm.n, warm.n_cached) == (16, 10)
+    again = steps.compute_embeddings(second, tmp_path / "emb-b2", params, device="cpu", cache_dir=cache)
+    assert again.n_cached == 16
+    np.testing.assert_array_equal(np.load(again.path), np.load(warm.path))
