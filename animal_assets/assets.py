@@ -466,7 +466,8 @@ def eval_report(
                f"overrule the automatic ones ({clean_labels.summary.get('review_version')}); "
                "they are marked `source = review` in clean_labels' decisions.csv."]
     if "cleaning" in report:
-        md += ["## cleaning vs truth", scores_markdown(report["cleaning"])]
+        md += ["## cleaning vs truth", scores_markdown(report["cleaning"], class_names=names,
+                                                         estimated=clean_labels.summary)]
         if "ood" in report["cleaning"]:
             metadata["ood_auroc"] = float(report["cleaning"]["ood"]["auroc"])
         metadata["label_issue_f1"] = float(report["cleaning"]["label_issues"]["f1"])

@@ -20,6 +20,19 @@ def _prf(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
             "n_true": int(y_true.sum()), "n_flagged": int(y_pred.sum())}
 
 
+def per_class_accuracy(true: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Share of the images of each true class whose label is that class (-1, dropped, is wrong).
+
+    A class with no image gets NaN.
+    """
+    out = np.full(num_classes, np.nan)
+    for k in range(num_classes):
+        members = true == k
+        if members.any():
+            out[k] = float(np.mean(labels[members] == k))
+    return out
+
+
 def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
     """Score the cleaning decisions against a truth file.
 
@@ -40,8 +53,11 @@ def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
         (among in-distribution images; an image counts as found when it was relabelled or
         dropped for a label reason); ``label_accuracy``: share of in-distribution images whose
         final label is the true one, every dropped image counted as an error (``raw`` gives the
-        same figure for the given labels); ``n_scored`` and ``n_missing`` (truth ids that are not
-        among the usable images, e.g. quarantined).
+        same figure for the given labels); ``per_class``: the same per true class (``raw`` and
+        ``cleaned`` lists); ``ood_share``: the share flagged against the true share;
+        ``truth_prior`` and ``truth_transition``: the true class shares and noise matrix
+        ``T[true, given]`` of the in-distribution images; ``n_scored`` and ``n_missing`` (truth
+        ids that are not among the usable images, e.g. quarantined).
     """
     d = decisions[decisions["id"].isin(truth.keys())].copy()
     true = d["id"].map(lambda i: truth[i]["true"]).to_numpy(dtype=np.int64)
@@ -61,6 +77,18 @@ def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
     reason = d["reason"].to_numpy()[ind]
     found = (action == "relabel") | ((action == "drop") & np.isin(reason, LABEL_REASONS))
     out["label_issues"] = _prf(wrong, found)
+    k = int(max(d["given"].max(initial=0), true.max(initial=0)) + 1)
+    out["per_class"] = {
+        "raw": per_class_accuracy(true[ind], given, k).tolist(),
+        "cleaned": per_class_accuracy(true[ind], final, k).tolist(),
+    }
+    if "flag_ood" in d:
+        out["ood_share"] = {"flagged": float(d["flag_ood"].mean()), "true": float(np.mean(is_ood))}
+    matrix = np.zeros((k, k))
+    np.add.at(matrix, (true[ind], given), 1.0)
+    sizes = matrix.sum(axis=1)
+    out["truth_prior"] = (sizes / max(sizes.sum(), 1.0)).tolist()
+    out["truth_transition"] = (matrix / np.maximum(sizes[:, None], 1.0)).tolist()
     out["label_accuracy"] = {
         "cleaned": float(np.mean(final == true[ind])) if ind.any() else float("nan"),
         "raw": float(np.mean(~wrong)) if ind.any() else float("nan"),
@@ -71,8 +99,14 @@ def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
     return out
 
 
-def scores_markdown(scores: dict) -> str:
-    """A short markdown table of :func:`cleaning_scores` for the Dagster UI."""
+def scores_markdown(scores: dict, *, class_names: list[str] | None = None,
+                    estimated: dict | None = None) -> str:
+    """Markdown tables of :func:`cleaning_scores` for the Dagster UI.
+
+    ``estimated`` (the ``prior`` and ``transition`` of the clean_labels summary, when the noise
+    model made them) puts the estimated class shares and noise rates beside the true ones; a
+    class's noise is the share of its images given another label.
+    """
     rows = ["| what | figure |", "| --- | --- |"]
     if "ood" in scores:
         o = scores["ood"]
@@ -86,4 +120,21 @@ def scores_markdown(scores: dict) -> str:
     la = scores["label_accuracy"]
     rows.append(f"| label accuracy raw → cleaned (drops = errors) | {la['raw']:.3f} → "
                 f"{la['cleaned']:.3f} |")
+    if "ood_share" in scores:
+        share = scores["ood_share"]
+        rows.append(f"| OOD share flagged / true | {share['flagged']:.3f} / {share['true']:.3f} |")
+    if "per_class" not in scores:
+        return "\n".join(rows)
+    names = class_names or [str(k) for k in range(len(scores["per_class"]["raw"]))]
+    prior = (estimated or {}).get("prior")
+    transition = (estimated or {}).get("transition")
+    rows += ["", "| class | label acc raw → cleaned | true share | estimated share | "
+             "true noise | estimated noise |", "| --- | --- | --- | --- | --- | --- |"]
+    for k, name in enumerate(names):
+        raw, cleaned = scores["per_class"]["raw"][k], scores["per_class"]["cleaned"][k]
+        true_noise = 1.0 - scores["truth_transition"][k][k]
+        rows.append(
+            f"| {name} | {raw:.3f} → {cleaned:.3f} | {scores['truth_prior'][k]:.3f} | "
+            f"{'' if prior is None else f'{prior[k]:.3f}'} | {true_noise:.3f} | "
+            f"{'' if transition is None else f'{1.0 - transition[k][k]:.3f}'} |")
     return "\n".join(rows)

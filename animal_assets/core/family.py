@@ -1,0 +1,239 @@
+"""The cleaning measured on a family of ground-truth benchmarks, not on one instance.
+
+Every cell of the grid is a noisy benchmark built from the same clean class-folder source
+(:mod:`.benchmark`) with other class sizes and other noise. For each cell and seed the graph's
+own stage functions run ``raw_images`` -> ``embeddings`` -> ``ood_scores`` -> ``clean_labels``
+with the given run config, and the decisions are scored against the truth. Features are cached
+by image content (:mod:`.feature_cache`), so the source images are embedded once for the whole
+grid and a rerun embeds nothing.
+
+The grid (16 cells, :data:`GRID`) crosses
+
+* true class sizes: balanced (at most ``BALANCED_CAP`` images per class, so the 2,000 vehicle
+  images of the CIFAR subset cover a 15 % OOD share) or imbalanced (keep fractions evenly from
+  1.0 down to 0.25, in an order drawn from the seed);
+* look-alike flips: 0.30 both ways, or 0.35 one way and 0.10 back (direction drawn per pair);
+* symmetric noise: 0 or 0.10 on top;
+* OOD share: 5 % or 15 %;
+
+and :data:`EXTRA` adds the standard cell (balanced, all images, 0.30 both ways, 10 % OOD) and
+the same with the imbalanced profile. The bars each cell must meet (:func:`bars`):
+
+* cleaned label accuracy >= raw + 0.5 x (1 - raw): at least half the label errors removed;
+* every class's label accuracy >= its raw value - 0.01 (no class pays for the others);
+* OOD AUROC >= 0.95;
+* the standard cell >= 0.88 label accuracy, its imbalanced twin >= 0.85.
+
+Command line::
+
+    python -m animal_assets.core.family ../shared/data/cifar10-subset.tgz var/family \\
+        --seeds 0,1 [--cells std,bal-sym30-ood05,...] [--config default] [--json var/family.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BALANCED_CAP = 1500
+IMBALANCED = {"from": 1.0, "to": 0.25}
+ACCURACY_SHARE = 0.5  # share of the raw label errors the cleaning must remove
+CLASS_TOLERANCE = 0.01  # how much below its raw label accuracy a class may end
+MIN_AUROC = 0.95
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark of the family: a name and the keys of a benchmark spec file."""
+
+    name: str
+    spec: dict
+    min_accuracy: float | None = None  # an absolute bar on the cleaned label accuracy
+
+
+def _cell(sizes: str, flips: str, symmetric: float, ood: float, **extra) -> Cell:
+    spec: dict = {"symmetric_flip_rate": symmetric, "ood_fraction": ood}
+    if sizes == "bal":
+        spec["max_per_class"] = BALANCED_CAP
+    else:
+        spec["class_keep"] = dict(IMBALANCED)
+    if flips == "pair30":
+        spec["pair_flip_rate"] = 0.30
+    else:
+        spec["asymmetric"] = {"forward": 0.35, "back": 0.10}
+    name = f"{sizes}-{flips}-sym{round(symmetric * 100):02d}-ood{round(ood * 100):02d}"
+    return Cell(name=name, spec=spec, **extra)
+
+
+GRID: tuple[Cell, ...] = tuple(
+    _cell(sizes, flips, symmetric, ood)
+    for sizes in ("bal", "imb") for flips in ("pair30", "asym35-10")
+    for symmetric in (0.0, 0.10) for ood in (0.05, 0.15)
+)
+EXTRA: tuple[Cell, ...] = (
+    Cell(name="standard", spec={"pair_flip_rate": 0.30, "ood_fraction": 0.10}, min_accuracy=0.88),
+    Cell(name="standard-imb", spec={"pair_flip_rate": 0.30, "ood_fraction": 0.10,
+                                    "class_keep": dict(IMBALANCED)}, min_accuracy=0.85),
+)
+CELLS = {cell.name: cell for cell in GRID + EXTRA}
+
+
+def score_cell(decisions: pd.DataFrame, ood_flags: np.ndarray, truth: dict) -> dict:
+    """:func:`animal_assets.core.scoring.cleaning_scores` of one run against its truth."""
+    from animal_assets.core.scoring import cleaning_scores
+
+    decisions = decisions.copy()
+    decisions["flag_ood"] = np.asarray(ood_flags, dtype=bool)
+    return cleaning_scores(decisions, truth)
+
+
+def bars(row: dict, cell: Cell) -> dict:
+    """Which bars a scored row meets: ``accuracy``, ``classes``, ``auroc`` (and ``absolute``)."""
+    raw, cleaned = row["label_accuracy"]["raw"], row["label_accuracy"]["cleaned"]
+    delta = np.array(row["per_class"]["cleaned"]) - np.array(row["per_class"]["raw"])
+    out = {
+        "accuracy": cleaned >= raw + ACCURACY_SHARE * (1.0 - raw) - 1e-12,
+        "classes": bool(np.nanmin(delta) >= -CLASS_TOLERANCE - 1e-12),
+        "auroc": row.get("ood", {}).get("auroc", 1.0) >= MIN_AUROC,
+    }
+    if cell.min_accuracy is not None:
+        out["absolute"] = cleaned >= cell.min_accuracy
+    return out
+
+
+def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, params: dict,
+             cache_dir: str | Path, device: str = "cpu", keep: bool = False) -> dict:
+    """Build one benchmark, run the cleaning stages on it and score them; returns the row."""
+    from animal_assets.core import steps
+    from animal_assets.core.benchmark import build_benchmark, settings_from_dict
+    from animal_assets.core.ingest import read_dataset
+    from animal_assets.core.noise import read_truth
+
+    start = time.perf_counter()
+    settings, cap = settings_from_dict(cell.spec, seed=seed, where=f"cell {cell.name}")
+    run_dir = Path(work) / cell.name / f"seed{seed}"
+    bench = build_benchmark(source, run_dir / "benchmark", in_classes=settings.in_classes,
+                            ood_classes=settings.ood_classes, spec=settings.spec, seed=seed,
+                            max_per_class=cap)
+    built = time.perf_counter()
+    out = run_dir / "outputs"
+    raw = read_dataset(bench.dataset_dir, out / "raw_images")
+    emb = steps.compute_embeddings(raw, out / "embeddings", params["embeddings"], device=device,
+                                   cache_dir=cache_dir)
+    ood = steps.score_outliers(raw, emb, out / "ood_scores", params["ood_scores"])
+    clean = steps.clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
+    flags = pd.read_csv(ood.path)["flag"].to_numpy(dtype=bool)
+    truth = read_truth(bench.truth_path, num_classes=raw.num_classes)
+    row = score_cell(steps.read_decisions(clean), flags, truth)
+    row.update({
+        "cell": cell.name, "seed": seed, "n": raw.n_usable, "class_names": list(bench.class_names),
+        "spec": json.loads(json.dumps(cell.spec)),
+        "estimated": {k: clean.summary[k] for k in ("prior", "transition") if k in clean.summary},
+        "seconds": {"build": round(built - start, 1), "embed": round(emb.seconds, 1),
+                    "n_embedded": emb.n - emb.n_cached, "total": round(time.perf_counter() - start, 1)},
+    })
+    row["bars"] = bars(row, cell)
+    if not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return row
+
+
+def _f(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def table(rows: Sequence[dict]) -> str:
+    """The family table in markdown, one line per cell and seed, the worst cell marked."""
+    head = ("| cell | seed | label acc raw → cleaned (bar) | per-class mean raw → cleaned | "
+            "worst class Δ | label-issue F1 | OOD AUROC | OOD flagged / true | s | bars |")
+    lines = [head, "|" + " --- |" * 10]
+    margins = [_margin(r) for r in rows]
+    worst = int(np.argmin(margins)) if rows else -1
+    for i, r in enumerate(rows):
+        la, pc = r["label_accuracy"], r["per_class"]
+        raw_pc, clean_pc = np.array(pc["raw"]), np.array(pc["cleaned"])
+        delta = clean_pc - raw_pc
+        k = int(np.nanargmin(delta))
+        name = r["class_names"][k] if r.get("class_names") else str(k)
+        bar = la["raw"] + ACCURACY_SHARE * (1 - la["raw"])
+        failed = [b for b, ok in r["bars"].items() if not ok]
+        cell = f"**{r['cell']}** (worst)" if i == worst else r["cell"]
+        lines.append(
+            f"| {cell} | {r['seed']} | {_f(la['raw'])} → {_f(la['cleaned'])} ({_f(bar)}) | "
+            f"{_f(np.nanmean(raw_pc))} → {_f(np.nanmean(clean_pc))} | {name} {delta[k]:+.3f} | "
+            f"{_f(r['label_issues']['f1'])} | {_f(r.get('ood', {}).get('auroc', float('nan')))} | "
+            f"{_f(r['ood_share']['flagged'])} / {_f(r['ood_share']['true'])} | "
+            f"{r['seconds']['total']:.0f} | {'pass' if not failed else 'FAIL ' + ', '.join(failed)} |"
+        )
+    return "\n".join(lines)
+
+
+def _margin(row: dict) -> float:
+    """How far the row is above its tightest bar (negative: below it)."""
+    la = row["label_accuracy"]
+    delta = np.array(row["per_class"]["cleaned"]) - np.array(row["per_class"]["raw"])
+    margins = [la["cleaned"] - (la["raw"] + ACCURACY_SHARE * (1 - la["raw"])),
+               float(np.nanmin(delta)) + CLASS_TOLERANCE,
+               row.get("ood", {}).get("auroc", 1.0) - MIN_AUROC]
+    return min(margins)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the grid and print its table; ``--json`` also writes every row."""
+    from animal_assets.core.config import params_from_run_config
+    from animal_assets.core.pipeline import load_run_config
+
+    parser = argparse.ArgumentParser(prog="python -m animal_assets.core.family",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", type=Path, help="folder or .tgz/.zip with train/{class}/*.jpg")
+    parser.add_argument("work", type=Path, help="working folder (benchmarks, outputs, feature cache)")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    parser.add_argument("--cells", default="all",
+                        help="comma-separated cell names, 'grid', 'extra' or 'all' (default)")
+    parser.add_argument("--config", default="default", help="run config: demo, default or a YAML file")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache", type=Path, help="feature cache folder (default WORK/feature-cache)")
+    parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--keep", action="store_true", help="keep each cell's benchmark and outputs")
+    args = parser.parse_args(argv)
+
+    groups = {"all": GRID + EXTRA, "grid": GRID, "extra": EXTRA}
+    if args.cells in groups:
+        cells = groups[args.cells]
+    else:
+        unknown = [c for c in args.cells.split(",") if c not in CELLS]
+        if unknown:
+            parser.error(f"unknown cells {unknown}; known: {', '.join(CELLS)}")
+        cells = tuple(CELLS[c] for c in args.cells.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    params = params_from_run_config(load_run_config(args.config))
+    cache = args.cache or args.work / "feature-cache"
+    rows, start = [], time.perf_counter()
+    for cell in cells:
+        for seed in seeds:
+            row = run_cell(args.src, cell, seed, args.work, params=params, cache_dir=cache,
+                           device=args.device, keep=args.keep)
+            rows.append(row)
+            print(f"{cell.name} seed {seed}: {row['label_accuracy']['raw']:.3f} -> "
+                  f"{row['label_accuracy']['cleaned']:.3f}, {row['seconds']['total']:.0f} s, "
+                  f"bars {row['bars']}", flush=True)
+            if args.json:
+                from animal_assets.core.atomic import write_json
+
+                write_json(args.json, {"rows": rows, "seconds": round(time.perf_counter() - start, 1)})
+    print()
+    print(table(rows))
+    print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
