@@ -77,7 +77,7 @@ def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
     reason = d["reason"].to_numpy()[ind]
     found = (action == "relabel") | ((action == "drop") & np.isin(reason, LABEL_REASONS))
     out["label_issues"] = _prf(wrong, found)
-    k = int(max(d["given"].max(initial=0), true.max(initial=0)) + 1)
+    k = int(max(d["given"].to_numpy(dtype=np.int64).max(initial=0), true.max(initial=0)) + 1)
     out["per_class"] = {
         "raw": per_class_accuracy(true[ind], given, k).tolist(),
         "cleaned": per_class_accuracy(true[ind], final, k).tolist(),

@@ -1,0 +1,67 @@
+"""Scores of the cleaning against a truth file, and the benchmark family's bars and table."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from animal_assets.core.family import CELLS, EXTRA, GRID, bars, score_cell, table
+from animal_assets.core.scoring import cleaning_scores, scores_markdown
+
+
+def ids(n):
+    return [f"img_00000000-0000-0000-0000-{i:012d}" for i in range(n)]
+
+
+@pytest.fixture
+def scored():
+    # true classes 0,0,0,1,1 and one OOD image; given 0,1,0,1,0 and 1 for the OOD one
+    names = ids(6)
+    true = [0, 0, 0, 1, 1, -1]
+    given = [0, 1, 0, 1, 0, 1]
+    final = [0, 0, -1, 1, 0, -1]  # one flip undone, one clean image dropped, one flip kept
+    action = ["keep", "relabel", "drop", "keep", "keep", "drop"]
+    reason = ["", "label_issue", "label_issue", "", "", "ood"]
+    decisions = pd.DataFrame({"id": names, "given": given, "label": final, "action": action,
+                              "reason": reason, "ood_score": [0.1, 0.2, 0.3, 0.1, 0.2, 0.9]})
+    truth = {i: {"true": t, "given": g, "kind": "ood" if t < 0 else ("clean" if t == g else "flipped")}
+             for i, t, g in zip(names, true, given)}
+    return score_cell(decisions, np.array([False] * 5 + [True]), truth)
+
+
+def test_per_class_accuracy_counts_drops_as_errors(scored):
+    assert scored["per_class"]["raw"] == pytest.approx([2 / 3, 1 / 2])
+    assert scored["per_class"]["cleaned"] == pytest.approx([2 / 3, 1 / 2])
+    assert scored["label_accuracy"]["cleaned"] == pytest.approx(3 / 5)
+    assert scored["ood_share"] == pytest.approx({"flagged": 1 / 6, "true": 1 / 6})
+    assert scored["truth_prior"] == pytest.approx([0.6, 0.4])
+    np.testing.assert_allclose(scored["truth_transition"], [[2 / 3, 1 / 3], [1 / 2, 1 / 2]])
+    assert scored["ood"]["auroc"] == 1.0
+
+
+def test_markdown_puts_estimates_beside_the_truth(scored):
+    md = scores_markdown(scored, class_names=["cat", "dog"],
+                         estimated={"prior": [0.55, 0.45], "transition": [[0.7, 0.3], [0.4, 0.6]]})
+    assert "| cat | 0.667 → 0.667 | 0.600 | 0.550 | 0.333 | 0.300 |" in md
+    assert "OOD share flagged / true | 0.167 / 0.167" in md
+
+
+def test_bars_and_table(scored):
+    row = {**scored, "cell": "standard", "seed": 0, "class_names": ["cat", "dog"],
+           "seconds": {"total": 1.0}}
+    row["bars"] = bars(row, CELLS["standard"])
+    # 0.6 -> 0.6 removes none of the errors; no class lost; AUROC 1; below the absolute 0.88
+    assert row["bars"] == {"accuracy": False, "classes": True, "auroc": True, "absolute": False}
+    text = table([row])
+    assert "**standard** (worst)" in text and "FAIL accuracy, absolute" in text
+
+
+def test_the_grid_has_sixteen_distinct_cells_within_the_noise_cap():
+    from animal_assets.core.benchmark import settings_from_dict
+
+    assert len(GRID) == 16 and len({c.name for c in GRID}) == 16 and len(EXTRA) == 2
+    for cell in GRID + EXTRA:
+        for seed in (0, 1):
+            spec = settings_from_dict(cell.spec, seed=seed, where=cell.name)[0].spec
+            rates = spec.pair_rates(6) + spec.symmetric_flip_rate
+            assert rates.max() <= 0.45 + 1e-9, cell.name
