@@ -65,3 +65,29 @@ def test_the_grid_has_sixteen_distinct_cells_within_the_noise_cap():
             spec = settings_from_dict(cell.spec, seed=seed, where=cell.name)[0].spec
             rates = spec.pair_rates(6) + spec.symmetric_flip_rate
             assert rates.max() <= 0.45 + 1e-9, cell.name
+
+
+def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
+    """A tiny class tree through raw_images -> embeddings -> ood_scores -> clean_labels."""
+    from animal_assets.core.config import params_from_run_config
+    from animal_assets.core.family import Cell, run_cell
+    from tests.test_benchmark import make_tree
+
+    names = ("a", "b", "c", "d")
+    src = make_tree(tmp_path / "tree", {"a": 30, "b": 25, "c": 20, "d": 15, "x": 12, "y": 12},
+                    {k: 2 for k in names})
+    cell = Cell(name="tiny", spec={"in_classes": list(names), "ood_classes": ["x", "y"],
+                                   "pairs": [[0, 1]], "pair_flip_rate": 0.2, "ood_fraction": 0.1})
+    params = params_from_run_config({"ops": {
+        "embeddings": {"config": {"image_size": 64, "stages": False, "precision": "fp32"}},
+        "ood_scores": {"config": {"refine_rounds": 0}},
+        "clean_labels": {"config": {"probe_c": 0.1, "n_folds": 2}},
+    }})
+    first = run_cell(src, cell, 0, tmp_path / "work", params=params, cache_dir=tmp_path / "cache")
+    again = run_cell(src, cell, 0, tmp_path / "work", params=params, cache_dir=tmp_path / "cache")
+    assert first["seconds"]["n_embedded"] == first["n"] > 0
+    assert again["seconds"]["n_embedded"] == 0  # every image read from the cache
+    assert again["label_accuracy"] == first["label_accuracy"]
+    assert set(first["bars"]) == {"accuracy", "classes", "auroc"}
+    assert len(first["per_class"]["raw"]) == 4 and first["class_names"] == list(names)
+    assert not (tmp_path / "work" / "tiny" / "seed0").exists()  # outputs removed unless kept
