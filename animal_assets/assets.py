@@ -272,6 +272,8 @@ def ood_scores(
     ), alt="histogram of outlier scores")
     return dg.Output(scores, metadata={
         "method": scores.method, "k": scores.k, "n_flagged": scores.n_flagged,
+        "share_flagged": float(round(scores.fraction, 4)),
+        "share": "estimated from the scores" if scores.estimated else "fixed by the config",
         "threshold": float(round(scores.threshold, 5)),
         "most_outlying": _md_table(table.sort_values("rank")[["id", "score"]], 15),
         **pictures.entries(),

@@ -91,3 +91,13 @@ def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
     assert set(first["bars"]) == {"accuracy", "classes", "auroc"}
     assert len(first["per_class"]["raw"]) == 4 and first["class_names"] == list(names)
     assert not (tmp_path / "work" / "tiny" / "seed0").exists()  # outputs removed unless kept
+
+
+def test_per_class_lists_have_one_entry_per_class_even_when_one_is_absent(scored):
+    names = ids(2)
+    decisions = pd.DataFrame({"id": names, "given": [0, 1], "label": [0, 1], "action": ["keep"] * 2,
+                              "reason": [""] * 2, "ood_score": [0.1, 0.2]})
+    truth = {i: {"true": k, "given": k, "kind": "clean"} for i, k in zip(names, (0, 1))}
+    out = cleaning_scores(decisions, truth, num_classes=3)
+    assert len(out["per_class"]["raw"]) == 3 and np.isnan(out["per_class"]["raw"][2])
+    assert "| c | nan → nan |" in scores_markdown(out, class_names=["a", "b", "c"])

@@ -27,7 +27,7 @@ the same with the imbalanced profile. The bars each cell must meet (:func:`bars`
 Command line::
 
     python -m animal_assets.core.family ../shared/data/cifar10-subset.tgz var/family \\
-        --seeds 0,1 [--cells std,bal-sym30-ood05,...] [--config default] [--json var/family.json]
+        --seeds 0,1 [--cells standard,bal-pair30-sym00-ood05,...] [--config default] [--json var/family.json]
 """
 from __future__ import annotations
 
@@ -86,27 +86,33 @@ EXTRA: tuple[Cell, ...] = (
 CELLS = {cell.name: cell for cell in GRID + EXTRA}
 
 
-def score_cell(decisions: pd.DataFrame, ood_flags: np.ndarray, truth: dict) -> dict:
+def score_cell(decisions: pd.DataFrame, ood_flags: np.ndarray, truth: dict, *,
+               num_classes: int | None = None) -> dict:
     """:func:`animal_assets.core.scoring.cleaning_scores` of one run against its truth."""
     from animal_assets.core.scoring import cleaning_scores
 
     decisions = decisions.copy()
     decisions["flag_ood"] = np.asarray(ood_flags, dtype=bool)
-    return cleaning_scores(decisions, truth)
+    return cleaning_scores(decisions, truth, num_classes=num_classes)
+
+
+def margins(row: dict, cell: Cell) -> dict:
+    """How far a scored row is above each bar (negative: below it)."""
+    raw, cleaned = row["label_accuracy"]["raw"], row["label_accuracy"]["cleaned"]
+    delta = np.array(row["per_class"]["cleaned"]) - np.array(row["per_class"]["raw"])
+    out = {
+        "accuracy": cleaned - (raw + ACCURACY_SHARE * (1.0 - raw)),
+        "classes": float(np.nanmin(delta)) + CLASS_TOLERANCE,
+        "auroc": row.get("ood", {}).get("auroc", 1.0) - MIN_AUROC,
+    }
+    if cell.min_accuracy is not None:
+        out["absolute"] = cleaned - cell.min_accuracy
+    return out
 
 
 def bars(row: dict, cell: Cell) -> dict:
     """Which bars a scored row meets: ``accuracy``, ``classes``, ``auroc`` (and ``absolute``)."""
-    raw, cleaned = row["label_accuracy"]["raw"], row["label_accuracy"]["cleaned"]
-    delta = np.array(row["per_class"]["cleaned"]) - np.array(row["per_class"]["raw"])
-    out = {
-        "accuracy": cleaned >= raw + ACCURACY_SHARE * (1.0 - raw) - 1e-12,
-        "classes": bool(np.nanmin(delta) >= -CLASS_TOLERANCE - 1e-12),
-        "auroc": row.get("ood", {}).get("auroc", 1.0) >= MIN_AUROC,
-    }
-    if cell.min_accuracy is not None:
-        out["absolute"] = cleaned >= cell.min_accuracy
-    return out
+    return {name: bool(m >= -1e-12) for name, m in margins(row, cell).items()}
 
 
 def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, params: dict,
@@ -132,7 +138,7 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
     clean = steps.clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
     flags = pd.read_csv(ood.path)["flag"].to_numpy(dtype=bool)
     truth = read_truth(bench.truth_path, num_classes=raw.num_classes)
-    row = score_cell(steps.read_decisions(clean), flags, truth)
+    row = score_cell(steps.read_decisions(clean), flags, truth, num_classes=raw.num_classes)
     row.update({
         "cell": cell.name, "seed": seed, "n": raw.n_usable, "class_names": list(bench.class_names),
         "spec": json.loads(json.dumps(cell.spec)),
@@ -155,8 +161,8 @@ def table(rows: Sequence[dict]) -> str:
     head = ("| cell | seed | label acc raw → cleaned (bar) | per-class mean raw → cleaned | "
             "worst class Δ | label-issue F1 | OOD AUROC | OOD flagged / true | s | bars |")
     lines = [head, "|" + " --- |" * 10]
-    margins = [_margin(r) for r in rows]
-    worst = int(np.argmin(margins)) if rows else -1
+    tightest = [min(margins(r, CELLS[r["cell"]]).values()) for r in rows]
+    worst = int(np.argmin(tightest)) if rows else -1
     for i, r in enumerate(rows):
         la, pc = r["label_accuracy"], r["per_class"]
         raw_pc, clean_pc = np.array(pc["raw"]), np.array(pc["cleaned"])
@@ -174,16 +180,6 @@ def table(rows: Sequence[dict]) -> str:
             f"{r['seconds']['total']:.0f} | {'pass' if not failed else 'FAIL ' + ', '.join(failed)} |"
         )
     return "\n".join(lines)
-
-
-def _margin(row: dict) -> float:
-    """How far the row is above its tightest bar (negative: below it)."""
-    la = row["label_accuracy"]
-    delta = np.array(row["per_class"]["cleaned"]) - np.array(row["per_class"]["raw"])
-    margins = [la["cleaned"] - (la["raw"] + ACCURACY_SHARE * (1 - la["raw"])),
-               float(np.nanmin(delta)) + CLASS_TOLERANCE,
-               row.get("ood", {}).get("auroc", 1.0) - MIN_AUROC]
-    return min(margins)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

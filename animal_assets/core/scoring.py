@@ -33,7 +33,8 @@ def per_class_accuracy(true: np.ndarray, labels: np.ndarray, num_classes: int) -
     return out
 
 
-def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
+def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict], *,
+                    num_classes: int | None = None) -> dict:
     """Score the cleaning decisions against a truth file.
 
     Parameters
@@ -44,6 +45,8 @@ def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
         ``clean_labels`` joined with ``ood_scores``.
     truth : dict
         The truth file, keyed by image id.
+    num_classes : int, optional
+        K, the length of the per-class lists (default: one more than the largest label seen).
 
     Returns
     -------
@@ -77,7 +80,8 @@ def cleaning_scores(decisions: pd.DataFrame, truth: dict[str, dict]) -> dict:
     reason = d["reason"].to_numpy()[ind]
     found = (action == "relabel") | ((action == "drop") & np.isin(reason, LABEL_REASONS))
     out["label_issues"] = _prf(wrong, found)
-    k = int(max(d["given"].to_numpy(dtype=np.int64).max(initial=0), true.max(initial=0)) + 1)
+    k = num_classes or int(max(d["given"].to_numpy(dtype=np.int64).max(initial=0),
+                               true.max(initial=0)) + 1)
     out["per_class"] = {
         "raw": per_class_accuracy(true[ind], given, k).tolist(),
         "cleaned": per_class_accuracy(true[ind], final, k).tolist(),

@@ -512,7 +512,7 @@ def evaluate(
         if truth and not decisions["id"].isin(truth.keys()).any():
             raise ValueError(f"{truth_path}: none of the truth file's {len(truth)} ids is a usable "
                              "image of the dataset; a truth file scores the dataset it was made with")
-        report["cleaning"] = cleaning_scores(decisions, truth)
+        report["cleaning"] = cleaning_scores(decisions, truth, num_classes=k)
         report["cleaning"]["truth_path"] = str(truth_path)
     report["training"] = {"device": model.device, "seconds": model.seconds,
                           "epochs": len(model.history)}
