@@ -245,12 +245,13 @@ def dup_case(group_given, group_probs, first_at):
     ([0, 1], [0.3, 0.6, 0.1], 1),  # conflict: the probable given label
     ([1, 0, 0], [0.55, 0.4, 0.05], 0),  # majority and probability agree
     ([0, 1], [0.1, 0.15, 0.75], 2),  # conflict, third class confident: take it
-    ([0, 1], [0.35, 0.25, 0.4], 0),  # conflict, third class not confident: best given label
+    ([0, 1], [0.35, 0.25, 0.4], 0),  # conflict, third class below drop_below: best given label
 ])
 @pytest.mark.parametrize("first_at", [0, 150])
 def test_duplicate_groups_keep_one_probable_copy(group_given, group_probs, expected, first_at):
     given, probs, group, rows = dup_case(group_given, group_probs, first_at)
-    d = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=group, num_classes=3)
+    d = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=group, num_classes=3,
+               config=CleaningConfig(drop_below=0.5))
     first, copies = rows[0], rows[1:]
     assert d.at[first, "label"] == expected
     assert d.at[first, "action"] == ("keep" if expected == group_given[0] else "relabel")
@@ -258,6 +259,13 @@ def test_duplicate_groups_keep_one_probable_copy(group_given, group_probs, expec
     assert d.at[first, "reason"] == ("duplicate_conflict" if conflict else "")
     assert (d["action"][copies] == "drop").all() and (d["reason"][copies] == "duplicate").all()
     assert (d["label"][rows] >= 0).sum() == 1
+
+
+def test_by_default_a_conflicting_group_takes_its_most_likely_class():
+    """drop_below 0 (the default): the mean posterior's argmax, even when below 0.5."""
+    given, probs, group, rows = dup_case([0, 1], [0.35, 0.25, 0.4], 0)
+    d = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=group, num_classes=3)
+    assert d.at[rows[0], "label"] == 2 and d.at[rows[0], "reason"] == "duplicate_conflict"
 
 
 def test_ood_copy_drops_whole_group():

@@ -184,3 +184,45 @@ def test_an_asymmetric_pair_like_wolf_and_coyote_is_undone(seed):
     assert back >= 0.80, back
     _, moved_receiving = came_back_and_moved(final, given, true, 1)
     assert moved_receiving <= 0.05, moved_receiving
+
+
+def pairs_plus_symmetric(seed: int, *, pair: float = 0.2, symmetric: float = 0.1, n: int = 300,
+                         d: int = 24):
+    """Pair flips as in :func:`pair_noise`, plus ``symmetric`` of every class relabelled as one
+    of the other classes chosen uniformly (including the partner)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(K // 2, d)) * 5.0
+    centres = np.repeat(base, 2, axis=0) + rng.normal(size=(K, d)) * 1.5
+    true = np.repeat(np.arange(K), n)
+    x = (centres[true] + rng.normal(size=(len(true), d))).astype(np.float32)
+    u = rng.random(len(true))
+    given = np.where(u < pair, PARTNER[true], true)
+    anywhere = (u >= pair) & (u < pair + symmetric)
+    given[anywhere] = (true[anywhere] + rng.integers(1, K, anywhere.sum())) % K
+    return x, given, true
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_symmetric_noise_off_the_pairs_is_undone_with_background_rates(seed):
+    """Flips to a class that is no look-alike: with the small rates zeroed they can never move
+    (the Bayes factor of a zero rate is zero); read as background noise most come back."""
+    x, given, true = pairs_plus_symmetric(seed)
+    off_pair = (given != true) & (given != PARTNER[true])
+    results = {}
+    for background in (False, True):
+        res = noise_posteriors(x, given, num_classes=K, background=background,
+                               probe_kwargs={"c": 0.1, "seed": seed})
+        final = res.balanced().argmax(axis=1)
+        results[background] = (np.mean(final[off_pair] == true[off_pair]),
+                               np.mean(final[given == true] != true[given == true]),
+                               np.mean(final == true))
+    zeroed, spread = results[False], results[True]
+    assert zeroed[0] < 0.05, zeroed  # off-pair flips stay where they are
+    assert spread[0] >= 0.80, spread  # ... and come back with background rates
+    assert spread[1] <= 0.03, spread  # while clean images stay
+    assert spread[2] > zeroed[2] + 0.02, (zeroed, spread)
+    # every off-pair rate is estimated near the injected 0.1 / 3
+    off = np.ones((K, K), bool)
+    off[np.arange(K), np.arange(K)] = False
+    off[np.arange(K), PARTNER] = False
+    assert np.all(np.abs(res.transition[off] - 0.1 / 3) < 0.03), res.transition

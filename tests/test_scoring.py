@@ -44,6 +44,10 @@ def test_markdown_puts_estimates_beside_the_truth(scored):
                          estimated={"prior": [0.55, 0.45], "transition": [[0.7, 0.3], [0.4, 0.6]]})
     assert "| cat | 0.667 → 0.667 | 0.600 | 0.550 | 0.333 | 0.300 |" in md
     assert "OOD share flagged / true | 0.167 / 0.167" in md
+    # the full noise matrix, true / estimated, rows true classes and columns given labels
+    assert "| true \\ given | cat | dog |" in md
+    assert "| cat | 0.67 / 0.70 | 0.33 / 0.30 |" in md
+    assert "| dog | 0.50 / 0.40 | 0.50 / 0.60 |" in md
 
 
 def test_bars_and_table(scored):

@@ -81,7 +81,17 @@ class CleaningConfig:
     # benchmark with 0.35 / 0.10 pair flips its diagonal moved from 0.55-0.82 to 0.67-0.88,
     # against true 0.65-0.90).
     reestimate_noise: bool = True
-    drop_below: float = 0.5  # noise_model: a moved image whose posterior is below this is dropped
+    # noise_model: read the confusion rates below min_noise_rate as noise spread evenly over
+    # the other classes (symmetric noise), estimated from the images the probe is surest of,
+    # instead of zero, so images can move off the look-alike pairs. On the CIFAR family's
+    # cells with 10 % symmetric noise it added 0.9-1.7 points of label accuracy; without
+    # symmetric noise it cost 0-0.4.
+    background_noise: bool = True
+    # noise_model: a moved image whose posterior is below this is dropped. 0 relabels every
+    # moved image to its most likely class: on the CIFAR family the images 0.5 dropped were
+    # right under their most likely class 48 % of the time and under their given label 29 %,
+    # and dropping them cost 1.0-1.3 points of label accuracy on the noisiest cells.
+    drop_below: float = 0.0
     relabel_threshold: float = 0.7  # cleanlab: a flagged image is relabelled when the probe's top prob reaches it
     min_class_keep: float = 0.5  # keep at least this fraction of each class's non-OOD given images
     filter_by: str = "prune_by_noise_rate"  # cleanlab find_label_issues method

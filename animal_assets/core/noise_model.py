@@ -9,8 +9,12 @@ returns, for every image, ``P(true = j | image, given label)``:
    sample (:func:`animal_assets.core.cleaning.out_of_sample_probs`). Class weighting keeps the
    probe from ignoring small classes, but it answers as if every class were equally common;
    :func:`unweight` puts the given labels' real frequencies back.
-2. ``T`` is estimated with cleanlab's confident joint; rates below ``min_rate`` are set to
-   zero, so an image is only ever moved along a confusion the data shows to be systematic.
+2. ``T`` is estimated with cleanlab's confident joint. Rates of at least ``min_rate`` are the
+   systematic confusions (look-alike pairs) and keep their estimate. The rest are read as
+   background noise spread evenly over the other classes, at the rate the images the probe is
+   surest of show (:func:`confident_rows`): it is near 0 where no symmetric noise was added,
+   so an image moves off its pairs only when the probe is far surer of another class than of
+   its given one.
 3. Undoing the noise, ``P(true | image) ~ P(given | image) T^-1``, and Bayes' rule with the
    given label, ``P(true = j | image, given = i) ~ P(true = j | image) T[j, i]``, give the
    posterior. The true class prior follows from the given-label shares:
@@ -45,6 +49,7 @@ from animal_assets.core.cleaning import out_of_sample_probs
 _EPS = 1e-6
 PRIOR_IMAGES = 30.0  # shrinkage of the transition estimate toward the identity, see below
 MAX_NOISE = 0.45  # largest share of a class's images labelled as other classes
+BACKGROUND_TOP_SHARE = 0.25  # see confident_rows
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,8 @@ def unweight(probs: np.ndarray, targets: np.ndarray, num_classes: int) -> np.nda
 
 
 def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_classes: int,
-                        min_rate: float = 0.08, prior_images: float = PRIOR_IMAGES) -> np.ndarray:
+                        min_rate: float = 0.08, prior_images: float = PRIOR_IMAGES,
+                        background: bool = False) -> np.ndarray:
     """Noise transition matrix from out-of-sample probabilities (cleanlab's confident joint).
 
     Parameters
@@ -107,6 +113,9 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
         Off-diagonal rates below this are set to 0 before the rows are renormalised.
     prior_images : float
         Pseudo-images per class, labelled as their own class, added to the estimate.
+    background : bool
+        Read the rates below ``min_rate`` as background noise spread evenly over their row,
+        estimated by :func:`confident_rows`, instead of zeroing them (see :func:`sparsify`).
 
     Returns
     -------
@@ -131,11 +140,52 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     # negligible for classes of thousands, decisive for classes of a few dozen, whose estimated
     # rates are mostly the probe's own errors.
     counts = transition * sizes[:, None] + prior_images * np.eye(num_classes)
-    return sparsify(counts / counts.sum(axis=1, keepdims=True), min_rate=min_rate)
+    floor = None
+    if background:
+        floor = confident_rows(labels, pred_probs, num_classes=num_classes,
+                               prior_images=prior_images)
+    return sparsify(counts / counts.sum(axis=1, keepdims=True), min_rate=min_rate,
+                    background=floor)
 
 
-def sparsify(transition: np.ndarray, *, min_rate: float) -> np.ndarray:
+def confident_rows(labels: np.ndarray, pred_probs: np.ndarray, *, num_classes: int,
+                   top_share: float = BACKGROUND_TOP_SHARE,
+                   prior_images: float = PRIOR_IMAGES) -> np.ndarray:
+    """Given-label shares among the images a probe is most sure of, class by class.
+
+    Row ``j`` holds the given labels of the ``top_share`` of images (counted against class
+    ``j``'s given images) with the highest out-of-sample ``P(j | image)``, shrunk toward the
+    identity by ``prior_images`` like :func:`estimate_transition`. These images are almost all
+    truly of class ``j``, and noise that does not depend on the picture (symmetric noise) labels
+    them as often as any other, so the row estimates its rates with little of the probe's own
+    error in it. Noise that does depend on the picture (look-alikes) is under-counted, which is
+    why only the rates below ``min_rate`` are read from it.
+
+    On a CIFAR benchmark with 10 % symmetric noise (0.019 per off-pair rate) the estimate was
+    0.022 at a top share of 0.2 and 0.028 at 0.5; without symmetric noise 0.004 and 0.009.
+    cleanlab's confident joint, whose threshold admits far more images, gave 0.03-0.05 and
+    about 0.015.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sizes = np.bincount(labels, minlength=num_classes)
+    rows = np.zeros((num_classes, num_classes))
+    for j in range(num_classes):
+        take = max(1, int(round(top_share * sizes[j])))
+        top = np.argsort(-pred_probs[:, j], kind="stable")[:take]
+        rows[j] = np.bincount(labels[top], minlength=num_classes)
+    rows += prior_images * np.eye(num_classes)
+    return rows / rows.sum(axis=1, keepdims=True)
+
+
+def sparsify(transition: np.ndarray, *, min_rate: float,
+             background: np.ndarray | None = None) -> np.ndarray:
     """Zero the off-diagonal rates below ``min_rate``, renormalise, and cap each row's noise.
+
+    With a ``background`` matrix (:func:`confident_rows`), the rates below ``min_rate`` are not
+    zeroed but set to the mean of ``background`` over the same entries of their row: a class's
+    systematic confusions keep their own rates, and what is left is read as noise spread evenly
+    over the other classes (symmetric noise), so an image whose probe strongly disagrees with
+    its given label can still move off its look-alike pairs.
 
     A row with no mass (a class nothing was assigned to) becomes the identity row; a row whose
     off-diagonal rates add up to more than ``MAX_NOISE`` is scaled down to it.
@@ -143,7 +193,12 @@ def sparsify(transition: np.ndarray, *, min_rate: float) -> np.ndarray:
     t = np.array(transition, dtype=np.float64)
     k = t.shape[0]
     off = ~np.eye(k, dtype=bool)
-    t[off & (t < min_rate)] = 0.0
+    small = off & (t < min_rate)
+    if background is not None:
+        mean = (np.asarray(background) * small).sum(axis=1) / np.maximum(small.sum(axis=1), 1)
+        t = np.where(small, mean[:, None], t)
+    else:
+        t[small] = 0.0
     empty = t.sum(axis=1) <= 0
     t[empty] = np.eye(k)[empty]
     t = t / t.sum(axis=1, keepdims=True)
@@ -197,6 +252,7 @@ def noise_posteriors(
     prior_images: float = PRIOR_IMAGES,
     estimate_prior_from_data: bool = True,
     reestimate: bool = True,
+    background: bool = True,
     probe_kwargs: dict | None = None,
 ) -> NoisePosterior:
     """Posterior of each image's true class (see the module docstring).
@@ -229,6 +285,8 @@ def noise_posteriors(
         posterior's labels and so judges the images better than the probe of the given labels
         (whose own confusions inflate every noise rate). Once only: re-estimating every round
         lets a rate the posterior under-uses shrink round after round.
+    background : bool
+        Keep the rates below ``min_rate`` as even background noise (see :func:`sparsify`).
     probe_kwargs : dict, optional
         Passed to :func:`out_of_sample_probs` (``n_folds``, ``seed``, ``c``, ...).
 
@@ -253,14 +311,16 @@ def noise_posteriors(
 
     noisy = probe(labels)
     transition = estimate_transition(labels[mask], noisy[mask], num_classes=num_classes,
-                                     min_rate=min_rate, prior_images=prior_images)
+                                     min_rate=min_rate, prior_images=prior_images,
+                                     background=background)
     posterior = bayes_posterior(deconvolve(noisy, transition), labels, transition)
     moved = [int((posterior[mask].argmax(axis=1) != labels[mask]).sum())]
     for r in range(rounds):
         clean = probe(np.where(mask, posterior.argmax(axis=1), labels))
         if r == 0 and reestimate:
             transition = estimate_transition(labels[mask], clean[mask], num_classes=num_classes,
-                                             min_rate=min_rate, prior_images=prior_images)
+                                             min_rate=min_rate, prior_images=prior_images,
+                                     background=background)
         posterior = bayes_posterior(np.clip(clean, _EPS, None), labels, transition)
         moved.append(int((posterior[mask].argmax(axis=1) != labels[mask]).sum()))
     prior = None

@@ -141,4 +141,23 @@ def scores_markdown(scores: dict, *, class_names: list[str] | None = None,
             f"| {name} | {raw:.3f} → {cleaned:.3f} | {scores['truth_prior'][k]:.3f} | "
             f"{'' if prior is None else f'{prior[k]:.3f}'} | {true_noise:.3f} | "
             f"{'' if transition is None else f'{1.0 - transition[k][k]:.3f}'} |")
+    if transition is not None:
+        rows += ["", noise_matrix_markdown(scores["truth_transition"], transition, names)]
     return "\n".join(rows)
+
+
+def noise_matrix_markdown(true: list, estimated: list, names: list[str]) -> str:
+    """The noise matrix ``T[true, given]`` as "true / estimated" per cell, in markdown.
+
+    Rows are true classes, columns given labels; a cell where both rates round to 0.00 is left
+    blank, so the look-alike pairs and their direction stand out.
+    """
+    true, estimated = np.asarray(true, dtype=float), np.asarray(estimated, dtype=float)
+    lines = ["noise matrix, true / estimated (rows: true class, columns: given label)", "",
+             "| true \\ given | " + " | ".join(names) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for j, name in enumerate(names):
+        cells = ["" if round(true[j, i], 2) == 0 and round(estimated[j, i], 2) == 0
+                 else f"{true[j, i]:.2f} / {estimated[j, i]:.2f}" for i in range(len(names))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

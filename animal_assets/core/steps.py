@@ -254,7 +254,8 @@ def clean_label_decisions(
             rounds=config.em_rounds, min_rate=config.min_noise_rate,
             prior_images=config.noise_prior_images,
             estimate_prior_from_data=config.estimate_prior,
-            reestimate=config.reestimate_noise, probe_kwargs=probe_kwargs,
+            reestimate=config.reestimate_noise, background=config.background_noise,
+            probe_kwargs=probe_kwargs,
         )
         pred_probs = result.balanced() if config.decision == "balanced" else result.posterior
         transition, prior = result.transition, result.prior
