@@ -340,7 +340,7 @@ def map_folds(fit, n_folds: int, *, n_jobs: int | None, n_threads: int | None) -
         return [capped(fold) for fold in range(n_folds)]
     # The BLAS part of a cap is process-wide: a fit that ends restores the value it found,
     # which would lift the cap under a fit still running in another thread and change its
-    # float sums (scores then differed between runs of the same data by up to 1.8). Holding
+    # float sums (scores then differed between runs of the same data by up to 2.1). Holding
     # the cap around the whole pool makes every restore land on the capped value.
     with threadpool_limits(limits=n_threads), ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(capped, range(n_folds)))
