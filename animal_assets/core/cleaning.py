@@ -84,7 +84,7 @@ class CleaningConfig:
     # noise_model: read the confusion rates below min_noise_rate as noise spread evenly over
     # the other classes (symmetric noise), estimated from the images the probe is surest of,
     # instead of zero, so images can move off the look-alike pairs. On the CIFAR family's
-    # cells with 10 % symmetric noise it added 0.9-1.7 points of label accuracy; without
+    # cells with 10 % symmetric noise it added 0.8-1.7 points of label accuracy; without
     # symmetric noise it cost 0-0.4.
     background_noise: bool = True
     # noise_model: a moved image whose posterior is below this is dropped. 0 relabels every

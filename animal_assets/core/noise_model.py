@@ -110,7 +110,8 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     num_classes : int
         K.
     min_rate : float
-        Off-diagonal rates below this are set to 0 before the rows are renormalised.
+        Off-diagonal rates below this are set to 0 (or to the background rate) before the rows
+        are renormalised.
     prior_images : float
         Pseudo-images per class, labelled as their own class, added to the estimate.
     background : bool
@@ -320,7 +321,7 @@ def noise_posteriors(
         if r == 0 and reestimate:
             transition = estimate_transition(labels[mask], clean[mask], num_classes=num_classes,
                                              min_rate=min_rate, prior_images=prior_images,
-                                     background=background)
+                                             background=background)
         posterior = bayes_posterior(np.clip(clean, _EPS, None), labels, transition)
         moved.append(int((posterior[mask].argmax(axis=1) != labels[mask]).sum()))
     prior = None
