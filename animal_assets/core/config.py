@@ -35,7 +35,7 @@ class EmbeddingsParams:
 class OodParams:
     k: int = 10  # neighbours in the mean cosine kNN distance
     # Share of images flagged as out of distribution; None estimates it from the refined
-    # scores (ood.estimate_outlier_share: a 3-component mixture, the top component flagged).
+    # scores (ood.estimate_outlier_share: a 3- or 4-component mixture, its upper components flagged).
     # A fixed 0.10 drops clean images when there is less junk and keeps junk when there is more.
     fraction: float | None = None
     # "knn_distance": mean cosine distance to the k nearest neighbours; "label_entropy": entropy
