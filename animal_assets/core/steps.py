@@ -255,6 +255,7 @@ def clean_label_decisions(
             prior_images=config.noise_prior_images,
             estimate_prior_from_data=config.estimate_prior,
             reestimate=config.reestimate_noise, background=config.background_noise,
+            estimator=config.noise_estimator,
             probe_kwargs=probe_kwargs,
         )
         pred_probs = result.balanced() if config.decision == "balanced" else result.posterior
