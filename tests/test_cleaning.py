@@ -142,6 +142,7 @@ def test_duplicate_groups(hashes, expected):
 @pytest.mark.parametrize("bad", [
     {"n_folds": 1}, {"relabel_threshold": 0.0}, {"min_class_keep": 1.5}, {"filter_by": "nope"},
     {"method": "vote"}, {"em_rounds": -1}, {"min_noise_rate": 1.0}, {"drop_below": 1.5},
+    {"noise_estimator": "em"},
 ])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="cleaning.py"):

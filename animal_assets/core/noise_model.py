@@ -9,8 +9,11 @@ returns, for every image, ``P(true = j | image, given label)``:
    sample (:func:`animal_assets.core.cleaning.out_of_sample_probs`). Class weighting keeps the
    probe from ignoring small classes, but it answers as if every class were equally common;
    :func:`unweight` puts the given labels' real frequencies back.
-2. ``T`` is estimated with cleanlab's confident joint. Rates of at least ``min_rate`` are the
-   systematic confusions (look-alike pairs) and keep their estimate. The rest are read as
+2. ``T`` is estimated from the probe's most confident images: row ``j`` holds the given labels
+   of the quarter of class ``j``'s images the probe is surest are ``j``
+   (:func:`confident_rows`; cleanlab's confident joint is the alternative, see
+   :func:`estimate_transition`). Rates of at least ``min_rate`` are the systematic confusions
+   (look-alike pairs) and keep their estimate. The rest are read as
    background noise spread evenly over the other classes, at the rate the images the probe is
    surest of show (:func:`confident_rows`): it is near 0 where no symmetric noise was added,
    so an image moves off its pairs only when the probe is far surer of another class than of
@@ -20,11 +23,13 @@ returns, for every image, ``P(true = j | image, given label)``:
    posterior. The true class prior follows from the given-label shares:
    ``pi = shares T^-1`` (:func:`estimate_prior`).
 4. A few rounds refit the probe on the posterior's labels (a probe trained on cleaner labels
-   is a better judge of the image) and recompute the posterior. After the first refit ``T``
-   is estimated once more from the refitted probe, whose own confusions no longer inflate the
-   rates. Re-estimating ``T`` in every round was tried and dropped: a rate the posterior
-   under-uses shrinks round after round (on imbalanced synthetic clusters one direction of a
-   pair collapsed to 0).
+   is a better judge of the image) and recompute the posterior. ``T`` stays as estimated from
+   the probe of the given labels. With the confident joint, estimating it once more after the
+   first refit helps (``reestimate``: the refitted probe's own confusions inflate the rates
+   less); with the confident rows it costs, since a probe fitted on the posterior's labels is
+   surest of the images the posterior moved. Re-estimating ``T`` in every round was tried and
+   dropped: a rate the posterior under-uses shrinks round after round (on imbalanced
+   synthetic clusters one direction of a pair collapsed to 0).
 5. :meth:`NoisePosterior.balanced` divides the posterior by the estimated prior. Its argmax
    maximises the mean per-class accuracy: where true classes differ in size, the Bayes argmax
    gives a small class's images to its larger look-alike.
@@ -106,10 +111,12 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     ``estimator="confident_joint"`` uses cleanlab's confident joint; ``"confident_rows"`` the
     given labels of the images the probe is surest of, class by class (:func:`confident_rows`).
     The confident joint counts every image above a per-class threshold, so the probe's own
-    confusions between two look-alikes add to both directions of their pair: on the CIFAR
-    family with 0.35 / 0.10 flips it put the 0.10 direction at 0.12-0.18. The confident rows
-    read it at 0.08-0.09 (and the 0.35 direction at 0.28-0.30), because the images a probe is
-    surest of are almost all truly of their class. They assume the noise does not depend on the
+    confusions between two look-alikes blur the rates of their pair: on a balanced CIFAR
+    benchmark with 0.35 / 0.10 flips it read the 0.10 direction at 0.12-0.18, and with 0.30
+    both ways (5 % OOD, re-estimated from the refitted probe) it read 0.17-0.24 against true
+    0.28-0.31. The confident rows read 0.08-0.09 and 0.25-0.34 there, because the images a
+    probe is surest of are almost all truly of their class. They use a quarter of the images,
+    so they are noisier on small classes (about 0.04 per rate from 150 images). They assume the noise does not depend on the
     picture; where it does (a lynx that looks like a cat is more often labelled cat), they
     under-count the rates of the look-alike pairs and move fewer images. A class whose top
     share holds fewer than ``MIN_ROW_IMAGES`` images keeps its confident-joint row.
@@ -312,9 +319,8 @@ def noise_posteriors(
         is right only when the true classes are of equal size.
     reestimate : bool
         Estimate ``T`` once more from the first refitted probe, which learnt from the
-        posterior's labels and so judges the images better than the probe of the given labels
-        (whose own confusions inflate every noise rate). Once only: re-estimating every round
-        lets a rate the posterior under-uses shrink round after round.
+        posterior's labels (step 4 of the module docstring). Once only: re-estimating every
+        round lets a rate the posterior under-uses shrink round after round.
     background : bool
         Keep the rates below ``min_rate`` as even background noise (see :func:`sparsify`).
     estimator : str
