@@ -116,10 +116,12 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     both ways (5 % OOD, re-estimated from the refitted probe) it read 0.17-0.24 against true
     0.28-0.31. The confident rows read 0.08-0.09 and 0.25-0.34 there, because the images a
     probe is surest of are almost all truly of their class. They use a quarter of the images,
-    so they are noisier on small classes (about 0.04 per rate from 150 images). They assume the noise does not depend on the
-    picture; where it does (a lynx that looks like a cat is more often labelled cat), they
-    under-count the rates of the look-alike pairs and move fewer images. A class whose top
-    share holds fewer than ``MIN_ROW_IMAGES`` images keeps its confident-joint row.
+    so they are noisier on small classes (about 0.04 per rate from 150 images), and where a
+    small class's given labels are half flipped-in images the probe is surest of some of those
+    too (a true 0.08 read as 0.19). They assume the noise does not depend on the picture; where
+    it does (a lynx that looks like a cat is more often labelled cat), they under-count the
+    rates of the look-alike pairs and move fewer images. A class whose top share holds fewer
+    than ``MIN_ROW_IMAGES`` images keeps its confident-joint row.
 
     Parameters
     ----------
