@@ -18,15 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-ENV = {
-    "dataset": "ANIMAL_ASSETS_DATASET",
-    "truth": "ANIMAL_ASSETS_TRUTH",
-    "test_set": "ANIMAL_ASSETS_TEST_SET",
-    "class_names": "ANIMAL_ASSETS_CLASS_NAMES",
-    "output": "ANIMAL_ASSETS_OUTPUT",
-    "device": "ANIMAL_ASSETS_DEVICE",
-    "review": "ANIMAL_ASSETS_REVIEW",
-}
+from animal_assets.core.preflight import ENV, RunInputs, expand
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,18 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from animal_assets.core.preflight import expand
-
     for key, var in ENV.items():
         value = getattr(args, key, None)
         if value:
             os.environ[var] = str(expand(value)) if key in (
                 "dataset", "truth", "test_set", "output", "review") else value
     if args.command == "run":
-        from animal_assets.core.config import params_from_run_config
-        from animal_assets.core.pipeline import load_run_config
+        from animal_assets.core.config import load_run_config, params_from_run_config
 
-        # a typo in --config is refused before anything runs
+        # The inputs are checked before anything heavy is imported (torch, dagster) and before
+        # the instance is touched, so a refusal answers at once; then the config.
+        RunInputs.from_env().check(summary_json=args.json)
         run_config = load_run_config(args.config)
         params_from_run_config(run_config)
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))

@@ -5,7 +5,7 @@ import dagster as dg
 
 from animal_assets.assets import PIPELINE_ASSETS, input_dataset, review_file
 from animal_assets.checks import ALL_CHECKS
-from animal_assets.core.pipeline import load_run_config
+from animal_assets.core.config import load_run_config
 from animal_assets.loggers import console_logger
 from animal_assets.resources import default_resources
 

@@ -1,12 +1,11 @@
 """Resources: where the input dataset is, where outputs go, and which device computes."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
-from animal_assets.core.preflight import expand, preflight
+from animal_assets.core.preflight import DEFAULT_OUTPUT, RunInputs, expand, preflight
 
 DEMO_CLASS_NAMES = [str(d) for d in range(10)]
 
@@ -14,7 +13,7 @@ DEMO_CLASS_NAMES = [str(d) for d in range(10)]
 class StorageResource(dg.ConfigurableResource):
     """The output folder. Every asset writes its files under ``{root}/{asset name}/``."""
 
-    root: str = "var/outputs"
+    root: str = DEFAULT_OUTPUT
 
     def path(self, *parts: str) -> Path:
         p = Path(self.root).expanduser().absolute().joinpath(*parts)
@@ -86,17 +85,14 @@ class DeviceResource(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
-    """Resources read from the environment, so a shell or a Makefile can pick the dataset."""
-    env = os.environ.get
-    names = [n for n in env("ANIMAL_ASSETS_CLASS_NAMES", "").split(",") if n]
+    """Resources read from the environment (:class:`RunInputs`), so a shell or a Makefile can
+    pick the dataset."""
+    inputs = RunInputs.from_env()
     return {
-        "storage": StorageResource(root=env("ANIMAL_ASSETS_OUTPUT", "var/outputs")),
+        "storage": StorageResource(root=inputs.output),
         "dataset": DatasetResource(
-            path=env("ANIMAL_ASSETS_DATASET", ""),
-            truth_path=env("ANIMAL_ASSETS_TRUTH", ""),
-            test_set=env("ANIMAL_ASSETS_TEST_SET", ""),
-            review_path=env("ANIMAL_ASSETS_REVIEW", ""),
-            class_names=names,
+            path=inputs.dataset, truth_path=inputs.truth, test_set=inputs.test_set,
+            review_path=inputs.review, class_names=list(inputs.class_names),
         ),
-        "compute": DeviceResource(device=env("ANIMAL_ASSETS_DEVICE", "auto")),
+        "compute": DeviceResource(device=inputs.device),
     }

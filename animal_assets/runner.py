@@ -18,7 +18,8 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from animal_assets.assets import PIPELINE_ASSETS
 from animal_assets.core.atomic import OutputBusyError, output_lock
-from animal_assets.core.pipeline import load_run_config, summarise_run, with_precision
+from animal_assets.core.config import load_run_config
+from animal_assets.core.pipeline import summarise_run, with_precision
 from animal_assets.core.preflight import InputError
 
 

@@ -262,6 +262,33 @@ def test_a_ragged_review_row_is_refused_before_the_first_asset(tmp_path):
     assert _run_statuses(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
+REFUSED_EARLY = {  # case: (arguments, what the line says does not exist)
+    "dataset_missing": (["--dataset", "NOPE"], "dataset"),
+    "demo_with_a_missing_test_set": (["--config", "demo", "--test-set", "NOPE"], "test set"),
+    "review_missing": (["--review", "NOPE"], "review file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_EARLY))
+def test_a_refusal_comes_before_torch_dagster_or_the_instance(tmp_path, case):
+    args, what = REFUSED_EARLY[case]
+    missing = tmp_path / "nope"
+    args = [str(missing) if a == "NOPE" else a for a in args]
+    # a fresh interpreter runs the command, then reports which heavy packages it had imported
+    code = ("import sys; from animal_assets import cli; "
+            f"code = cli.main(['run', *{args!r}]); "
+            "print(code, [m for m in ('torch', 'dagster', 'sklearn', 'pandas') if m in sys.modules])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIMAL_ASSETS_")}
+    env.update(DAGSTER_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    before = _world(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip() == "1 []", proc.stdout + proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [f"animal-assets: {missing}: the {what} does not exist"]
+    assert not (tmp_path / "home").exists() and not (tmp_path / "var").exists()
+    assert _world(tmp_path) == before
+
+
 def test_the_first_asset_runs_the_same_preflight_for_runs_launched_from_the_ui(tmp_path):
     from tests.test_graph import make_defs, sqlite_instance
 

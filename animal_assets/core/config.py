@@ -7,7 +7,9 @@ thing in the UI, on the command line and on a machine without dagster.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 
@@ -101,3 +103,29 @@ def params_from_run_config(run_config: dict) -> dict[str, object]:
             raise ValueError(f"run config ops.{name}: unknown field(s) {sorted(unknown)}")
         out[name] = cls(**values)
     return out
+
+
+RUN_CONFIGS = Path(__file__).resolve().parents[1] / "run_configs"
+
+
+def load_run_config(name_or_path: str) -> dict:
+    """A shipped run config by name ("demo", "default") or a YAML/JSON file path."""
+    path = RUN_CONFIGS / f"{name_or_path}.yaml"
+    if not path.exists():
+        path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"run config {name_or_path}: no such shipped config or file")
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    try:
+        import yaml
+    except ImportError as err:  # pragma: no cover - yaml ships with dagster, not always alone
+        raise RuntimeError(f"{path}: reading YAML needs pyyaml; pass a .json config") from err
+    try:
+        config = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not a readable YAML run config ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a run config must be a mapping (ops: {{asset: {{config: ...}}}})")
+    return config

@@ -20,9 +20,9 @@ import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from animal_assets.core.atomic import atomic_dir, ensure_free_space
 from animal_assets.core.ds801 import IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
@@ -30,6 +30,9 @@ from animal_assets.core.formats import (
     MAX_IMAGE_BYTES, MAX_LABELS_BYTES, RULE_PRIORITY, LabelTable, Rule, Violation, blocking_rules,
     decode_image, filename_violation, image_stem, label_entry_name, read_labels, read_regular,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST_COLUMNS = ("id", "file", "given", "sha256", "status", "reason", "width", "height", "mode", "index")
 MAX_TOTAL_BYTES = 4 << 30  # refuse archives that would expand to more than this in memory
@@ -526,6 +529,8 @@ def open_raw(out_dir: str | os.PathLike) -> RawImages:
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a manifest CSV with stable dtypes (text columns stay text, empty stays "")."""
+    import pandas as pd  # here, not at the top: the preflight imports this module to peek at labels
+
     text = {c: str for c in ("id", "file", "sha256", "status", "reason", "mode")}
     ints = {c: np.int64 for c in ("given", "width", "height", "index")}
     return pd.read_csv(path, dtype={**text, **ints}, keep_default_na=False)

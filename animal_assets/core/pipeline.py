@@ -19,37 +19,11 @@ import time
 from pathlib import Path
 
 from animal_assets.core import steps
-from animal_assets.core.config import params_from_run_config
+from animal_assets.core.config import load_run_config, params_from_run_config
 from animal_assets.core.atomic import OutputBusyError, output_lock, write_json
 from animal_assets.core.ingest import DatasetError, read_dataset, require_usable
 from animal_assets.core.preflight import expand, preflight
 from animal_assets.core.profiling import measure
-
-RUN_CONFIGS = Path(__file__).resolve().parents[1] / "run_configs"
-
-
-def load_run_config(name_or_path: str) -> dict:
-    """A shipped run config by name ("demo", "default") or a YAML/JSON file path."""
-    path = RUN_CONFIGS / f"{name_or_path}.yaml"
-    if not path.exists():
-        path = Path(name_or_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"run config {name_or_path}: no such shipped config or file")
-    text = path.read_text()
-    if path.suffix == ".json":
-        return json.loads(text)
-    try:
-        import yaml
-    except ImportError as err:  # pragma: no cover - yaml ships with dagster, not always alone
-        raise RuntimeError(f"{path}: reading YAML needs pyyaml; pass a .json config") from err
-    try:
-        config = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not a readable YAML run config ({str(err).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a run config must be a mapping (ops: {{asset: {{config: ...}}}})")
-    return config
-
 
 def with_precision(run_config: dict, precision: str) -> dict:
     """``run_config`` with ``precision`` set for the encoder and the trainer."""

@@ -34,8 +34,55 @@ OUTPUT_FOLDERS = (
 )
 
 
+#: Where the graph writes when no output folder is given.
+DEFAULT_OUTPUT = "var/outputs"
+
+#: The environment variables that name a run's inputs (what ``dagster dev`` reads, and what the
+#: ``animal-assets`` command sets from its flags).
+ENV = {
+    "dataset": "ANIMAL_ASSETS_DATASET",
+    "truth": "ANIMAL_ASSETS_TRUTH",
+    "test_set": "ANIMAL_ASSETS_TEST_SET",
+    "class_names": "ANIMAL_ASSETS_CLASS_NAMES",
+    "output": "ANIMAL_ASSETS_OUTPUT",
+    "device": "ANIMAL_ASSETS_DEVICE",
+    "review": "ANIMAL_ASSETS_REVIEW",
+}
+
+
 class InputError(ValueError):
     """An input of the run breaks a rule; the message names the path and the rule in one line."""
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """A run's inputs as the environment names them (:data:`ENV`); empty strings are unset."""
+
+    dataset: str = ""
+    truth: str = ""
+    test_set: str = ""
+    review: str = ""
+    class_names: tuple[str, ...] = ()
+    output: str = DEFAULT_OUTPUT
+    device: str = "auto"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> RunInputs:
+        env = (os.environ if environ is None else environ).get
+        return cls(
+            dataset=env(ENV["dataset"], ""), truth=env(ENV["truth"], ""),
+            test_set=env(ENV["test_set"], ""), review=env(ENV["review"], ""),
+            class_names=tuple(n for n in env(ENV["class_names"], "").split(",") if n),
+            output=env(ENV["output"], "") or DEFAULT_OUTPUT, device=env(ENV["device"], "") or "auto",
+        )
+
+    def check(self, *, summary_json: str | os.PathLike | None = None) -> Checked:
+        """:func:`preflight` on these inputs (an empty dataset is the built-in demo)."""
+        return preflight(
+            self.dataset or None, self.output, test_set=self.test_set or None,
+            truth=self.truth or None, review=self.review or None,
+            class_names=list(self.class_names) or None, summary_json=summary_json,
+        )
 
 
 def expand(path: str | os.PathLike) -> Path:
@@ -145,7 +192,8 @@ def preflight(
     Parameters
     ----------
     dataset : path or None
-        The dataset (folder or archive); None skips its checks (the demo is made on first use).
+        The dataset (folder or archive); None is the built-in demo, made on first use: the
+        other inputs are then checked without its K.
     output : path
         The output folder.
     test_set, truth, review : path, optional
@@ -164,25 +212,24 @@ def preflight(
     InputError
         On the first broken rule.
     """
-    from animal_assets.core.noise import read_truth
-    from animal_assets.core.review import ReviewError, check_field_counts
-
     inputs = {"dataset": dataset, "test set": test_set, "truth file": truth, "review file": review}
     check_overlap(output, inputs, summary_json=summary_json)
     check_output(output, summary_json=summary_json)
     if review:
         if not expand(review).is_file():
             raise InputError(f"{expand(review)}: the review file does not exist")
+        from animal_assets.core.review import ReviewError, check_field_counts
+
         try:
             check_field_counts(expand(review))
         except ReviewError as err:
             raise InputError(str(err)) from None
-    if dataset is None:
-        return Checked(None)
-    dataset = expand(dataset)
-    if not dataset.exists():
-        raise InputError(f"{dataset}: the dataset does not exist")
-    table = peek_labels(dataset)
+    table = None
+    if dataset is not None:
+        dataset = expand(dataset)
+        if not dataset.exists():
+            raise InputError(f"{dataset}: the dataset does not exist")
+        table = peek_labels(dataset)
     k = None if table is None else table.num_classes
     if test_set:
         test_k = _peek_k(expand(test_set), "test set")
@@ -197,6 +244,8 @@ def preflight(
                          f"have K={k}; give one name per class, in label order")
     matched = None
     if truth:
+        from animal_assets.core.noise import read_truth
+
         path = expand(truth)
         if not path.is_file():
             raise InputError(f"{path}: the truth file does not exist")
