@@ -184,8 +184,7 @@ def table(rows: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the grid and print its table; ``--json`` also writes every row."""
-    from animal_assets.core.config import params_from_run_config
-    from animal_assets.core.config import load_run_config
+    from animal_assets.core.config import load_run_config, params_from_run_config
 
     parser = argparse.ArgumentParser(prog="python -m animal_assets.core.family",
                                      description=__doc__.split("\n\n")[0])
