@@ -36,9 +36,10 @@ _QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _defs() -> dg.Definitions:
-    from animal_assets.definitions import defs
+    """The code location's definitions over the inputs the environment names now."""
+    from animal_assets.definitions import build_defs
 
-    return defs
+    return build_defs()
 
 
 def check_inputs(defs: dg.Definitions, *, summary_json: str | None = None) -> None:

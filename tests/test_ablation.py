@@ -8,7 +8,7 @@ import pytest
 from animal_assets.core.ablation import RECIPES, AblationParams, markdown, recipe_rows
 from animal_assets.core.demo import make_demo_dataset
 from animal_assets.core.pipeline import main
-from tests.test_graph import TINY
+from tests.graph import TINY
 
 
 def decisions_table():

@@ -21,7 +21,7 @@ from animal_assets.core.ds801 import LABELS_FILE, new_image_id
 from animal_assets.core.ingest import read_manifest
 from animal_assets.core.noise import read_truth
 from tests.fixtures import image_bytes, tree_hashes
-from tests.test_graph import TINY, make_defs, sqlite_instance
+from tests.graph import TINY, make_defs, sqlite_instance
 
 THROUGH_EXPORTS = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
                    "balanced_train"]

@@ -17,14 +17,11 @@ from pathlib import Path
 import pytest
 
 from animal_assets import runner
-from animal_assets.core.demo import make_demo_dataset
 from animal_assets.core.formats import validate_ds801_folder
 from tests.fixtures import tree_hashes
-from tests.test_graph import TINY, make_defs, sqlite_instance
+from tests.graph import TINY, fork, make_defs, sqlite_instance
 
 ROOT = Path(__file__).resolve().parents[1]
-THROUGH_EXPORTS = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
-                   "balanced_train"]
 WAIT_S = 180  # for the subprocess to reach the stop point (imports plus loading the inputs)
 
 # argv: run folder, dataset, stop point, ready file. It writes the ready file and sleeps forever
@@ -59,7 +56,7 @@ else:
     raise SystemExit(f"unknown stop point {point!r}")
 
 from animal_assets import runner
-from tests.test_graph import TINY, make_defs, sqlite_instance
+from tests.graph import TINY, make_defs, sqlite_instance
 run_dir = Path(run_dir)
 runner.run(config=TINY, instance=sqlite_instance(run_dir), defs=make_defs(run_dir, dataset),
            select=["balanced_train"], observe_first=False)
@@ -68,17 +65,13 @@ raise SystemExit("the run finished although it was meant to be killed")
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    """The tiny demo materialized up to balanced_train; returns the run folder, dataset and
-    the hashes of the first balanced_train output."""
-    tmp = tmp_path_factory.mktemp("atomic")
-    dataset = make_demo_dataset(tmp / "demo", seed=0, size="tiny").dataset_dir
-    summary = runner.run(config=TINY, instance=sqlite_instance(tmp), defs=make_defs(tmp, str(dataset)),
-                         select=THROUGH_EXPORTS)
-    assert all(v == "passed" for v in summary["checks"].values()), summary["checks"]
-    snapshot = tree_hashes(tmp / "out" / "balanced_train")
+def first_run(tiny_graph, tmp_path_factory):
+    """A copy of the session's tiny graph; returns its folder, its dataset and the hashes of its
+    balanced_train output."""
+    graph = fork(tiny_graph, tmp_path_factory.mktemp("atomic"))
+    snapshot = tree_hashes(graph.tmp / "out" / "balanced_train")
     assert any(k.endswith(".jpg") for k in snapshot) and "ds801-clean.zip" in snapshot
-    return tmp, str(dataset), snapshot
+    return graph.tmp, str(graph.dataset), snapshot
 
 
 def _temporaries(out: Path) -> list[Path]:

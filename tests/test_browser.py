@@ -32,7 +32,7 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from tests.test_graph import NAMES, materialized  # noqa: F401  (a module-scoped fixture)
+from tests.graph import NAMES, fork
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_VAR = "ANIMAL_ASSETS_SKIP_BROWSER"
@@ -173,7 +173,13 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def webserver(materialized, tmp_path_factory):  # noqa: F811
+def materialized(tiny_graph, tmp_path_factory):
+    """A copy of the tiny graph: the last test here observes a review edit on it."""
+    return fork(tiny_graph, tmp_path_factory.mktemp("browser-graph"))
+
+
+@pytest.fixture(scope="module")
+def webserver(materialized, tmp_path_factory):
     """dagster-webserver on 127.0.0.1 over the materialized instance; yields its base URL."""
     chromium_binary()  # fail or skip before spending time on the server
     tmp, _, defs, dataset, _ = materialized
@@ -270,7 +276,7 @@ def _rendered_edges(graph: dict, names: list[str]) -> set[tuple[str, str]]:
 
 
 def test_the_asset_graph_shows_every_asset_and_its_lineage(
-    webserver, browser, materialized, shots, timings,  # noqa: F811
+    webserver, browser, materialized, shots, timings,
 ):
     defs = materialized[2]
     expected = _expected_edges(defs)
@@ -357,7 +363,7 @@ def test_an_asset_page_shows_its_galleries_and_plots(
     assert image["w"] >= 80 and image["h"] >= 80  # at least one thumbnail or a plot
 
 
-def test_metadata_per_asset_is_bounded(materialized, shots):  # noqa: F811
+def test_metadata_per_asset_is_bounded(materialized, shots):
     instance = materialized[1]
     sizes = {}
     for name in NAMES:
@@ -369,7 +375,7 @@ def test_metadata_per_asset_is_bounded(materialized, shots):  # noqa: F811
     assert sizes["clean_labels"] > 20_000  # the galleries are in it
 
 
-def test_the_run_log_has_the_progress_of_training(materialized):  # noqa: F811
+def test_the_run_log_has_the_progress_of_training(materialized):
     instance = materialized[1]
     event = instance.get_latest_materialization_event(dg.AssetKey("resnet34_model"))
     messages = [e.user_message for e in instance.all_logs(event.run_id)
@@ -379,7 +385,7 @@ def test_the_run_log_has_the_progress_of_training(materialized):  # noqa: F811
 
 
 def test_an_observed_review_edit_shows_the_reviewed_assets_unsynced(
-    webserver, browser, materialized, shots, tmp_path,  # noqa: F811
+    webserver, browser, materialized, shots, tmp_path,
 ):
     """Last in this module: it changes the instance the other tests look at."""
     from animal_assets import runner

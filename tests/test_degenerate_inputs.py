@@ -21,7 +21,7 @@ import pytest
 from animal_assets import runner
 from animal_assets.core.ds801 import encode_jpeg, new_image_id, write_ds801
 from tests.fixtures import image_paths, make_dataset
-from tests.test_graph import TINY, make_defs, sqlite_instance
+from tests.graph import TINY, make_defs, sqlite_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 UP_TO_VAL = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split"]

@@ -1,5 +1,6 @@
 """The same input, seed and config give byte-identical exports and the same decisions across two
-separate materializations, each on its own Dagster instance and into its own output folder."""
+separate materializations, each on its own Dagster instance and into its own output folder (the
+first is the session's whole tiny graph, the second runs up to the exports)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +11,9 @@ import pandas as pd
 import pytest
 
 from animal_assets import runner
-from animal_assets.core.demo import make_demo_dataset
 from animal_assets.core.steps import ZIP_DATE_TIME
 from tests.fixtures import tree_hashes
-from tests.test_graph import TINY, make_defs, sqlite_instance
+from tests.graph import TINY, make_defs, sqlite_instance
 
 # everything up to the deliverable; training is not part of the exports compared here
 THROUGH_EXPORTS = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
@@ -21,21 +21,18 @@ THROUGH_EXPORTS = ["raw_images", "embeddings", "ood_scores", "clean_labels", "va
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    """The tiny demo, materialized twice into two output folders; returns both output roots."""
-    tmp = tmp_path_factory.mktemp("determinism")
-    dataset = make_demo_dataset(tmp / "demo", seed=0, size="tiny").dataset_dir
+def two_runs(tiny_graph, tmp_path_factory):
+    """The session's tiny graph and a second materialization of the same input into an output
+    folder and instance of its own; returns both output roots."""
+    dataset = tiny_graph.dataset
     before = tree_hashes(dataset)
-    outs = []
-    for name in ("first", "second"):
-        run_dir = tmp / name
-        run_dir.mkdir()
-        summary = runner.run(config=TINY, instance=sqlite_instance(run_dir),
-                             defs=make_defs(run_dir, str(dataset)), select=THROUGH_EXPORTS)
-        assert all(v == "passed" for v in summary["checks"].values()), summary["checks"]
-        outs.append(run_dir / "out")
+    run_dir = tmp_path_factory.mktemp("determinism")
+    truth = tiny_graph.defs.resources["dataset"].truth_path
+    summary = runner.run(config=TINY, instance=sqlite_instance(run_dir),
+                         defs=make_defs(run_dir, str(dataset), truth=truth), select=THROUGH_EXPORTS)
+    assert all(v == "passed" for v in summary["checks"].values()), summary["checks"]
     assert tree_hashes(dataset) == before
-    return outs
+    return [tiny_graph.tmp / "out", run_dir / "out"]
 
 
 @pytest.mark.parametrize("rel", [

@@ -47,7 +47,8 @@ def test_embeddings_stage_embeds_only_new_images(tmp_path):
     np.testing.assert_allclose(np.load(cold.path), np.load(fresh.path), rtol=0, atol=1e-5)
     # a second dataset: the first one's 10 images plus 6 others
     second_dir = make_dataset(tmp_path, n=6, k=2, seed=1, name="b")
-    import shutil, json
+    import shutil
+    import json
     for img in (first_root := make_dataset(tmp_path, n=10, k=2, seed=0, name="a2")).joinpath("imgs").iterdir():
         shutil.copy(img, second_dir / "imgs" / img.name)
     labels = json.loads((second_dir / "data-labels.json").read_text())

@@ -3,7 +3,6 @@ runs, staleness after an input or code change, and the real DS801 archive."""
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -14,51 +13,19 @@ import pytest
 
 from animal_assets import runner
 from animal_assets.assets import PIPELINE_ASSETS, resnet34_model
-from animal_assets.core.demo import make_demo_dataset
 from animal_assets.core.formats import validate_ds801_folder
-from animal_assets.definitions import build_defs
-from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
 from tests.fixtures import REAL_DS801, image_bytes, make_dataset
-
-NAMES = [a.key.to_user_string() for a in PIPELINE_ASSETS]
-TINY = {"ops": {
-    "embeddings": {"config": {"image_size": 64, "batch_size": 64}},
-    "ood_scores": {"config": {"fraction": 0.06}},
-    "clean_labels": {"config": {"n_folds": 3}},
-    "val_split": {"config": {"per_class": 3}},
-    "resnet34_model": {"config": {"epochs": 1, "batch_size": 32, "max_lr": 0.05}},
-}}
-
-
-def make_defs(tmp_path: Path, dataset: str = "", *, truth: str = "", assets=None):
-    return build_defs({
-        "storage": StorageResource(root=str(tmp_path / "out")),
-        "dataset": DatasetResource(path=dataset, truth_path=truth, demo_size="tiny"),
-        "compute": DeviceResource(device="cpu"),
-    }, assets=assets)
-
-
-def sqlite_instance(tmp_path: Path) -> dg.DagsterInstance:
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    return dg.DagsterInstance.local_temp(str(home))
+from tests.graph import NAMES, TINY, fork, make_defs, sqlite_instance
 
 
 @pytest.fixture(scope="module")
-def materialized(tmp_path_factory):
-    """The tiny demo dataset copied to a folder of its own, the whole graph materialized once."""
-    tmp = tmp_path_factory.mktemp("graph")
-    demo = make_demo_dataset(tmp / "demo", seed=0, size="tiny")
-    dataset = tmp / "input"
-    shutil.copytree(demo.dataset_dir, dataset)
-    instance = sqlite_instance(tmp)
-    defs = make_defs(tmp, str(dataset), truth=str(demo.truth_path))
-    summary = runner.run(config=TINY, instance=instance, defs=defs)
-    return tmp, instance, defs, dataset, summary
+def forked(tiny_graph, tmp_path_factory):
+    """A copy of the tiny graph that the tests below change, in order."""
+    return fork(tiny_graph, tmp_path_factory.mktemp("graph-fork"))
 
 
-def test_whole_graph_materializes_with_every_check_passing(materialized):
-    tmp, instance, _, dataset, summary = materialized
+def test_whole_graph_materializes_with_every_check_passing(tiny_graph):
+    tmp, instance, _, dataset, summary = tiny_graph
     assert sorted(summary["assets"]) == sorted(NAMES)
     assert summary["checks"] and all(v == "passed" for v in summary["checks"].values()), summary
     assert 0.0 <= summary["val_balanced_accuracy"] <= 1.0
@@ -69,8 +36,8 @@ def test_whole_graph_materializes_with_every_check_passing(materialized):
         assert instance.get_latest_materialization_event(dg.AssetKey(name)) is not None
 
 
-def test_the_report_is_written_before_the_ablation_starts(materialized):
-    _, instance, _, _, summary = materialized
+def test_the_report_is_written_before_the_ablation_starts(tiny_graph):
+    _, instance, _, _, summary = tiny_graph
     order = [(e.dagster_event.event_type_value, e.step_key)
              for e in instance.all_logs(summary["run_id"]) if e.dagster_event is not None]
     report_done = order.index(("STEP_SUCCESS", "eval_report"))
@@ -78,8 +45,8 @@ def test_the_report_is_written_before_the_ablation_starts(materialized):
     assert report_done < ablation_start
 
 
-def test_exports_pass_the_format_rules_and_add_up(materialized):
-    tmp, *_ = materialized
+def test_exports_pass_the_format_rules_and_add_up(tiny_graph):
+    tmp, *_ = tiny_graph
     out = tmp / "out"
     train, val = out / "balanced_train" / "train" / "ds801", out / "val_split" / "ds801"
     assert validate_ds801_folder(train) == []
@@ -105,8 +72,8 @@ def _bumped_model_defs(tmp: Path, dataset: Path):
     return make_defs(tmp, str(dataset), assets=assets)
 
 
-def test_changing_only_the_model_code_leaves_cleaning_synced(materialized):
-    tmp, instance, defs, dataset, _ = materialized
+def test_changing_only_the_model_code_leaves_cleaning_synced(forked):
+    tmp, instance, defs, dataset, _ = forked
     bumped = _bumped_model_defs(tmp, dataset)
     status = runner.sync_status(instance, bumped)
     assert status["resnet34_model"] == "unsynced"
@@ -126,8 +93,8 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(materialized):
     assert set(runner.sync_status(instance, bumped).values()) == {"synced"}
 
 
-def test_changing_the_labels_file_marks_everything_unsynced(materialized):
-    tmp, instance, _, dataset, _ = materialized
+def test_changing_the_labels_file_marks_everything_unsynced(forked):
+    tmp, instance, _, dataset, _ = forked
     defs = _bumped_model_defs(tmp, dataset)
     runner.run(config=TINY, instance=instance, defs=defs, unsynced=True)  # no-op after the test above
     assert set(runner.sync_status(instance, defs).values()) == {"synced"}

@@ -1,14 +1,16 @@
 """Hostile and awkward runs: the input is never lost, a failure is one line, validation is early.
 
-Every command-line case runs ``animal-assets run`` in a subprocess on a seeded fixture and checks
-the same things: the exit code; exactly one ``animal-assets:`` line on stderr, naming the path
-and the rule, with no traceback or Dagster stack trace; the input byte-identical afterwards;
+Every command-line case runs ``animal-assets run`` on a seeded fixture, in a subprocess or, for
+runs that reach the graph, through its entry function in this process, and checks the same
+things: the exit code; exactly one ``animal-assets:`` line on stderr, naming the path and the
+rule, with no traceback or Dagster stack trace; the input byte-identical afterwards;
 nothing written outside the output folder (and the Dagster home); no temporary file left; and
 every Dagster run of the instance ended (a failed one as FAILURE, none left STARTED).
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -27,10 +29,11 @@ from animal_assets.core.config import params_from_run_config
 from animal_assets.core.ds801 import derived_image_id, write_ds801
 from animal_assets.core.formats import decode_image
 from animal_assets.core.ingest import DatasetError, read_dataset
+from animal_assets.core.preflight import ENV
 from animal_assets.core.review import ReviewError, read_review
 from tests.fixtures import image_paths, labels_of, make_archive, make_dataset, tree_hashes
 from tests.test_degenerate_inputs import _coloured
-from tests.test_graph import TINY
+from tests.graph import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ("out", "home")  # what a run may write: the output folder and the Dagster home
@@ -50,14 +53,42 @@ def _leftovers(*folders: Path) -> list[str]:
             if p.name.endswith((".tmp", ".old"))]
 
 
-def _cli(tmp_path: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def _home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return home
+
+
+def _cli(tmp_path: Path, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """``animal-assets run ARGS`` in a subprocess, in ``tmp_path``, with its own Dagster home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANIMAL_ASSETS_")}
-    env.update(DAGSTER_HOME=str(home), PYTHONPATH=str(ROOT), **(env_extra or {}))
+    env.update(DAGSTER_HOME=str(_home(tmp_path)), PYTHONPATH=str(ROOT), **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "animal_assets.cli", "run", *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _cli_in_process(tmp_path: Path, *args: str,
+                    env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """What :func:`_cli` does, through the command's entry function in this process: the same
+    folder, environment and exit code, stdout and stderr captured (for runs that reach the
+    graph, which would spend most of a subprocess on its imports)."""
+    from animal_assets import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for var in {*ENV.values(), *(k for k in os.environ if k.startswith("ANIMAL_ASSETS_"))}:
+            patch.delenv(var, raising=False)  # the command sets some: all unset again afterwards
+        for var, value in {"DAGSTER_HOME": str(_home(tmp_path)), **(env_extra or {})}.items():
+            patch.setenv(var, value)
+        patch.chdir(tmp_path)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(["run", *args])
+            except SystemExit as exit_:
+                code = exit_.code
+    return subprocess.CompletedProcess(["animal-assets", "run", *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def _run_statuses(tmp_path: Path) -> list[dg.DagsterRunStatus]:
@@ -176,7 +207,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_a_failed_run(tmp_path, smal
     dataset = make_dataset(tmp_path, n=100, k=3)
     with refused(tmp_path, str(small_fs / "raw_images"), "not enough free space",
                  "bytes", pipeline_ran=True) as box:
-        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(small_fs),
+        box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output", str(small_fs),
                            "--select", "raw_images")
     assert _leftovers(small_fs) == [] and not (small_fs / "raw_images").exists()
     assert _run_statuses(tmp_path)[0] == dg.DagsterRunStatus.FAILURE  # the newest run
@@ -290,7 +321,7 @@ def test_a_refusal_comes_before_torch_dagster_or_the_instance(tmp_path, case):
 
 
 def test_the_first_asset_runs_the_same_preflight_for_runs_launched_from_the_ui(tmp_path):
-    from tests.test_graph import make_defs, sqlite_instance
+    from tests.graph import make_defs, sqlite_instance
 
     dataset = make_dataset(tmp_path, n=12, k=3)
     truth = _truth(tmp_path / "truth.json", _truth_of(dataset, true=7))
@@ -348,7 +379,7 @@ def test_too_few_usable_images_stop_at_raw_images(tmp_path, case):
     else:
         parts = ("only 6 usable images (0 quarantined", "at least 11")
     with refused(tmp_path, str(dataset), *parts, pipeline_ran=True) as box:
-        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
+        box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
                            "--no-progress")
     assert "step raw_images failed" in box["line"]
 
@@ -359,7 +390,7 @@ def test_a_second_run_on_a_busy_output_folder_is_refused_naming_the_first(tmp_pa
     out = tmp_path / "out"
     with output_lock(out, holder="run 1234-abcd (pid 42)"):
         with refused(tmp_path, str(out), "in use by run 1234-abcd (pid 42)") as box:
-            box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(out),
+            box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output", str(out),
                                "--select", "raw_images")
     assert sorted(p.name for p in out.iterdir()) == [".animal-assets.lock"]
 
@@ -368,7 +399,7 @@ def test_a_second_run_on_a_busy_output_folder_is_refused_naming_the_first(tmp_pa
 def test_a_tilde_in_a_path_is_the_home_folder(tmp_path):
     dataset = make_dataset(tmp_path, n=12, k=3)
     before = tree_hashes(dataset)
-    proc = _cli(tmp_path, "--dataset", "~/ds", "--output", "~/out", "--select", "raw_images",
+    proc = _cli_in_process(tmp_path, "--dataset", "~/ds", "--output", "~/out", "--select", "raw_images",
                 env_extra={"HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "raw_images" / "images.npy").is_file()
@@ -538,7 +569,7 @@ def test_archive_cases_on_the_command_line(tmp_path, case):
     else:
         archive = make_archive(folder, "zip", dest=tmp_path / "data.tar.gz")
         before = tree_hashes(tmp_path / "src")
-        proc = _cli(tmp_path, "--dataset", str(archive), *args)
+        proc = _cli_in_process(tmp_path, "--dataset", str(archive), *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
         raw = json.loads((tmp_path / "out" / "raw_images" / "raw.json").read_text())
         assert raw["n_usable"] == 12 and raw["source"] == str(archive)
@@ -547,7 +578,7 @@ def test_archive_cases_on_the_command_line(tmp_path, case):
         return
     with refused(tmp_path, *parts, pipeline_ran=True) as box:
         start = time.perf_counter()
-        box["proc"] = _cli(tmp_path, "--dataset", str(archive), *args)
+        box["proc"] = _cli_in_process(tmp_path, "--dataset", str(archive), *args)
         assert time.perf_counter() - start < 120
 
 
@@ -586,7 +617,7 @@ def test_the_images_an_exif_orientation_turned_are_counted(tmp_path):
     from PIL import Image
 
     from animal_assets.core.ingest import load_raw_images, open_raw, summary
-    from tests.test_graph import make_defs, sqlite_instance
+    from tests.graph import make_defs, sqlite_instance
 
     dataset = make_dataset(tmp_path, n=12, k=3)
     target = image_paths(dataset)[0]

@@ -8,7 +8,7 @@ import numpy as np
 
 from animal_assets.core.demo import make_demo_dataset
 from animal_assets.core.pipeline import main
-from tests.test_graph import NAMES, TINY
+from tests.graph import NAMES, TINY
 
 REPO = Path(__file__).resolve().parents[1]
 

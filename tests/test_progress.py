@@ -11,7 +11,7 @@ import pytest
 from animal_assets import runner
 from animal_assets.assets import _progress, _training_progress
 from animal_assets.core.demo import make_demo_dataset
-from tests.test_graph import TINY, make_defs, sqlite_instance
+from tests.graph import TINY, make_defs, sqlite_instance
 
 
 class Log:

@@ -15,7 +15,7 @@ from animal_assets.core import review
 from animal_assets.core.steps import CleanLabels
 from animal_assets.definitions import build_defs
 from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
-from tests.test_graph import TINY, sqlite_instance
+from tests.graph import TINY, sqlite_instance
 
 K = 3
 NAMES = ["cat", "lynx", "wolf"]
