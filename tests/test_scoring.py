@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from animal_assets.core.family import CELLS, EXTRA, GRID, bars, score_cell, table
+from animal_assets.core.family import CELLS, EXTRA, GRID, QUICK, bars, score_cell, select_runs, table
 from animal_assets.core.scoring import cleaning_scores, scores_markdown
 
 
@@ -69,6 +69,25 @@ def test_the_grid_has_sixteen_distinct_cells_within_the_noise_cap():
             spec = settings_from_dict(cell.spec, seed=seed, where=cell.name)[0].spec
             rates = spec.pair_rates(6) + spec.symmetric_flip_rate
             assert rates.max() <= 0.45 + 1e-9, cell.name
+
+
+def test_the_quick_preset_is_six_runs_of_the_full_grid_unchanged():
+    full = [(cell.name, seed) for cell, seed in select_runs("all", "0,1")]
+    assert len(full) == 36 and len(set(full)) == 36
+    quick = [(cell.name, seed) for cell, seed in select_runs(preset="quick")]
+    assert quick == list(QUICK) and len(set(quick)) == 6 and set(quick) <= set(full)
+    assert {cell.spec is CELLS[cell.name].spec for cell, _ in select_runs(preset="quick")} == {True}
+    named = select_runs("standard,bal-pair30-sym00-ood05", "1,0")
+    assert [(c.name, s) for c, s in named] == [("standard", 1), ("standard", 0),
+                                               ("bal-pair30-sym00-ood05", 1),
+                                               ("bal-pair30-sym00-ood05", 0)]
+
+
+def test_unknown_cells_and_presets_are_refused():
+    with pytest.raises(ValueError, match=r"unknown cells \['nope'\]"):
+        select_runs("standard,nope", "0")
+    with pytest.raises(ValueError, match="unknown preset 'slow'"):
+        select_runs(preset="slow")
 
 
 def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
