@@ -51,7 +51,7 @@ def worker(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 training images, 32 to embed")
+    parser.add_argument("--quick", action="store_true", help="32 training images, 64 to embed")
     parser.add_argument("--n", type=int, default=512, help="training images (embedding: 2x)")
     parser.add_argument("--batch-size", type=int, default=128, help="training batch")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs; the last is timed")
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.n, args.batch_size, args.epochs, args.sizes = 64, 32, 1, "64"
+        args.n, args.batch_size, args.epochs, args.sizes = 32, 16, 1, "64"
     if args.worker:
         worker(args)
         return

@@ -13,7 +13,7 @@ first, so that neither method pays for reading the CUDA libraries from disk.
 
     python benchmarks/bench_train.py                  # n=2048 on a CPU, n=30000 on a GPU
     python benchmarks/bench_train.py --n 30000 --batch-size 512
-    python benchmarks/bench_train.py --quick          # 256 images, batch 64
+    python benchmarks/bench_train.py --quick          # 64 images, batch 32
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def run_baseline(data_dir: Path, batch_size: int, device: str, workers: int, epo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256 images, batch 64")
+    parser.add_argument("--quick", action="store_true", help="64 images, batch 32")
     parser.add_argument("--n", type=int, help="images; default 30000 on a GPU, 2048 on a CPU")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--images", help="an (N, 64, 64, 3) uint8 .npy file; the first n are used")
@@ -146,8 +146,8 @@ def main() -> None:
     device = _common.pick_device(args.device)
     on_cuda = device.startswith("cuda")
     workers = args.workers if args.workers is not None else (8 if on_cuda else 2)
-    n = 256 if args.quick else (args.n or (30000 if on_cuda else 2048))
-    batch_size = 64 if args.quick else args.batch_size
+    n = 64 if args.quick else (args.n or (30000 if on_cuda else 2048))
+    batch_size = 32 if args.quick else args.batch_size
     if args.worker == "warmup":
         # Reads the CUDA libraries (cuDNN, cuBLAS) into the page cache, so the method that runs
         # first does not pay for loading them from disk in its timed first epoch.
