@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from animal_assets.core import steps
-from animal_assets.core.atomic import DiskFullError, output_lock, save_npy
+from animal_assets.core.atomic import DiskFullError, OutputBusyError, output_lock, save_npy
 from animal_assets.core.config import params_from_run_config
 from animal_assets.core.ds801 import derived_image_id, write_ds801
 from animal_assets.core.formats import decode_image
@@ -382,6 +382,43 @@ def test_too_few_usable_images_stop_at_raw_images(tmp_path, case):
         box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
                            "--no-progress")
     assert "step raw_images failed" in box["line"]
+
+
+# --------------------------------------------------------------------------------------------
+# links: the tool never follows a link out of the output folder
+
+
+@pytest.mark.parametrize("link", ["lock_file", "asset_folder"])
+def test_a_link_inside_the_output_folder_is_refused_and_its_target_left_alone(tmp_path, link):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "victim.txt").write_text("someone's work\n")
+    if link == "lock_file":
+        (out / ".animal-assets.lock").symlink_to(elsewhere / "victim.txt")
+        parts = (str(out / ".animal-assets.lock"), "lock file is a symbolic link")
+    else:
+        (out / "raw_images").symlink_to(elsewhere)
+        parts = (str(out / "raw_images"), "asset folder is a symbolic link",
+                 f"--output {elsewhere}")
+    with refused(tmp_path, *parts) as box:  # the target's bytes are part of what must not change
+        box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(out),
+                           "--select", "raw_images")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
+    assert (out / ("raw_images" if link == "asset_folder" else ".animal-assets.lock")).is_symlink()
+
+
+def test_the_lock_never_follows_a_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone's work\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".animal-assets.lock").symlink_to(victim)
+    with pytest.raises(OutputBusyError, match="lock file is a symbolic link"):
+        with output_lock(tmp_path / "out", holder="run x"):
+            pass
+    assert victim.read_text() == "someone's work\n"
 
 
 @pytest.mark.slow

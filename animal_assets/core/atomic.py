@@ -155,12 +155,19 @@ def output_lock(folder: str | os.PathLike, *, holder: str) -> Iterator[Path]:
     Raises
     ------
     OutputBusyError
-        When another process holds the lock.
+        When another process holds the lock, or the lock file is a symbolic link (never followed).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # O_NOFOLLOW: a link planted as the lock file would have its target truncated
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise OutputBusyError(f"{path}: the output folder's lock file is a symbolic link, and the "
+                              "tool never follows a link out of the output folder; remove it") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

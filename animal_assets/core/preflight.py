@@ -9,7 +9,9 @@ calls it again, so a run launched from the UI gets the same checks. It reads onl
 - **overlap**: no folder the graph writes or replaces (``OUT/<asset>``) may contain or be an
   input (the dataset, the test set, the truth file, the review file), and the output folder may
   not lie inside an input, since creating it would already modify that input;
-- **output**: the output folder is a folder (or can be made) on a writable file system;
+- **output**: the output folder is a folder (or can be made) on a writable file system, and
+  neither its asset folders nor its lock file is a symbolic link (the tool never follows a link
+  out of the output folder);
 - **test set**: it exists and its labels have the dataset's K;
 - **truth file**: it parses with the dataset's K and at least one of its ids is in the dataset;
 - **review file**: it exists and every row has as many fields as its header (the rules that
@@ -25,6 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from animal_assets.core.atomic import LOCK_FILE
 from animal_assets.core.ingest import peek_labels
 
 #: The folders the graph writes or replaces under the output folder, one per asset.
@@ -159,14 +162,24 @@ def _writable_folder(path: Path, what: str) -> None:
 
 
 def check_output(output: str | os.PathLike, *, summary_json: str | os.PathLike | None = None) -> None:
-    """Refuse an output folder that is a file or not writable, and a summary path that is a
-    folder or cannot be written.
+    """Refuse an output folder that is a file or not writable, or whose asset folders or lock
+    file are symbolic links, and a summary path that is a folder or cannot be written.
 
     Raises
     ------
     InputError
     """
-    _writable_folder(expand(output), "output folder")
+    out = expand(output)
+    _writable_folder(out, "output folder")
+    for name in OUTPUT_FOLDERS:
+        if (out / name).is_symlink():
+            raise InputError(
+                f"{out / name}: the asset folder is a symbolic link, and the tool never follows a "
+                "link out of the output folder; remove the link and give the folder on the other "
+                f"disk as the output folder instead (--output {os.readlink(out / name)})")
+    if (out / LOCK_FILE).is_symlink():
+        raise InputError(f"{out / LOCK_FILE}: the output folder's lock file is a symbolic link, "
+                         "and the tool never follows a link out of the output folder; remove it")
     if summary_json:
         target = expand(summary_json)
         if target.is_dir():
