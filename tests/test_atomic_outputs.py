@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from animal_assets import runner
+from animal_assets.core.atomic import atomic_dir, write_json
 from animal_assets.core.formats import validate_ds801_folder
 from tests.fixtures import tree_hashes
 from tests.graph import TINY, fork, make_defs, sqlite_instance
@@ -152,3 +153,31 @@ def test_a_rerun_succeeds_and_clears_the_leftover(rerun):
 
 def test_the_rerun_writes_the_same_bytes(rerun, first_run):
     assert rerun[1] == first_run[2]
+
+
+@pytest.fixture
+def umask(request):
+    before = os.umask(request.param)
+    yield request.param
+    os.umask(before)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], indirect=True)
+def test_atomic_writes_honour_the_umask(tmp_path, umask):
+    with atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "inside.txt").write_text("x")
+    write_json(tmp_path / "file.json", {"a": 1})
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "folder" / "inside.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "file.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_the_deliverables_are_readable_by_others_under_umask_022(tiny_graph):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    out = tiny_graph.tmp / "out"
+    for rel in ("val_split/ds801", "balanced_train/train/ds801", "val_split/ds801/data-labels.json",
+                "balanced_train/ds801-clean.zip", "raw_images/images.npy"):
+        mode = (out / rel).stat().st_mode & 0o777
+        expected = (0o777 if (out / rel).is_dir() else 0o666) & ~mask
+        assert mode == expected, (rel, oct(mode))

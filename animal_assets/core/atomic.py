@@ -1,7 +1,8 @@
 """Atomic file and folder writes, free-space checks and the output folder's lock.
 
 Every output of the pipeline is written to a temporary sibling first and moved into place with
-``os.replace``, so a run killed midway leaves the previous output intact. A write that runs out
+``os.replace``, so a run killed midway leaves the previous output intact; the result has the
+permissions the umask gives a new file or folder, as if written in place. A write that runs out
 of space removes its temporary file or folder and raises :class:`DiskFullError`, one line naming
 the path and the bytes it needed. One run at a time holds an output folder's lock
 (:func:`output_lock`).
@@ -60,6 +61,13 @@ def ensure_free_space(path: str | os.PathLike, needed: int) -> None:
                                           "some space or choose another output folder")
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: Python has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary file path that replaces ``path`` when the block exits cleanly.
@@ -69,6 +77,7 @@ def atomic_path(path: str | os.PathLike, *, needed: int | None = None) -> Iterat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a result honours the umask
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -102,6 +111,7 @@ def atomic_dir(path: str | os.PathLike, *, needed: int | None = None) -> Iterato
     if old.exists() and not path.exists():
         os.replace(old, path)  # a previous swap was interrupted between its two renames
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a result honours the umask
     try:
         yield tmp
         if path.exists():
