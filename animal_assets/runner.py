@@ -101,9 +101,9 @@ def run(
     observe_first: bool = True, progress: ProgressBar | None = None,
     summary_json: str | None = None, precision: str | None = None,
 ) -> dict:
-    """Validate every input (:func:`check_inputs`), observe the input and the review file, then
-    materialize the selected assets (default: all) and their checks under the output folder's
-    lock; ``progress`` is shown as the run goes. ``summary_json`` is where the caller will
+    """Validate every input (:func:`check_inputs`), take the output folder's lock, then observe
+    the input and the review file and materialize the selected assets (default: all) and their
+    checks; ``progress`` is shown as the run goes. ``summary_json`` is where the caller will
     write the summary (validated with the rest). ``precision`` (``auto``, ``fp32``, ``bf16``)
     overrides the run config's for the encoder and the trainer.
 
@@ -113,6 +113,24 @@ def run(
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
     check_inputs(defs, summary_json=summary_json)
+    names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
+    unknown = set(select or []) - set(names)
+    if unknown:
+        raise RunFailed(f"unknown asset(s) {sorted(unknown)}; the assets are {names}")
+    run_id = str(uuid.uuid4())
+    try:
+        # The lock comes first: a run refused on a busy output folder observes nothing.
+        with output_lock(defs.resources["storage"].path(),
+                         holder=f"run {run_id} (pid {os.getpid()})"):
+            return _run_locked(
+                run_id, config=config, select=select, unsynced=unsynced, instance=instance,
+                defs=defs, observe_first=observe_first, progress=progress, precision=precision)
+    except OutputBusyError as err:
+        raise RunFailed(str(err)) from None
+
+
+def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observe_first, progress,
+                precision) -> dict:
     if observe_first:
         observe(instance, defs)
     names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
@@ -120,9 +138,6 @@ def run(
         select = [n for n, s in sync_status(instance, defs).items() if s != "synced"]
         if not select:
             return {"assets": {}, "message": "every asset is synced; nothing to do"}
-    unknown = set(select or []) - set(names)
-    if unknown:
-        raise RunFailed(f"unknown asset(s) {sorted(unknown)}; the assets are {names}")
     run_config = config if isinstance(config, dict) else load_run_config(config)
     if precision is not None:
         run_config = with_precision(run_config, precision)
@@ -134,19 +149,13 @@ def run(
         ops = {k: v for k, v in run_config.get("ops", {}).items() if k in select}
         run_config = {**run_config, "ops": ops}
     run_config = {**_QUIET, **run_config}
-    run_id = str(uuid.uuid4())
     if progress is not None:
         progress.begin(select or names)
         instance.add_event_listener(run_id, progress)
         run_config = {**run_config, "loggers": {"console": {"config": {
             "log_level": progress.console_level}}}}
-    storage = defs.resources["storage"]
-    try:
-        with output_lock(storage.path(), holder=f"run {run_id} (pid {os.getpid()})"):
-            result = job.execute_in_process(instance=instance, run_config=run_config,
-                                            raise_on_error=False, run_id=run_id, tags=tags)
-    except OutputBusyError as err:
-        raise RunFailed(str(err)) from None
+    result = job.execute_in_process(instance=instance, run_config=run_config,
+                                    raise_on_error=False, run_id=run_id, tags=tags)
     if progress is not None:
         progress.finish(result.success)
     if not result.success:

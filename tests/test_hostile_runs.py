@@ -428,8 +428,9 @@ def test_a_second_run_on_a_busy_output_folder_is_refused_naming_the_first(tmp_pa
     with output_lock(out, holder="run 1234-abcd (pid 42)"):
         with refused(tmp_path, str(out), "in use by run 1234-abcd (pid 42)") as box:
             box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output", str(out),
-                               "--select", "raw_images")
+                                          "--select", "raw_images")
     assert sorted(p.name for p in out.iterdir()) == [".animal-assets.lock"]
+    assert _run_statuses(tmp_path) == []  # refused before observing: nothing recorded
 
 
 @pytest.mark.slow
