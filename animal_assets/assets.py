@@ -41,11 +41,11 @@ from animal_assets.configs import (
 )
 from animal_assets.core import media, review, steps
 from animal_assets.core.ingest import (
+    MIN_USABLE_IMAGES,
     RawImages,
     dataset_fingerprint,
     load_raw_images,
     read_dataset,
-    require_usable,
     summary,
 )
 from animal_assets.core.profiling import measure
@@ -195,13 +195,12 @@ def raw_images(
     dataset.check(storage)
     path, _ = dataset.resolve(storage)
     with measure() as stats:
+        # too few usable images stop the step before the previous raw_images is replaced;
+        # with a broken format rule the blocking checks speak instead
         raw = read_dataset(
             path, storage.path("raw_images"), format_policy=config.format_policy,
-            decode_policy=config.decode_policy,
+            decode_policy=config.decode_policy, minimum=MIN_USABLE_IMAGES,
         )
-    if not raw.blocking:
-        # with a broken format rule the blocking checks speak instead
-        require_usable(raw)
     info = summary(raw)
     violations = json.loads(Path(raw.violations_path).read_text())
     context.log.info(f"read {raw.n_input_files} files from {path}: {raw.n_usable} usable")

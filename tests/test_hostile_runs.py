@@ -378,10 +378,17 @@ def test_too_few_usable_images_stop_at_raw_images(tmp_path, case):
         parts = ("only 0 usable images (12 quarantined: 12 image_decodes", "at least 11")
     else:
         parts = ("only 6 usable images (0 quarantined", "at least 11")
+    # a good earlier raw_images in the same output folder outlives the failed step
+    good = make_dataset(tmp_path, n=12, k=3, seed=5, name="good")
+    first = _cli_in_process(tmp_path, "--dataset", str(good), "--output", str(tmp_path / "out"),
+                            "--select", "raw_images", "--no-progress")
+    assert first.returncode == 0, first.stderr[-3000:]
+    earlier = tree_hashes(tmp_path / "out" / "raw_images")
     with refused(tmp_path, str(dataset), *parts, pipeline_ran=True) as box:
-        box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
-                           "--no-progress")
+        box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output",
+                                      str(tmp_path / "out"), "--no-progress")
     assert "step raw_images failed" in box["line"]
+    assert tree_hashes(tmp_path / "out" / "raw_images") == earlier
 
 
 # --------------------------------------------------------------------------------------------

@@ -385,6 +385,7 @@ def read_dataset(
     *,
     format_policy: str = "strict",
     decode_policy: str = "quarantine",
+    minimum: int | None = None,
 ) -> RawImages:
     """Read and check a DS801 dataset, writing its usable images and a manifest to ``out_dir``.
 
@@ -401,6 +402,10 @@ def read_dataset(
         ``strict``: a broken format rule sets ``blocking``; ``quarantine``: only its files are set aside.
     decode_policy : {"strict", "quarantine"}
         The same for images that do not decode as 64x64 RGB JPEG.
+    minimum : int, optional
+        The fewest usable images the caller can work on. Fewer (with no blocking violation, which
+        the caller's checks report instead) raise before anything is written, so ``out_dir``
+        keeps what an earlier read put there.
 
     Returns
     -------
@@ -409,9 +414,10 @@ def read_dataset(
     Raises
     ------
     DatasetError
-        Only when nothing can be read: a missing path, an unsupported file type, a damaged
-        archive, no ``data-labels.json``, several wrapping folders, or no images and no labels.
-        Every other problem is a violation listed in the outputs.
+        When nothing can be read: a missing path, an unsupported file type, a damaged archive,
+        no ``data-labels.json``, several wrapping folders, or no images and no labels; and when
+        fewer than ``minimum`` images are usable. Every other problem is a violation listed in
+        the outputs.
     """
     rules = blocking_rules(format_policy, decode_policy)
     src, out = Path(path).expanduser().resolve(), Path(out_dir).expanduser().resolve()
@@ -435,6 +441,9 @@ def read_dataset(
         fingerprint=dataset_fingerprint(src), format_policy=format_policy, decode_policy=decode_policy,
         n_exif_transposed=sum(r["_exif_transposed"] for r in usable),
     )
+    if minimum is not None and not raw.blocking and len(usable) < minimum:
+        _too_few(raw, n_quarantined=sum(r["status"] == "quarantined" for r in rows),
+                 reasons=Counter(r["reason"] for r in rows if r["reason"]), minimum=minimum)
     shape = (len(usable), IMAGE_SIZE, IMAGE_SIZE, 3)
     # the arrays, the original JPEG bytes and a margin for the manifest and the small files
     needed = (int(np.prod(shape)) + sum(len(r["_data"]) for r in usable) + 256 * len(rows)
@@ -508,17 +517,11 @@ def peek_labels(path: str | os.PathLike) -> LabelTable | None:
 MIN_USABLE_IMAGES = 11
 
 
-def require_usable(raw: RawImages, *, minimum: int = MIN_USABLE_IMAGES) -> None:
-    """Raise :class:`DatasetError` when fewer than ``minimum`` images are usable, with one line
-    giving the usable and quarantined counts and the reasons."""
-    if raw.n_usable >= minimum:
-        return
-    info = summary(raw)
-    reasons = ", ".join(f"{n} {reason}" for reason, n in info["reasons"].items())
+def _too_few(raw: RawImages, *, n_quarantined: int, reasons: dict, minimum: int) -> None:
+    listed = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
     raise DatasetError(
-        f"{raw.source}: only {raw.n_usable} usable images ({info['n_quarantined']} quarantined"
-        f"{': ' + reasons if reasons else ''}; see {raw.manifest_path}); the graph needs at "
-        f"least {minimum}")
+        f"{raw.source}: only {raw.n_usable} usable images ({n_quarantined} quarantined"
+        f"{': ' + listed if listed else ''}); the graph needs at least {minimum}")
 
 
 def open_raw(out_dir: str | os.PathLike) -> RawImages:

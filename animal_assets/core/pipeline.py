@@ -21,7 +21,7 @@ from pathlib import Path
 from animal_assets.core import steps
 from animal_assets.core.config import load_run_config, params_from_run_config
 from animal_assets.core.atomic import OutputBusyError, output_lock, write_json
-from animal_assets.core.ingest import DatasetError, read_dataset, require_usable
+from animal_assets.core.ingest import MIN_USABLE_IMAGES, DatasetError, read_dataset
 from animal_assets.core.preflight import expand, preflight
 from animal_assets.core.profiling import measure
 
@@ -79,10 +79,10 @@ def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, clas
 
     rp = params["raw_images"]
     raw = step("raw_images", read_dataset, dataset, out / "raw_images",
-               format_policy=rp.format_policy, decode_policy=rp.decode_policy)
+               format_policy=rp.format_policy, decode_policy=rp.decode_policy,
+               minimum=MIN_USABLE_IMAGES)
     if raw.blocking:
         raise DatasetError(f"{dataset}: breaks the format rules; see {raw.violations_path}")
-    require_usable(raw, minimum=params["ood_scores"].k + 1)
     emb = step("embeddings", steps.compute_embeddings, raw, out / "embeddings",
                params["embeddings"], device=device)
     ood = step("ood_scores", steps.score_outliers, raw, emb, out / "ood_scores",
