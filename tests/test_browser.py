@@ -278,7 +278,7 @@ def _rendered_edges(graph: dict, names: list[str]) -> set[tuple[str, str]]:
 def test_the_asset_graph_shows_every_asset_and_its_lineage(
     webserver, browser, materialized, shots, timings,
 ):
-    defs = materialized[2]
+    defs = materialized.defs
     expected = _expected_edges(defs)
     names = NAMES + EXTRAS
     start = browser.goto(f"{webserver}/asset-groups")
@@ -364,7 +364,7 @@ def test_an_asset_page_shows_its_galleries_and_plots(
 
 
 def test_metadata_per_asset_is_bounded(materialized, shots):
-    instance = materialized[1]
+    instance = materialized.instance
     sizes = {}
     for name in NAMES:
         event = instance.get_latest_materialization_event(dg.AssetKey(name))
@@ -376,7 +376,7 @@ def test_metadata_per_asset_is_bounded(materialized, shots):
 
 
 def test_the_run_log_has_the_progress_of_training(materialized):
-    instance = materialized[1]
+    instance = materialized.instance
     event = instance.get_latest_materialization_event(dg.AssetKey("resnet34_model"))
     messages = [e.user_message for e in instance.all_logs(event.run_id)
                 if e.step_key == "resnet34_model" and not e.is_dagster_event]
