@@ -14,8 +14,11 @@ the environment (``ANIMAL_ASSETS_DATASET``, ``ANIMAL_ASSETS_TRUTH``, ``ANIMAL_AS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from animal_assets.core.preflight import ENV, RunInputs, expand
@@ -45,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", help="write a run summary (per-asset time, memory, accuracy)")
     run.add_argument("--no-progress", action="store_true",
                      help="no progress line on stderr (the console log shows the steps instead)")
+    run.add_argument("--verbose", action="store_true",
+                     help="also print Dagster's error lines of a failed run (by default a failed "
+                          "run ends with one line; the UI's event log has every error)")
     return parser
 
 
@@ -54,17 +60,85 @@ def _parser() -> argparse.ArgumentParser:
 #: all OSError or ValueError.
 _ONE_LINE = (OSError, ValueError)
 
+#: The exit code of a run that a signal stopped: 128 + the signal's number, as a shell reports it.
+_STOPPED_BY = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _raise_interrupt(signo, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGINT and SIGTERM raise KeyboardInterrupt (Dagster turns them into a failed step while
+    one runs); yields a function that says which of them arrived, if any. It reads the signal
+    wakeup file descriptor, which records every signal whichever Python handler is installed at
+    the time (Dagster installs its own during a run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_hook = sys.unraisablehook
+    seen: list[int] = []
+
+    def unraisable(info) -> None:
+        # An interrupt raised where Python cannot propagate it (a garbage-collection callback)
+        # is lost to the run, but not to the exit code: ``received`` still reports it.
+        if info.exc_type is KeyboardInterrupt or info.exc_type.__name__.endswith("InterruptedError"):
+            return
+        previous_hook(info)
+
+    sys.unraisablehook = unraisable
+
+    def received() -> int | None:
+        try:
+            seen.extend(b for b in os.read(read_fd, 1024) if b in _STOPPED_BY.keys())
+        except BlockingIOError:
+            pass
+        return seen[0] if seen else None
+
+    try:
+        yield received
+    finally:
+        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read_fd)
+        os.close(write_fd)
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        return _main(args)
-    except _ONE_LINE as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
-            text = f"{err.filename}: {text}"
-        print(f"animal-assets: {text}", file=sys.stderr)
-        return 1
+    line, interrupted = None, False
+    with _signals() as received:
+        try:
+            code = _main(args)
+        except KeyboardInterrupt:
+            interrupted = True
+        except _ONE_LINE as err:
+            line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if isinstance(err, OSError) and err.filename and str(err.filename) not in line:
+                line = f"{err.filename}: {line}"
+            code = 1
+        except Exception as err:
+            runner = sys.modules.get("animal_assets.runner")  # imported once a run has started
+            if runner is None or not isinstance(err, runner.RunFailed):
+                raise
+            line, code = str(err), 1
+        signo = received()
+    if signo is not None or interrupted:
+        # also when the run ended anyway (the signal came where Python could not raise it)
+        signo = signo or signal.SIGINT
+        line = (f"interrupted ({signal.Signals(signo).name}); the assets that finished are kept, "
+                "the others are as they were before the run")
+        code = _STOPPED_BY[signo]
+    if line is not None:
+        print(f"animal-assets: {line}", file=sys.stderr)
+    return code
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -81,31 +155,34 @@ def _main(args: argparse.Namespace) -> int:
         RunInputs.from_env().check(summary_json=args.json)
         run_config = load_run_config(args.config)
         params_from_run_config(run_config)
-    os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").absolute()))
+    if not os.environ.get("DAGSTER_HOME"):
+        # the project-local instance, as `make` sets it up: SQLite, no telemetry (runs offline)
+        home = Path(".dagster_home").absolute()
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = str(home)
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
     # Imported after the environment is set: the definitions read it.
     from animal_assets import runner
 
-    try:
-        if args.command == "observe":
-            for name, version in runner.observe().items():
-                print(f"{name} data version: {version}")
-            return 0
-        if args.command == "status":
-            for name, status in runner.sync_status().items():
-                print(f"{name:16s} {status}")
-            return 0
-        summary = runner.run(
-            config=run_config,
-            select=args.select.split(",") if args.select else None,
-            unsynced=args.unsynced, precision=args.precision,
-            progress=None if args.no_progress else runner.ProgressBar(sys.stderr),
-            summary_json=str(expand(args.json)) if args.json else None,
-        )
-    except runner.RunFailed as err:
-        print(f"animal-assets: {err}", file=sys.stderr)
-        return 1
+    if args.command == "observe":
+        for name, version in runner.observe().items():
+            print(f"{name} data version: {version}")
+        return 0
+    if args.command == "status":
+        for name, status in runner.sync_status().items():
+            print(f"{name:16s} {status}")
+        return 0
+    summary = runner.run(
+        config=run_config,
+        select=args.select.split(",") if args.select else None,
+        unsynced=args.unsynced, precision=args.precision,
+        progress=None if args.no_progress else runner.ProgressBar(sys.stderr),
+        summary_json=str(expand(args.json)) if args.json else None,
+        console_errors=args.verbose,
+    )
     if args.json:
         from animal_assets.core.atomic import write_json
 

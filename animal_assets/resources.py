@@ -5,7 +5,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from animal_assets.core.preflight import DEFAULT_OUTPUT, RunInputs, expand, preflight
+from animal_assets.core.preflight import (
+    DEFAULT_OUTPUT, OUTPUT_FOLDERS, RunInputs, claim_asset_folder, expand, preflight,
+)
 
 DEMO_CLASS_NAMES = [str(d) for d in range(10)]
 
@@ -16,6 +18,10 @@ class StorageResource(dg.ConfigurableResource):
     root: str = DEFAULT_OUTPUT
 
     def path(self, *parts: str) -> Path:
+        """``root/parts...``; an asset's folder (``parts[0]``) is checked to be the tool's
+        first (:func:`~animal_assets.core.preflight.claim_asset_folder`)."""
+        if parts and parts[0] in OUTPUT_FOLDERS:
+            claim_asset_folder(self.root, parts[0])
         p = Path(self.root).expanduser().absolute().joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p

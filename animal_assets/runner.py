@@ -99,13 +99,14 @@ def run(
     *, config: str | dict = "default", select: list[str] | None = None, unsynced: bool = False,
     instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
     observe_first: bool = True, progress: ProgressBar | None = None,
-    summary_json: str | None = None, precision: str | None = None,
+    summary_json: str | None = None, precision: str | None = None, console_errors: bool = True,
 ) -> dict:
     """Validate every input (:func:`check_inputs`), take the output folder's lock, then observe
     the input and the review file and materialize the selected assets (default: all) and their
     checks; ``progress`` is shown as the run goes. ``summary_json`` is where the caller will
     write the summary (validated with the rest). ``precision`` (``auto``, ``fp32``, ``bf16``)
-    overrides the run config's for the encoder and the trainer.
+    overrides the run config's for the encoder and the trainer. ``console_errors``: whether the
+    console log prints ERROR records (false: the caller reports a failure in one line).
 
     Raises :class:`RunFailed` with one clear line when an input breaks a rule, another run holds
     the output folder, or a step or a blocking check fails.
@@ -121,16 +122,34 @@ def run(
     try:
         # The lock comes first: a run refused on a busy output folder observes nothing.
         with output_lock(defs.resources["storage"].path(),
-                         holder=f"run {run_id} (pid {os.getpid()})"):
+                         holder=f"run {run_id} (pid {os.getpid()})",
+                         on_stale=lambda holder: fail_stale_run(instance, holder)):
             return _run_locked(
                 run_id, config=config, select=select, unsynced=unsynced, instance=instance,
-                defs=defs, observe_first=observe_first, progress=progress, precision=precision)
+                defs=defs, observe_first=observe_first, progress=progress, precision=precision,
+                console_errors=console_errors)
     except OutputBusyError as err:
         raise RunFailed(str(err)) from None
 
 
+_HOLDER = re.compile(r"run ([0-9a-f-]{36}) \(pid (\d+)\)")
+
+
+def fail_stale_run(instance: dg.DagsterInstance, holder: str) -> None:
+    """Mark failed the run that the lock file names, when it was left started or starting: its
+    process was killed (the lock was free), so it will never report its end itself."""
+    match = _HOLDER.fullmatch(holder)
+    run = instance.get_run_by_id(match.group(1)) if match else None
+    if run is not None and run.status in (dg.DagsterRunStatus.STARTED,
+                                          dg.DagsterRunStatus.STARTING,
+                                          dg.DagsterRunStatus.NOT_STARTED):
+        instance.report_run_failed(run, message=(
+            f"its process (pid {match.group(2)}) ended without finishing: the output folder's "
+            "lock was free when the next run took it"))
+
+
 def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observe_first, progress,
-                precision) -> dict:
+                precision, console_errors) -> dict:
     if observe_first:
         observe(instance, defs)
     names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
@@ -148,12 +167,14 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
         # Dagster rejects config for ops outside the subset.
         ops = {k: v for k, v in run_config.get("ops", {}).items() if k in select}
         run_config = {**run_config, "ops": ops}
-    run_config = {**_QUIET, **run_config}
-    if progress is not None:
+    console = {"log_level": "INFO" if progress is None else progress.console_level,
+               "errors": console_errors}
+    if progress is None:
+        run_config = {"loggers": {"console": {"config": console}}, **run_config}
+    else:
         progress.begin(select or names)
         instance.add_event_listener(run_id, progress)
-        run_config = {**run_config, "loggers": {"console": {"config": {
-            "log_level": progress.console_level}}}}
+        run_config = {**run_config, "loggers": {"console": {"config": console}}}
     result = job.execute_in_process(instance=instance, run_config=run_config,
                                     raise_on_error=False, run_id=run_id, tags=tags)
     if progress is not None:

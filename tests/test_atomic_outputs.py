@@ -151,6 +151,18 @@ def test_a_rerun_succeeds_and_clears_the_leftover(rerun):
     assert leftovers == []
 
 
+def test_the_next_run_marks_the_killed_one_failed_with_its_reason(rerun, killed):
+    import dagster as dg
+
+    instance = sqlite_instance(killed["tmp"])
+    runs = instance.get_runs()
+    assert dg.DagsterRunStatus.STARTED not in [r.status for r in runs]
+    killed_runs = [r for r in runs if r.status == dg.DagsterRunStatus.FAILURE]
+    assert killed_runs, [r.status for r in runs]
+    failure = instance.all_logs(killed_runs[0].run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert "ended without finishing" in failure[-1].dagster_event.message
+
+
 def test_the_rerun_writes_the_same_bytes(rerun, first_run):
     assert rerun[1] == first_run[2]
 

@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +26,9 @@ import numpy as np
 import pytest
 
 from animal_assets.core import steps
-from animal_assets.core.atomic import DiskFullError, OutputBusyError, output_lock, save_npy
+from animal_assets.core.atomic import (
+    DiskFullError, OutputBusyError, atomic_dir, output_lock, save_npy,
+)
 from animal_assets.core.config import params_from_run_config
 from animal_assets.core.ds801 import derived_image_id, write_ds801
 from animal_assets.core.formats import decode_image
@@ -98,7 +102,8 @@ def _run_statuses(tmp_path: Path) -> list[dg.DagsterRunStatus]:
 
 @contextlib.contextmanager
 def refused(tmp_path: Path, *parts: str, out: Path | None = None, pipeline_ran: bool = False):
-    """Check the command line run in the block against every rule of the module docstring;
+    """Check the command line run in the block against every rule of the module docstring (and
+    no Dagster ERROR line before the one line: those go to the event log unless --verbose);
     the block sets ``box["proc"]``. ``pipeline_ran``: the refusal came from a step, so the
     instance holds one failed pipeline run."""
     out = out or tmp_path / "out"
@@ -111,6 +116,7 @@ def refused(tmp_path: Path, *parts: str, out: Path | None = None, pipeline_ran: 
     assert len(ours) == 1 and proc.stderr.rstrip("\n").endswith(ours[0]), proc.stderr[-3000:]
     assert all(part in ours[0] for part in parts), (parts, ours[0])
     assert "Traceback" not in proc.stderr and "Stack Trace" not in proc.stderr, proc.stderr[-3000:]
+    assert " - ERROR - " not in proc.stderr, proc.stderr[-3000:]  # Dagster's go to the log only
     assert _world(tmp_path) == before  # the input is untouched and nothing was written beside it
     assert _leftovers(tmp_path) == []
     statuses = _run_statuses(tmp_path)
@@ -193,7 +199,8 @@ def test_no_input_may_lie_where_the_graph_writes(tmp_path, what):
         preflight(dataset, out, **kwargs)
     assert "\n" not in str(err.value)
     # a dataset inside the output folder but outside what the graph replaces is fine (the demo
-    # dataset lives in OUT/demo_dataset)
+    # dataset lives in OUT/demo_dataset); the user's eval_report folder would be refused now
+    shutil.rmtree(out / "eval_report")
     kept = make_dataset(out / "demo_dataset", n=12, k=3)
     assert preflight(kept, out).num_classes == 3
 
@@ -278,14 +285,26 @@ def test_a_bad_truth_test_set_or_class_names_is_refused_before_the_first_asset(t
     assert _run_statuses(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
-def test_a_ragged_review_row_is_refused_before_the_first_asset(tmp_path):
+REVIEW_CASES = {  # case: (the file's text after the header, given the first id, the line's rule)
+    "ragged_row": ("{first},keep,,\n{first},drop,,a note, with a comma\n",
+                   "line 3: the row has 5 fields, the header has 4"),
+    "unknown_id": ("{first},keep,,\nimg_nope,drop,,\n", "line 3: unknown image id 'img_nope'"),
+    "label_out_of_range": ("{first},relabel,3,\n", "line 2: label '3' is not a class; use 0..2"),
+    "byte_order_mark": ("\ufeff{first},keep,,\n", "starts with a byte-order mark"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REVIEW_CASES))
+def test_a_broken_review_is_refused_before_the_first_asset(tmp_path, case):
     dataset = make_dataset(tmp_path, n=12, k=3)
     first = sorted(labels_of(dataset))[0].removesuffix(".jpg")
+    body, rule = REVIEW_CASES[case]
     review = tmp_path / "review.csv"
-    text = f"id,action,label,note\n{first},keep,,\n{first},drop,,a note, with a comma\n"
+    text = body.format(first=first)
+    text = ("\ufeff" + "id,action,label,note\n" + text[1:] if text.startswith("\ufeff")
+            else "id,action,label,note\n" + text)
     review.write_text(text)
-    with refused(tmp_path, str(review), "line 3: the row has 5 fields, the header has 4") as box:
+    with refused(tmp_path, str(review), rule) as box:
         box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(tmp_path / "out"),
                            "--review", str(review))
     assert review.read_text() == text
@@ -389,6 +408,13 @@ def test_too_few_usable_images_stop_at_raw_images(tmp_path, case):
                                       str(tmp_path / "out"), "--no-progress")
     assert "step raw_images failed" in box["line"]
     assert tree_hashes(tmp_path / "out" / "raw_images") == earlier
+    # --verbose also prints Dagster's error lines (every step the failure kept from running),
+    # and the one line still comes last
+    verbose = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output",
+                              str(tmp_path / "out"), "--no-progress", "--verbose")
+    assert verbose.returncode == 1
+    assert "Dependencies for step embeddings failed" in verbose.stderr
+    assert verbose.stderr.rstrip("\n").endswith(box["line"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,13 +434,121 @@ def test_a_link_inside_the_output_folder_is_refused_and_its_target_left_alone(tm
         parts = (str(out / ".animal-assets.lock"), "lock file is a symbolic link")
     else:
         (out / "raw_images").symlink_to(elsewhere)
-        parts = (str(out / "raw_images"), "asset folder is a symbolic link",
+        parts = (str(out / "raw_images"), "folder is a symbolic link",
                  f"--output {elsewhere}")
     with refused(tmp_path, *parts) as box:  # the target's bytes are part of what must not change
         box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(out),
                            "--select", "raw_images")
     assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
     assert (out / ("raw_images" if link == "asset_folder" else ".animal-assets.lock")).is_symlink()
+
+
+# signals
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signo, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_with_one_line_and_its_exit_code(tmp_path, signo, code):
+    dataset = make_dataset(tmp_path, n=60, k=3)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIMAL_ASSETS_")}
+    env.update(DAGSTER_HOME=str(_home(tmp_path)), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "animal_assets.cli", "run", "--dataset", str(dataset), "--output",
+         str(out), "--select", "raw_images,embeddings,ood_scores,clean_labels", "--no-progress"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "raw_images" / "raw.json").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "raw_images never finished"
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signo)  # while embeddings runs
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("animal-assets:")]
+    assert len(ours) == 1 and err.rstrip("\n").endswith(ours[0]), err[-3000:]
+    assert f"interrupted ({signal.Signals(signo).name})" in ours[0]
+    assert "Traceback" not in err and "DagsterExecutionInterruptedError" not in err, err[-3000:]
+    assert (out / "raw_images" / "raw.json").exists()  # what finished is kept
+    assert dg.DagsterRunStatus.STARTED not in _run_statuses(tmp_path)
+    assert _leftovers(out) == []
+
+
+# ownership: the tool replaces or writes into its own folders only
+
+
+@pytest.mark.parametrize("case", ["thesis_in_val_split", "repo_embeddings", "file_as_report"])
+def test_a_folder_named_like_an_asset_that_the_tool_did_not_write_is_refused(tmp_path, case):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    folder = out / {"thesis_in_val_split": "val_split", "repo_embeddings": "embeddings",
+                    "file_as_report": "eval_report"}[case]
+    if case == "file_as_report":
+        folder.write_text("someone's report\n")
+        rule = "a file stands where the tool writes a folder"
+    else:
+        folder.mkdir()
+        (folder / "my_thesis.txt").write_text("work\n")
+        if case == "repo_embeddings":  # beside a name the tool writes there
+            (folder / "embeddings.npy").write_bytes(b"not the tool's\n")
+        rule = "not written by animal-assets (it holds 'my_thesis.txt')"
+    before = tree_hashes(out)
+    with refused(tmp_path, str(folder), rule) as box:
+        box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output", str(out),
+                                      "--select", "raw_images,embeddings,ood_scores")
+    assert tree_hashes(out) == before  # not even the lock: the preflight refused first
+    assert _run_statuses(tmp_path) == []
+
+
+def test_the_dagster_free_runner_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    from animal_assets.core.pipeline import main as pipeline_main
+
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    (tmp_path / "out" / "val_split").mkdir(parents=True)
+    (tmp_path / "out" / "val_split" / "my_thesis.txt").write_text("work\n")
+    before = tree_hashes(tmp_path)
+    assert pipeline_main([str(dataset), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(tmp_path / "out" / "val_split") in line and "not written by animal-assets" in line
+    assert tree_hashes(tmp_path) == before
+
+
+def test_ownership_is_marked_adopted_and_required_before_a_folder_is_replaced(tmp_path):
+    from animal_assets.core.atomic import OWNER_MARKER, ForeignFolderError, claim_folder
+
+    # an earlier version's folder (no marker, only the tool's names) is adopted and kept
+    old = tmp_path / "embeddings"
+    old.mkdir()
+    (old / "embeddings.npy").write_bytes(b"earlier run")
+    claim_folder(old, known={"embeddings.npy"})
+    assert sorted(p.name for p in old.iterdir()) == [OWNER_MARKER, "embeddings.npy"]
+    assert (old / "embeddings.npy").read_bytes() == b"earlier run"
+    # a folder atomic_dir writes carries the marker, so the next write replaces it
+    target = tmp_path / "val_split"
+    for content in ("first", "second"):
+        with atomic_dir(target) as tmp:
+            (tmp / "ids.csv").write_text(content)
+        assert (target / "ids.csv").read_text() == content and (target / OWNER_MARKER).is_file()
+    # a folder with anything else is never replaced, and nothing is left behind
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "my_thesis.txt").write_text("work")
+    with pytest.raises(ForeignFolderError, match="not written by animal-assets"):
+        with atomic_dir(theirs, known={"ids.csv"}) as tmp:
+            (tmp / "ids.csv").write_text("x")
+    assert [p.name for p in theirs.iterdir()] == ["my_thesis.txt"]
+    assert _leftovers(tmp_path) == []
+    # a planted link where the swap keeps the old folder is removed, never followed or moved in
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "victim.txt").write_text("work")
+    (tmp_path / ".val_split.old").symlink_to(elsewhere)
+    with atomic_dir(target) as tmp:
+        (tmp / "ids.csv").write_text("third")
+    assert (target / "ids.csv").read_text() == "third" and not target.is_symlink()
+    assert [p.name for p in elsewhere.iterdir()] == ["victim.txt"]
+    assert not (tmp_path / ".val_split.old").exists()
 
 
 def test_the_lock_never_follows_a_link(tmp_path):
@@ -498,7 +632,7 @@ def test_the_preflight_knows_every_folder_the_graph_writes():
     from animal_assets.assets import PIPELINE_ASSETS
     from animal_assets.core.preflight import OUTPUT_FOLDERS
 
-    assert OUTPUT_FOLDERS == tuple(a.key.to_user_string() for a in PIPELINE_ASSETS)
+    assert tuple(OUTPUT_FOLDERS) == tuple(a.key.to_user_string() for a in PIPELINE_ASSETS)
 
 
 def test_generated_ids_are_deterministic_and_skip_taken_ones():

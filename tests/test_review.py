@@ -62,8 +62,8 @@ def automatic() -> pd.DataFrame:
     (f"id,action,label,note\n{IDS[1]},relabel,lynx,\n", [("keep", 1)]),
     # label and note may be left out, extra columns are ignored, blank lines skipped
     (f"id,action,who\n{IDS[2]},drop,ann\n,,\n{IDS[0]},keep,bob\n", [("drop", -1), ("keep", 0)]),
-    # a byte-order mark from a spreadsheet, spaces after commas
-    (f"\ufeffid, action, label, note\n{IDS[4]}, relabel, cat, sure\n", [("relabel", 0)]),
+    # spaces after commas
+    (f"id, action, label, note\n{IDS[4]}, relabel, cat, sure\n", [("relabel", 0)]),
     ("id,action,label,note\n", []),
     ("", []),
 ])
@@ -93,6 +93,12 @@ def test_a_broken_rule_names_the_file_the_line_and_the_rule(tmp_path, text, line
     assert message.startswith(f"{path}, line {line}: ")
     assert rule in message
     assert "\n" not in message
+
+
+def test_a_byte_order_mark_is_refused_like_the_labels_files(tmp_path):
+    path = write(tmp_path, f"\ufeffid,action,label,note\n{IDS[4]},relabel,cat,sure\n")
+    with pytest.raises(review.ReviewError, match=f"^{path}: the file starts with a byte-order mark"):
+        read(path)
 
 
 def test_a_missing_review_file_is_an_error_and_no_file_is_a_fixed_version(tmp_path):
@@ -244,12 +250,13 @@ def test_an_observed_edit_marks_only_the_reviewed_assets_unsynced_and_is_applied
 
 
 @pytest.mark.slow
-def test_a_broken_review_stops_clean_labels_with_one_line(loop):
+def test_a_broken_review_is_refused_with_one_line_before_any_step(loop):
     tmp, instance, defs, review_path = loop
     review_path.write_text("id,action,label,note\nimg_nope,drop,,\n")
+    runs_before = len(instance.get_runs())
     with pytest.raises(runner.RunFailed) as err:
         runner.run(config=TINY, instance=instance, defs=defs, select=["clean_labels"])
     message = str(err.value)
-    assert message.startswith(f"step clean_labels failed: {review_path}, line 2: unknown image "
-                              "id 'img_nope'")
+    assert message.startswith(f"{review_path}, line 2: unknown image id 'img_nope'")
     assert "\n" not in message
+    assert len(instance.get_runs()) == runs_before  # refused by the preflight: nothing ran

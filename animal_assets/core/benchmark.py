@@ -463,7 +463,7 @@ def build_benchmark(
 
     out_dir = Path(out_dir)
     n_test = 0
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, known=(DATASET_DIRNAME, TRUTH_FILE, TEST_DIRNAME, META_FILE)) as tmp:
         write_noisy_dataset(tmp, noisy, num_classes=num_classes, seed=seed)
         if has_test:
             ids = substream(seed, "test-ids")

@@ -173,7 +173,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, size: str = 
     ood = photo_crops(n_pool, substream(seed, "demo-ood"))
     noisy = inject_noise(clean, labels, ood, spec, num_classes=NUM_CLASSES, seed=seed)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, known=(DATASET_DIRNAME, TRUTH_FILE)) as tmp:
         write_noisy_dataset(tmp, noisy, num_classes=NUM_CLASSES, seed=seed)
     return DemoDataset(
         dataset_dir=out_dir / DATASET_DIRNAME,

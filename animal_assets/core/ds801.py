@@ -91,7 +91,9 @@ def write_ds801(
     """
     out_dir = Path(out_dir)
     labels: dict[str, list[int]] = {}
-    with atomic_dir(out_dir) as tmp:
+    # a DS801 folder holds its images and labels only: no ownership marker; one that holds
+    # anything else is never replaced
+    with atomic_dir(out_dir, known=(IMAGES_DIR, LABELS_FILE), mark=False) as tmp:
         imgs = tmp / IMAGES_DIR
         imgs.mkdir()
         for image_id, data, label in items:

@@ -22,7 +22,7 @@ from animal_assets.core import steps
 from animal_assets.core.config import load_run_config, params_from_run_config
 from animal_assets.core.atomic import OutputBusyError, output_lock, write_json
 from animal_assets.core.ingest import MIN_USABLE_IMAGES, DatasetError, read_dataset
-from animal_assets.core.preflight import expand, preflight
+from animal_assets.core.preflight import claim_asset_folder, expand, preflight
 from animal_assets.core.profiling import measure
 
 def with_precision(run_config: dict, precision: str) -> dict:
@@ -71,6 +71,7 @@ def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, clas
 
     def step(name, fn, *args, **kwargs):
         log(f"[{name}] running")
+        claim_asset_folder(out, name)
         with measure() as stats:
             result = fn(*args, **kwargs)
         timings[name] = {"seconds": round(stats.seconds, 2), "peak_rss_mb": round(stats.peak_rss_mb, 1)}

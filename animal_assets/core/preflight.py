@@ -11,11 +11,14 @@ calls it again, so a run launched from the UI gets the same checks. It reads onl
   not lie inside an input, since creating it would already modify that input;
 - **output**: the output folder is a folder (or can be made) on a writable file system, and
   neither its asset folders nor its lock file is a symbolic link (the tool never follows a link
-  out of the output folder);
+  out of the output folder); an asset folder that exists is the tool's own (it carries the
+  ownership marker, or holds nothing but what the tool writes there), so no file the tool did
+  not write is ever replaced;
 - **test set**: it exists and its labels have the dataset's K;
 - **truth file**: it parses with the dataset's K and at least one of its ids is in the dataset;
-- **review file**: it exists and every row has as many fields as its header (the rules that
-  need the decisions, such as known ids, are checked by ``clean_labels``);
+- **review file**: it exists, is plain UTF-8 (no byte-order mark, like the labels file) and
+  meets every rule of :func:`~animal_assets.core.review.read_review`, its ids checked against
+  the labels file (an image that the decoding later quarantines is caught by ``clean_labels``);
 - **class names**: one per class.
 
 Every path goes through :func:`expand` (``~`` expanded, made absolute), and paths are compared
@@ -27,14 +30,24 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from animal_assets.core.atomic import LOCK_FILE
+from animal_assets.core.atomic import LOCK_FILE, ForeignFolderError, check_owned, claim_folder
 from animal_assets.core.ingest import peek_labels
 
-#: The folders the graph writes or replaces under the output folder, one per asset.
-OUTPUT_FOLDERS = (
-    "raw_images", "embeddings", "ood_scores", "clean_labels", "val_split", "balanced_train",
-    "resnet34_model", "eval_report", "ablation_report",
-)
+#: The folders the graph writes or replaces under the output folder, one per asset, each with
+#: the names the tool writes in it: a folder that holds only these (or nothing) but no ownership
+#: marker was written before the marker existed, and is adopted (see :func:`claim_asset_folder`).
+OUTPUT_FOLDERS: dict[str, frozenset[str]] = {
+    "raw_images": frozenset({"files", "images.npy", "manifest.csv", "raw.json", "violations.json"}),
+    "embeddings": frozenset({"embeddings.npy"}),
+    "ood_scores": frozenset({"ood_scores.csv", "most_outlying.jpg", "scores.png"}),
+    "clean_labels": frozenset({"auto", "decisions.csv", "review_template.csv", "class_counts.png",
+                               "dropped.jpg", "duplicate_conflicts.jpg", "relabelled.jpg"}),
+    "val_split": frozenset({"ds801", "ids.csv", "images.npy", "labels.npy"}),
+    "balanced_train": frozenset({"train", "ds801-clean.zip", "class_counts.png", "generated.jpg"}),
+    "resnet34_model": frozenset({"resnet34.pt", "training_curves.png"}),
+    "eval_report": frozenset({"report.json", "confusion_val_split.png"}),
+    "ablation_report": frozenset({"ablation.json", "val_balanced_accuracy.png"}),
+}
 
 
 #: Where the graph writes when no output folder is given.
@@ -171,12 +184,11 @@ def check_output(output: str | os.PathLike, *, summary_json: str | os.PathLike |
     """
     out = expand(output)
     _writable_folder(out, "output folder")
-    for name in OUTPUT_FOLDERS:
-        if (out / name).is_symlink():
-            raise InputError(
-                f"{out / name}: the asset folder is a symbolic link, and the tool never follows a "
-                "link out of the output folder; remove the link and give the folder on the other "
-                f"disk as the output folder instead (--output {os.readlink(out / name)})")
+    for name, known in OUTPUT_FOLDERS.items():
+        try:
+            check_owned(out / name, known=known)
+        except ForeignFolderError as err:
+            raise InputError(str(err)) from None
     if (out / LOCK_FILE).is_symlink():
         raise InputError(f"{out / LOCK_FILE}: the output folder's lock file is a symbolic link, "
                          "and the tool never follows a link out of the output folder; remove it")
@@ -185,6 +197,19 @@ def check_output(output: str | os.PathLike, *, summary_json: str | os.PathLike |
         if target.is_dir():
             raise InputError(f"{target}: the summary file (--json) is a folder; give a file path")
         _writable_folder(target.parent, "summary file's folder")
+
+
+def claim_asset_folder(output: str | os.PathLike, name: str) -> Path:
+    """The asset ``name``'s folder under ``output``, checked to be the tool's and marked as such
+    when it exists (:func:`~animal_assets.core.atomic.claim_folder`); both runners call this
+    before a step writes there.
+
+    Raises
+    ------
+    ForeignFolderError
+        When the folder holds files the tool did not write, or is a link or a file.
+    """
+    return claim_folder(expand(output) / name, known=OUTPUT_FOLDERS[name])
 
 
 def _peek_k(path: Path, what: str) -> int | None:
@@ -272,4 +297,13 @@ def preflight(
                 raise InputError(
                     f"{path}: none of the truth file's {len(entries)} ids is an image of "
                     f"{dataset}; a truth file scores the dataset it was made with")
+    if review and table is not None and table.classes:
+        from animal_assets.core.review import ReviewError, read_review
+
+        try:  # every rule of the review, against the images whose labels meet the rules
+            read_review(expand(review), known_ids=list(table.classes),
+                        given=list(table.classes.values()), num_classes=k,
+                        class_names=class_names or ())
+        except ReviewError as err:
+            raise InputError(str(err)) from None
     return Checked(k, matched)

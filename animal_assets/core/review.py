@@ -80,8 +80,8 @@ def _parse_label(text: str, class_names: Sequence[str], num_classes: int) -> int
 
 
 def check_field_counts(path: str | os.PathLike) -> None:
-    """Refuse a row with more or fewer fields than the header (a comma too many or too few),
-    naming its line; blank lines are allowed. Needs nothing but the file, so the preflight runs
+    """Refuse a byte-order mark and a row with more or fewer fields than the header (a comma
+    too many or too few), naming its line; blank lines are allowed. Needs nothing but the file, so the preflight runs
     it before anything is computed.
 
     Raises
@@ -90,7 +90,13 @@ def check_field_counts(path: str | os.PathLike) -> None:
     """
     path = Path(path).expanduser()
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8") as f:
+            if f.read(1) == "\ufeff":
+                raise ReviewError(
+                    f"{path}: the file starts with a byte-order mark (Excel's \"CSV UTF-8\" adds "
+                    "one); like the labels file, a review is plain UTF-8: save it as CSV without "
+                    "the mark")
+            f.seek(0)
             reader = csv.reader(f, skipinitialspace=True)
             header = next(reader, None)
             if header is None:
@@ -118,7 +124,7 @@ def read_review(
     Parameters
     ----------
     path : path-like
-        The CSV (UTF-8, an Excel byte-order mark is accepted); columns ``id`` and ``action``
+        The CSV (UTF-8 without a byte-order mark); columns ``id`` and ``action``
         are required, ``label`` and ``note`` optional, others are ignored.
     known_ids : sequence of str, length N
         The ids the decisions cover (usable images).
@@ -147,7 +153,7 @@ def read_review(
     review_version(path)  # a missing file gets its own message
     check_field_counts(path)
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
                             skipinitialspace=True)
     except pd.errors.EmptyDataError:
         return empty_review()
