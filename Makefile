@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo ui test chromium clean
+.PHONY: install demo ablation ui test chromium clean
 
 # --no-compile: byte-compiling every installed module (torch, sympy, dagster: tens of thousands
 # of files) costs most of a minute; Python compiles the few it imports on first use instead.
@@ -25,6 +25,10 @@ $(DAGSTER_HOME)/dagster.yaml:
 # PRECISION=fp32 (or bf16) overrides the demo config's "auto" for the encoder and the trainer.
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/animal-assets run --config demo --json var/demo-run.json $(if $(PRECISION),--precision $(PRECISION))
+
+# The demo's ablation at seeds 0 and 1 (three more trainings), after `make demo`.
+ablation: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/animal-assets run --config demo-ablation --select ablation_report --json var/ablation-run.json
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

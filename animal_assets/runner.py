@@ -355,6 +355,10 @@ def _summary(result, defs) -> dict:
                                 device=resources["compute"].device)
     else:
         summary = {"assets": timings}
+    if "ablation_report" in timings:
+        ablation = result.output_for_node("ablation_report")
+        summary["ablation"] = {"recipes": ablation["recipes"], "path": ablation["path"],
+                               "markdown": ablation["markdown"]}
     summary.update(run_id=result.run_id, checks=checks,
                    outputs=str(resources["storage"].path()))
     return summary
@@ -380,3 +384,6 @@ def print_summary(summary: dict) -> None:
         from animal_assets.core.scoring import scores_markdown
 
         print(scores_markdown(summary["cleaning"]))
+    if "ablation" in summary:
+        print("ablation (val_split balanced accuracy per training recipe):")
+        print(summary["ablation"]["markdown"])

@@ -93,7 +93,7 @@ def test_folder_and_archives_give_identical_output(tree, tmp_path, kind):
     assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
     assert bench.class_names == ("d", "b", "a", "c")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "benchmark.json", "test-set", "train-set", "truth.json"]
+        ".animal-assets", "benchmark.json", "test-set", "train-set", "truth.json"]
     assert reference.counts == bench.counts
 
 

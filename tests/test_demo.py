@@ -99,12 +99,20 @@ def test_same_seed_gives_byte_identical_output(tmp_path, seed):
     assert len(digests) == 1 and other not in digests
 
 
-def test_rebuild_replaces_the_folder(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "stale.txt").write_text("old")
+def test_rebuild_replaces_its_own_folder_and_never_a_foreign_one(tmp_path):
+    from animal_assets.core.atomic import OWNER_MARKER, ForeignFolderError
+
+    make_demo_dataset(tmp_path / "d", seed=0, size="tiny")
+    (tmp_path / "d" / "stale.txt").write_text("old")  # inside the tool's own (marked) folder
     demo = make_demo_dataset(tmp_path / "d", seed=0, size="tiny")
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["train-set", "truth.json"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [OWNER_MARKER, "train-set",
+                                                                  "truth.json"]
     assert demo.truth_path.exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("work")
+    with pytest.raises(ForeignFolderError, match="not written by animal-assets"):
+        make_demo_dataset(tmp_path / "mine", seed=0, size="tiny")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
 def test_rendered_digits_are_legible_and_varied():

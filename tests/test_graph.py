@@ -210,3 +210,14 @@ def test_raw_images_and_checks_on_a_ds801_sample(tmp_path):
     assert all(v == "passed" for v in result["checks"].values()), result["checks"]
     images = np.load(tmp_path / "out" / "raw_images" / "images.npy")
     assert images.shape == (2000, 64, 64, 3) and images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-ablation", "default"])
+def test_every_shipped_run_config_fits_the_pipeline_job(tmp_path, name):
+    from animal_assets.core.config import RUN_CONFIGS, load_run_config, params_from_run_config
+
+    assert sorted(p.stem for p in RUN_CONFIGS.glob("*.yaml")) == ["default", "demo", "demo-ablation"]
+    config = load_run_config(name)
+    params_from_run_config(config)
+    job = make_defs(tmp_path).resolve_job_def("pipeline")
+    assert dg.validate_run_config(job, config)
