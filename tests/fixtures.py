@@ -1,12 +1,14 @@
 """Builders of small seeded DS801 datasets, images and archives (hostile ones included) for tests."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import stat
 import struct
+import subprocess
 import tarfile
 import zipfile
 import zlib
@@ -158,3 +160,30 @@ def tree_hashes(path: str | os.PathLike) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def cli_in_process(cwd: Path, home: Path, *args: str,
+                   env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """``animal-assets ARGS`` through the command's entry function in this process, as a
+    subprocess would run it: in ``cwd``, with ``home`` as ``DAGSTER_HOME``, no
+    ``ANIMAL_ASSETS_*`` variable but ``env_extra``'s (all restored afterwards); returns the exit
+    code and the captured stdout and stderr."""
+    import pytest
+
+    from animal_assets import cli
+    from animal_assets.core.preflight import ENV
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for var in {*ENV.values(), *(k for k in os.environ if k.startswith("ANIMAL_ASSETS_"))}:
+            patch.delenv(var, raising=False)  # the command sets some: all unset again afterwards
+        for var, value in {"DAGSTER_HOME": str(home), **(env_extra or {})}.items():
+            patch.setenv(var, value)
+        patch.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code
+    return subprocess.CompletedProcess(["animal-assets", *args], code, out.getvalue(),
+                                       err.getvalue())

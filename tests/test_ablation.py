@@ -47,6 +47,11 @@ def test_markdown_has_one_row_per_recipe():
     assert len(lines) == 4 and "| raw | 10 | 2 | 0.500 ± 0.100 |" in lines and "0.750 ± 0.000" in lines[3]
 
 
+def test_one_seed_gives_no_spread_in_the_table():
+    table = markdown({"raw": {"n_train": 10, "seeds": 1, "val_balanced_accuracy": {"mean": 0.5, "std": 0.0}}})
+    assert table.splitlines()[2] == "| raw | 10 | 1 | 0.500 |"
+
+
 @pytest.mark.slow
 def test_headless_ablation_trains_every_recipe_on_the_same_eval_set(tmp_path):
     demo = make_demo_dataset(tmp_path / "demo", seed=3, size="tiny")

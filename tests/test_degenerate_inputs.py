@@ -8,10 +8,7 @@ prints a broken dataset's failing check and file as one ``animal-assets:`` line 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -20,10 +17,9 @@ import pytest
 
 from animal_assets import runner
 from animal_assets.core.ds801 import encode_jpeg, new_image_id, write_ds801
-from tests.fixtures import image_paths, make_dataset
+from tests.fixtures import cli_in_process, image_paths, make_dataset
 from tests.graph import TINY, make_defs, sqlite_instance
 
-ROOT = Path(__file__).resolve().parents[1]
 UP_TO_VAL = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split"]
 
 
@@ -144,13 +140,8 @@ def test_the_command_line_prints_one_line_naming_the_check_or_step_and_the_file(
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANIMAL_ASSETS_")}
-    env.update(DAGSTER_HOME=str(home), PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "animal_assets.cli", "run", "--dataset", str(folder),
-         "--output", str(tmp_path / "out"), "--select", "raw_images"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    proc = cli_in_process(tmp_path, home, "run", "--dataset", str(folder),
+                          "--output", str(tmp_path / "out"), "--select", "raw_images")
     assert proc.returncode == 1, proc.stderr[-2000:]
     ours = [line for line in proc.stderr.splitlines() if line.startswith("animal-assets:")]
     assert len(ours) == 1 and proc.stderr.rstrip("\n").endswith(ours[0]), proc.stderr[-2000:]

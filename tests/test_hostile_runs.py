@@ -10,7 +10,6 @@ every Dagster run of the instance ended (a failed one as FAILURE, none left STAR
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -33,9 +32,10 @@ from animal_assets.core.config import params_from_run_config
 from animal_assets.core.ds801 import derived_image_id, write_ds801
 from animal_assets.core.formats import decode_image
 from animal_assets.core.ingest import DatasetError, read_dataset
-from animal_assets.core.preflight import ENV
 from animal_assets.core.review import ReviewError, read_review
-from tests.fixtures import image_paths, labels_of, make_archive, make_dataset, tree_hashes
+from tests.fixtures import (
+    cli_in_process, image_paths, labels_of, make_archive, make_dataset, tree_hashes,
+)
 from tests.test_degenerate_inputs import _coloured
 from tests.graph import TINY
 
@@ -74,25 +74,9 @@ def _cli(tmp_path: Path, *args: str, env_extra: dict | None = None) -> subproces
 
 def _cli_in_process(tmp_path: Path, *args: str,
                     env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    """What :func:`_cli` does, through the command's entry function in this process: the same
-    folder, environment and exit code, stdout and stderr captured (for runs that reach the
-    graph, which would spend most of a subprocess on its imports)."""
-    from animal_assets import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-        for var in {*ENV.values(), *(k for k in os.environ if k.startswith("ANIMAL_ASSETS_"))}:
-            patch.delenv(var, raising=False)  # the command sets some: all unset again afterwards
-        for var, value in {"DAGSTER_HOME": str(_home(tmp_path)), **(env_extra or {})}.items():
-            patch.setenv(var, value)
-        patch.chdir(tmp_path)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.main(["run", *args])
-            except SystemExit as exit_:
-                code = exit_.code
-    return subprocess.CompletedProcess(["animal-assets", "run", *args], code, out.getvalue(),
-                                       err.getvalue())
+    """What :func:`_cli` does, through the command's entry function in this process (for runs
+    that reach the graph, which would spend most of a subprocess on its imports)."""
+    return cli_in_process(tmp_path, _home(tmp_path), "run", *args, env_extra=env_extra)
 
 
 def _run_statuses(tmp_path: Path) -> list[dg.DagsterRunStatus]:

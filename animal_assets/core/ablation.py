@@ -190,7 +190,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown(recipes: dict) -> str:
-    """The comparison table: one row per recipe, mean ± std over seeds."""
+    """The comparison table: one row per recipe, mean ± std over seeds (the value alone from
+    one seed, which gives no spread)."""
     has_test = any("test_balanced_accuracy" in e for e in recipes.values())
     head = "| recipe | train images | seeds | val balanced acc |" + (" test balanced acc |" if has_test else "")
     rows = [head, "|" + " --- |" * (5 if has_test else 4)]
@@ -198,6 +199,9 @@ def markdown(recipes: dict) -> str:
         cells = [recipe, str(e["n_train"]), str(e["seeds"])]
         for col in ("val_balanced_accuracy",) + (("test_balanced_accuracy",) if has_test else ()):
             v = e.get(col)
-            cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "")
+            if not v:
+                cells.append("")
+            else:
+                cells.append(f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if e["seeds"] > 1 else ""))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
