@@ -84,11 +84,17 @@ def _signals():
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_hook = sys.unraisablehook
     seen: list[int] = []
+    resent: list[threading.Timer] = []
 
     def unraisable(info) -> None:
-        # An interrupt raised where Python cannot propagate it (a garbage-collection callback)
-        # is lost to the run, but not to the exit code: ``received`` still reports it.
+        # An interrupt raised where Python cannot propagate it (inside a garbage-collection
+        # callback) would be lost: the signal is sent again a moment later, from a timer thread,
+        # so that it lands in the step's own code and stops the run.
         if info.exc_type is KeyboardInterrupt or info.exc_type.__name__.endswith("InterruptedError"):
+            signo = received()
+            if signo is not None and len(resent) < 20:
+                resent.append(threading.Timer(0.05, os.kill, (os.getpid(), signo)))
+                resent[-1].start()
             return
         previous_hook(info)
 
@@ -104,6 +110,8 @@ def _signals():
     try:
         yield received
     finally:
+        for timer in resent:
+            timer.cancel()
         sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous_term)
         signal.set_wakeup_fd(previous_fd)

@@ -96,7 +96,7 @@ def test_one_image_against_ten_thousand_stops_at_val_split_naming_the_class(tmp_
     folder = write_ds801(tmp_path / "ds", _blocky(10_000, 0, rng) + _blocky(1, 1, rng),
                          num_classes=2)
     config = {"ops": {
-        **TINY["ops"], "embeddings": {"config": {"image_size": 32, "batch_size": 256}},
+        **TINY["ops"], "embeddings": {"config": {"image_size": 32, "batch_size": 256, "stages": False}},
     }}
     instance = sqlite_instance(tmp_path)
     with pytest.raises(runner.RunFailed) as err:

@@ -454,6 +454,7 @@ def test_a_signal_stops_the_run_with_one_line_and_its_exit_code(tmp_path, signo,
     assert f"interrupted ({signal.Signals(signo).name})" in ours[0]
     assert "Traceback" not in err and "DagsterExecutionInterruptedError" not in err, err[-3000:]
     assert (out / "raw_images" / "raw.json").exists()  # what finished is kept
+    assert not (out / "clean_labels" / "decisions.csv").exists()  # the run stopped
     assert dg.DagsterRunStatus.STARTED not in _run_statuses(tmp_path)
     assert _leftovers(out) == []
 
