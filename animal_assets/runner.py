@@ -148,8 +148,35 @@ def fail_stale_run(instance: dg.DagsterInstance, holder: str) -> None:
             "lock was free when the next run took it"))
 
 
+#: The observable sources a run observes first (the input dataset and the review file).
+SOURCES = ("input_dataset", "review_file")
+
+
+def _observed(instance: dg.DagsterInstance) -> dict[str, str | None]:
+    """The latest recorded data version of each source (None: never observed)."""
+    latest = {}
+    for name in SOURCES:
+        records = instance.fetch_observations(dg.AssetKey(name), limit=1).records
+        observation = records[0].asset_observation if records else None
+        latest[name] = observation.tags.get("dagster/data_version") if observation else None
+    return latest
+
+
+def _restore_observations(instance: dg.DagsterInstance, before: dict[str, str | None]) -> None:
+    """Record again each source version that the run's own observation replaced, so that a run
+    that failed before it materialized anything leaves every asset's sync status as it was."""
+    after = _observed(instance)
+    for name, version in before.items():
+        if version is not None and after.get(name) != version:
+            instance.report_runless_asset_event(dg.AssetObservation(
+                asset_key=name, tags={"dagster/data_version": version},
+                metadata={"restored": "the previous version: a run that observed another one "
+                                      "failed before it materialized anything"}))
+
+
 def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observe_first, progress,
                 precision, console_errors) -> dict:
+    observed_before = _observed(instance)
     if observe_first:
         observe(instance, defs)
     names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
@@ -180,6 +207,8 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     if progress is not None:
         progress.finish(result.success)
     if not result.success:
+        if not any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events):
+            _restore_observations(instance, observed_before)
         raise RunFailed(_failure_line(result), result)
     return _summary(result, defs)
 

@@ -9,10 +9,13 @@ re-invoked with ``--worker``), so one method's allocations never count against a
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import os
 import platform
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -98,16 +101,47 @@ def report(result: dict) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+#: Whether :func:`run_worker` runs a worker in this process rather than a fresh Python. A
+#: script sets it for ``--quick``, a check that it still runs: its workers then share imports,
+#: threads and caches, so the quick figures are no measurement. A full run isolates each worker.
+IN_PROCESS = False
+
+
+def _run_here(script: str, args: list[str], env: dict | None) -> subprocess.CompletedProcess:
+    """``script ARGS`` run as ``__main__`` in this process, stdout captured, like a subprocess."""
+    out = io.StringIO()
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    sys.argv = [script, *args]
+    os.environ.update(env or {})
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except Exception as err:  # reported as a failed worker, as a subprocess would be
+        return subprocess.CompletedProcess(sys.argv, 1, out.getvalue(), repr(err))
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), "")
+
+
 def run_worker(script: str, args: list[str], *, env: dict | None = None) -> dict:
-    """Run ``script --worker ...`` in a fresh Python and return the dict it reported.
+    """Run ``script --worker ...`` in a fresh Python (in this one under :data:`IN_PROCESS`)
+    and return the dict it reported.
 
     Raises
     ------
     RuntimeError
         When the worker fails or reports nothing; its output is included.
     """
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, check=False)
+    if IN_PROCESS:
+        proc = _run_here(script, args, env)
+    else:
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(

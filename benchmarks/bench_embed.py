@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="baseline DataLoader workers; default 2 on a CPU, 8 on a GPU")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    _common.IN_PROCESS = _common.IN_PROCESS or args.quick
     device = _common.pick_device(args.device)
     on_cuda = device.startswith("cuda")
     workers = args.workers if args.workers is not None else (8 if on_cuda else 2)

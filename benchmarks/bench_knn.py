@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scores", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    _common.IN_PROCESS = _common.IN_PROCESS or args.quick
     device = _common.pick_device(args.device)
     thread_env = {name: str(args.threads) for name in
                   ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")} if args.threads else {}

@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    _common.IN_PROCESS = _common.IN_PROCESS or args.quick
     device = _common.pick_device(args.device)
     image_size = 64 if args.quick else args.image_size
     dims_list = [int(v) for v in ("64,16" if args.quick else args.dims).split(",")]

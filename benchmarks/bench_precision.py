@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import _common
 from _common import machine_label, pick_device, print_header, print_table, report, run_worker
 
 
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    _common.IN_PROCESS = _common.IN_PROCESS or args.quick
     if args.quick:
         args.n, args.batch_size, args.epochs, args.sizes = 32, 16, 1, "64"
     if args.worker:

@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    _common.IN_PROCESS = _common.IN_PROCESS or args.quick
     device = _common.pick_device(args.device)
     on_cuda = device.startswith("cuda")
     workers = args.workers if args.workers is not None else (8 if on_cuda else 2)

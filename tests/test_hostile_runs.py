@@ -387,11 +387,16 @@ def test_too_few_usable_images_stop_at_raw_images(tmp_path, case):
                             "--select", "raw_images", "--no-progress")
     assert first.returncode == 0, first.stderr[-3000:]
     earlier = tree_hashes(tmp_path / "out" / "raw_images")
+    status = ["status", "--dataset", str(good), "--output", str(tmp_path / "out")]
+    synced = cli_in_process(tmp_path, _home(tmp_path), *status).stdout
+    assert "raw_images       synced" in synced, synced
     with refused(tmp_path, str(dataset), *parts, pipeline_ran=True) as box:
         box["proc"] = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output",
                                       str(tmp_path / "out"), "--no-progress")
     assert "step raw_images failed" in box["line"]
     assert tree_hashes(tmp_path / "out" / "raw_images") == earlier
+    # the failed run's observation of the other dataset is taken back: the status is unchanged
+    assert cli_in_process(tmp_path, _home(tmp_path), *status).stdout == synced
     # --verbose also prints Dagster's error lines (every step the failure kept from running),
     # and the one line still comes last
     verbose = _cli_in_process(tmp_path, "--dataset", str(dataset), "--output",
@@ -405,7 +410,7 @@ def test_too_few_usable_images_stop_at_raw_images(tmp_path, case):
 # links: the tool never follows a link out of the output folder
 
 
-@pytest.mark.parametrize("link", ["lock_file", "asset_folder"])
+@pytest.mark.parametrize("link", ["lock_file", "asset_folder", "asset_folder_to_the_dataset"])
 def test_a_link_inside_the_output_folder_is_refused_and_its_target_left_alone(tmp_path, link):
     dataset = make_dataset(tmp_path, n=12, k=3)
     out = tmp_path / "out"
@@ -416,15 +421,20 @@ def test_a_link_inside_the_output_folder_is_refused_and_its_target_left_alone(tm
     if link == "lock_file":
         (out / ".animal-assets.lock").symlink_to(elsewhere / "victim.txt")
         parts = (str(out / ".animal-assets.lock"), "lock file is a symbolic link")
-    else:
+    elif link == "asset_folder":
         (out / "raw_images").symlink_to(elsewhere)
         parts = (str(out / "raw_images"), "folder is a symbolic link",
                  f"--output {elsewhere}")
+    else:
+        (out / "val_split").symlink_to(dataset)
+        parts = (str(out / "val_split"), "folder is a symbolic link")
     with refused(tmp_path, *parts) as box:  # the target's bytes are part of what must not change
         box["proc"] = _cli(tmp_path, "--dataset", str(dataset), "--output", str(out),
                            "--select", "raw_images")
     assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
-    assert (out / ("raw_images" if link == "asset_folder" else ".animal-assets.lock")).is_symlink()
+    linked = {"lock_file": ".animal-assets.lock", "asset_folder": "raw_images"}.get(link, "val_split")
+    assert (out / linked).is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [linked]  # no .val_split.old, no lock
 
 
 # signals
