@@ -110,6 +110,9 @@ def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
     again = run_cell(src, cell, 0, tmp_path / "work", params=params, cache_dir=tmp_path / "cache")
     assert first["seconds"]["n_embedded"] == first["n"] > 0
     assert again["seconds"]["n_embedded"] == 0  # every image read from the cache
+    steps = ("build", "read_and_embed", "ood_scores", "clean_labels")
+    assert all(again["seconds"][k] >= 0 for k in steps)
+    assert sum(again["seconds"][k] for k in steps) <= again["seconds"]["total"] + 0.2
     assert again["label_accuracy"] == first["label_accuracy"]
     assert set(first["bars"]) == {"accuracy", "classes", "auroc"}
     assert len(first["per_class"]["raw"]) == 4 and first["class_names"] == list(names)

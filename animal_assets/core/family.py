@@ -146,8 +146,11 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
     raw = read_dataset(bench.dataset_dir, out / "raw_images")
     emb = steps.compute_embeddings(raw, out / "embeddings", params["embeddings"], device=device,
                                    cache_dir=cache_dir)
+    embedded = time.perf_counter()
     ood = steps.score_outliers(raw, emb, out / "ood_scores", params["ood_scores"])
+    scored = time.perf_counter()
     clean = steps.clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
+    cleaned = time.perf_counter()
     flags = pd.read_csv(ood.path)["flag"].to_numpy(dtype=bool)
     truth = read_truth(bench.truth_path, num_classes=raw.num_classes)
     row = score_cell(steps.read_decisions(clean), flags, truth, num_classes=raw.num_classes)
@@ -156,7 +159,10 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
         "spec": json.loads(json.dumps(cell.spec)),
         "estimated": {k: clean.summary[k] for k in ("prior", "transition") if k in clean.summary},
         "seconds": {"build": round(built - start, 1), "embed": round(emb.seconds, 1),
-                    "n_embedded": emb.n - emb.n_cached, "total": round(time.perf_counter() - start, 1)},
+                    "n_embedded": emb.n - emb.n_cached, "read_and_embed": round(embedded - built, 1),
+                    "ood_scores": round(scored - embedded, 1),
+                    "clean_labels": round(cleaned - scored, 1),
+                    "total": round(time.perf_counter() - start, 1)},
     })
     row["bars"] = bars(row, cell)
     if not keep:
@@ -260,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        device=args.device, keep=args.keep)
         rows.append(row)
         print(f"{cell.name} seed {seed}: {row['label_accuracy']['raw']:.3f} -> "
-              f"{row['label_accuracy']['cleaned']:.3f}, {row['seconds']['total']:.0f} s, "
+              f"{row['label_accuracy']['cleaned']:.3f}, {row['seconds']['total']:.0f} s "
+              f"(ood_scores {row['seconds']['ood_scores']:.0f} s, clean_labels "
+              f"{row['seconds']['clean_labels']:.0f} s), "
               f"bars {row['bars']}", flush=True)
         if args.json:  # rewritten after every run: a run cut off keeps what it measured
             from animal_assets.core.atomic import write_json
