@@ -3,7 +3,7 @@
 ``"auto"`` picks bf16 on CUDA devices that support it and on CPUs with AMX bf16 tiles (Intel
 Sapphire Rapids and later), where oneDNN runs bf16 convolutions on the tile unit; anywhere else
 (AMD, older Intel, a CPU whose flags cannot be read) it keeps float32, because bf16 without a
-matrix unit is emulated and slower. The figures behind that rule are in RESULTS.md.
+matrix unit is emulated and slower. The figures behind that rule are in benchmarks/RESULTS.md.
 
 The CPU flags come from ``/proc/cpuinfo`` (Linux); elsewhere ``"auto"`` keeps float32 on the CPU.
 """
