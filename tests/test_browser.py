@@ -30,7 +30,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._serdes import serialize_value
 
 from tests.graph import NAMES, fork
 
@@ -368,7 +367,7 @@ def test_metadata_per_asset_is_bounded(materialized, shots):
     sizes = {}
     for name in NAMES:
         event = instance.get_latest_materialization_event(dg.AssetKey(name))
-        sizes[name] = len(serialize_value(event.asset_materialization.metadata))
+        sizes[name] = len(dg.serialize_value(event.asset_materialization.metadata))
     (shots / "metadata_sizes.json").write_text(json.dumps(sizes, indent=2) + "\n")
     print(f"\nserialized metadata per asset (bytes): {sizes}")
     assert all(size <= METADATA_LIMIT for size in sizes.values()), sizes
