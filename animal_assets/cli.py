@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -82,22 +83,52 @@ def _signals():
     os.set_blocking(write_fd, False)
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Dagster mirrors a step's output through child processes (tail, and a Python watcher)
+    # started from this thread. A Ctrl-C on a terminal reaches the whole process group, and the
+    # watcher would print a KeyboardInterrupt traceback of its own. So SIGINT is blocked in this
+    # thread, which the children inherit, and a helper thread that leaves it unblocked receives
+    # it for the process; Python still runs the handler in this thread.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    done = threading.Event()
+
+    def receive_sigint() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        done.wait()
+
+    helper = threading.Thread(target=receive_sigint, name="animal-assets-sigint", daemon=True)
+    helper.start()
     previous_hook = sys.unraisablehook
     seen: list[int] = []
     resent: list[threading.Timer] = []
 
-    def unraisable(info) -> None:
-        # An interrupt raised where Python cannot propagate it (inside a garbage-collection
-        # callback) would be lost: the signal is sent again a moment later, from a timer thread,
-        # so that it lands in the step's own code and stops the run.
-        if info.exc_type is KeyboardInterrupt or info.exc_type.__name__.endswith("InterruptedError"):
-            signo = received()
-            if signo is not None and len(resent) < 20:
-                resent.append(threading.Timer(0.05, os.kill, (os.getpid(), signo)))
-                resent[-1].start()
-            return
-        previous_hook(info)
+    def swallowed(exc_type) -> bool:
+        """Whether ``exc_type`` is an interrupt that something caught instead of the run: then
+        the signal is sent again a moment later, from a timer thread, so that it lands in the
+        step's own code and stops the run."""
+        if exc_type is None or not (exc_type is KeyboardInterrupt
+                                    or exc_type.__name__.endswith("InterruptedError")):
+            return False
+        signo = received()
+        if signo is not None and len(resent) < 20:
+            resent.append(threading.Timer(0.05, os.kill, (os.getpid(), signo)))
+            resent[-1].start()
+        return True
 
+    def unraisable(info) -> None:
+        # raised where Python cannot propagate it (inside a garbage-collection callback)
+        if not swallowed(info.exc_type):
+            previous_hook(info)
+
+    class Caught(logging.Filter):
+        # caught and logged by a library (SQLAlchemy, closing a connection), traceback and all
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.exc_info and swallowed(record.exc_info[0]))
+
+    caught = Caught()
+    sqlalchemy_log = logging.getLogger("sqlalchemy")
+    for handler in (logging.lastResort, *sqlalchemy_log.handlers, *logging.getLogger().handlers):
+        if handler is not None:
+            handler.addFilter(caught)
     sys.unraisablehook = unraisable
 
     def received() -> int | None:
@@ -110,8 +141,14 @@ def _signals():
     try:
         yield received
     finally:
+        for handler in (logging.lastResort, *sqlalchemy_log.handlers, *logging.getLogger().handlers):
+            if handler is not None:
+                handler.removeFilter(caught)
         for timer in resent:
             timer.cancel()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        done.set()
+        helper.join()
         sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous_term)
         signal.set_wakeup_fd(previous_fd)

@@ -450,19 +450,24 @@ def test_a_signal_stops_the_run_with_one_line_and_its_exit_code(tmp_path, signo,
     proc = subprocess.Popen(
         [sys.executable, "-m", "animal_assets.cli", "run", "--dataset", str(dataset), "--output",
          str(out), "--select", "raw_images,embeddings,ood_scores,clean_labels", "--no-progress"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
     deadline = time.monotonic() + 300
     while not (out / "raw_images" / "raw.json").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "raw_images never finished"
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read()[-3000:]
-    proc.send_signal(signo)  # while embeddings runs
+    if signo == signal.SIGINT:  # Ctrl-C on a terminal: the whole process group, children too
+        os.killpg(proc.pid, signo)
+    else:
+        proc.send_signal(signo)  # while embeddings runs
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err[-3000:]
     ours = [line for line in err.splitlines() if line.startswith("animal-assets:")]
     assert len(ours) == 1 and err.rstrip("\n").endswith(ours[0]), err[-3000:]
     assert f"interrupted ({signal.Signals(signo).name})" in ours[0]
     assert "Traceback" not in err and "DagsterExecutionInterruptedError" not in err, err[-3000:]
+    assert "KeyboardInterrupt" not in err, err[-3000:]  # nor from Dagster's child processes
     assert (out / "raw_images" / "raw.json").exists()  # what finished is kept
     assert not (out / "clean_labels" / "decisions.csv").exists()  # the run stopped
     assert dg.DagsterRunStatus.STARTED not in _run_statuses(tmp_path)
