@@ -239,6 +239,7 @@ def embeddings(
             raw_images, storage.path("embeddings"), config.to_core(), device=compute.device,
             on_progress=_progress(context, "embedded images"),
         )
+    storage.mark("embeddings")
     return dg.Output(emb, metadata={
         "n": emb.n, "dim": emb.dim, "head_dim": emb.head_dim, "image_size": emb.image_size,
         "device": emb.device, "precision": emb.precision,
@@ -259,6 +260,7 @@ def ood_scores(
         scores = steps.score_outliers(
             raw_images, embeddings, storage.path("ood_scores"), config.to_core()
         )
+    storage.mark("ood_scores")
     table = pd.read_csv(scores.path)
     images, manifest = load_raw_images(raw_images, mmap=True)
     names = dataset.names(raw_images.num_classes)
@@ -300,6 +302,7 @@ def clean_labels(
             auto, dataset.review_path or None, storage.path("clean_labels"),
             num_classes=raw_images.num_classes, class_names=names,
         )
+    storage.mark("clean_labels")
     changed = d[d["action"] != "keep"].sort_values("confidence", ascending=False)
     reviewed = d[d["source"] == "review"]
     context.log.info(
@@ -414,6 +417,7 @@ def resnet34_model(
             config.to_core(device=compute.device), num_classes=raw_images.num_classes,
             on_epoch=on_epoch, on_batch=on_batch,
         )
+    storage.mark("resnet34_model")
     history = pd.DataFrame(list(model.history))
     last = model.history[-1] if model.history else {}
     pictures = _Media(Path(model.checkpoint_path).parent)
@@ -450,6 +454,7 @@ def eval_report(
             device=compute.device, class_names=names,
             test_set=dataset.test_set or None, truth_path=truth,
         )
+    storage.mark("eval_report")
     md = ["## val_split", to_markdown(report["val_split"])]
     metadata = {"val_balanced_accuracy": float(report["val_split"]["balanced_accuracy"])}
     pictures = _Media(Path(report["path"]).parent)
@@ -506,6 +511,7 @@ def ablation_report(
             config.to_core(), trainer, test_set=dataset.test_set or None, model=resnet34_model,
             log=context.log.info,
         )
+    storage.mark("ablation_report")
     recipes = result["recipes"]
     pictures = _Media(Path(result["path"]).parent)
     for part, title in (("val_balanced_accuracy", "val_split"), ("test_balanced_accuracy", "test set")):

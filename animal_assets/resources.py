@@ -26,6 +26,10 @@ class StorageResource(dg.ConfigurableResource):
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def mark(self, name: str) -> None:
+        """Mark the asset ``name``'s folder as the tool's once its step has written it."""
+        claim_asset_folder(self.root, name)
+
 
 class DatasetResource(dg.ConfigurableResource):
     """The input dataset (a folder or a .zip/.tar.gz/.tgz archive in the DS801 format).

@@ -45,6 +45,8 @@ def test_core_pipeline_runs_the_graph_and_writes_the_summary(tmp_path):
     assert 0 <= summary["val_balanced_accuracy"] <= 1
     assert 0 <= summary["test_balanced_accuracy"] <= 1
     assert summary["cleaning"]["n_scored"] > 0 and summary["cleaning"]["n_missing"] == 0
+    for name in summary["assets"]:  # every folder a step wrote is marked as the tool's
+        assert (tmp_path / "out" / name / ".animal-assets").is_file(), name
     report = json.loads(Path(summary["report_path"]).read_text())
     assert report["test_set"]["n"] == len(json.loads((demo.dataset_dir / "data-labels.json").read_text()))
 

@@ -74,6 +74,7 @@ def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, clas
         claim_asset_folder(out, name)
         with measure() as stats:
             result = fn(*args, **kwargs)
+        claim_asset_folder(out, name)  # written by the step: marked as the tool's
         timings[name] = {"seconds": round(stats.seconds, 2), "peak_rss_mb": round(stats.peak_rss_mb, 1)}
         log(f"[{name}] {stats.seconds:.1f} s, peak {stats.peak_rss_mb:.0f} MiB")
         return result

@@ -45,8 +45,10 @@ OUTPUT_FOLDERS: dict[str, frozenset[str]] = {
     "val_split": frozenset({"ds801", "ids.csv", "images.npy", "labels.npy"}),
     "balanced_train": frozenset({"train", "ds801-clean.zip", "class_counts.png", "generated.jpg"}),
     "resnet34_model": frozenset({"resnet34.pt", "training_curves.png"}),
-    "eval_report": frozenset({"report.json", "confusion_val_split.png"}),
-    "ablation_report": frozenset({"ablation.json", "val_balanced_accuracy.png"}),
+    "eval_report": frozenset({"report.json", "confusion_val_split.png", "confusion_test_set.png",
+                              "test_set"}),
+    "ablation_report": frozenset({"ablation.json", "val_balanced_accuracy.png",
+                                  "test_balanced_accuracy.png", "test_set"}),
 }
 
 
