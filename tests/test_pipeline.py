@@ -31,12 +31,20 @@ def test_core_pipeline_runs_the_graph_and_writes_the_summary(tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     summary_path = tmp_path / "run.json"
+    dropped = sorted(json.loads((demo.dataset_dir / "data-labels.json").read_text()))[0]
+    review = tmp_path / "review.csv"
+    review.write_text(f"id,action,label,note\n{dropped},drop,,a reviewer's call\n")
     code = main([
         str(demo.dataset_dir), "--out", str(tmp_path / "out"), "--config", str(config),
         "--device", "cpu", "--truth", str(demo.truth_path), "--test-set",
-        str(demo.dataset_dir), "--json", str(summary_path),
+        str(demo.dataset_dir), "--json", str(summary_path), "--review", str(review),
     ])
     assert code == 0
+    import pandas as pd
+
+    decisions = pd.read_csv(tmp_path / "out" / "clean_labels" / "decisions.csv").set_index("id")
+    assert decisions.loc[dropped, "action"] == "drop" and decisions.loc[dropped, "source"] == "review"
+    assert (tmp_path / "out" / "clean_labels" / "auto" / "decisions.csv").is_file()
     summary = json.loads(summary_path.read_text())
     # the headless runner trains the ablation only when asked (--ablation)
     assert list(summary["assets"]) == [n for n in NAMES if n != "ablation_report"]

@@ -49,7 +49,7 @@ def run_pipeline(
     dataset: str, out_dir: str | Path, *, run_config: dict, device: str = "auto",
     truth_path: str | None = None, test_set: str | None = None,
     class_names: list[str] | None = None, log=print, ablation=None,
-    summary_json: str | None = None,
+    summary_json: str | None = None, review: str | None = None,
 ) -> dict:
     """Run every step and return the summary (per-step wall time and peak memory, accuracies).
 
@@ -59,14 +59,26 @@ def run_pipeline(
     out = expand(out_dir)
     params = params_from_run_config(run_config)
     preflight(dataset, out, test_set=test_set, truth=truth_path, class_names=class_names,
-              summary_json=summary_json)
+              summary_json=summary_json, review=review)
     with output_lock(out, holder=f"the dagster-free runner (pid {os.getpid()})"):
         return _run_steps(dataset, out, params=params, device=device, truth_path=truth_path,
-                          test_set=test_set, class_names=class_names, log=log, ablation=ablation)
+                          test_set=test_set, class_names=class_names, log=log, ablation=ablation,
+                          review=review)
+
+
+def _reviewed_clean_labels(raw, emb, ood, out_dir: Path, config, *, review, class_names):
+    """The automatic decisions (``out_dir/auto``), then the review applied over them
+    (``out_dir/decisions.csv``), as the ``clean_labels`` asset does."""
+    from animal_assets.core.review import reviewed_clean_labels
+
+    auto = steps.clean_label_decisions(raw, emb, ood, out_dir / "auto", config)
+    clean, _, _ = reviewed_clean_labels(auto, review, out_dir, num_classes=raw.num_classes,
+                                        class_names=class_names or ())
+    return clean
 
 
 def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, class_names, log,
-               ablation) -> dict:
+               ablation, review) -> dict:
     timings: dict[str, dict] = {}
 
     def step(name, fn, *args, **kwargs):
@@ -89,8 +101,8 @@ def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, clas
                params["embeddings"], device=device)
     ood = step("ood_scores", steps.score_outliers, raw, emb, out / "ood_scores",
                params["ood_scores"])
-    clean = step("clean_labels", steps.clean_label_decisions, raw, emb, ood,
-                 out / "clean_labels", params["clean_labels"])
+    clean = step("clean_labels", _reviewed_clean_labels, raw, emb, ood, out / "clean_labels",
+                 params["clean_labels"], review=review, class_names=class_names)
     val = step("val_split", steps.make_val_split, raw, clean, out / "val_split",
                params["val_split"])
     bal = step("balanced_train", steps.make_balanced_train, raw, clean, val,
@@ -146,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                         help="encoder and trainer arithmetic (default: the run config's)")
     parser.add_argument("--truth", help="a truth file of a ground-truth benchmark")
+    parser.add_argument("--review", help="review file (CSV: id, action, label, note) that overrules "
+                                         "the cleaning decisions it lists")
     parser.add_argument("--test-set", help="an external clean test set, same format and classes")
     parser.add_argument("--class-names", help="comma-separated class names")
     parser.add_argument("--json", help="write the run summary here")
@@ -175,7 +189,7 @@ def _main(args: argparse.Namespace) -> int:
         run_config = with_precision(run_config, args.precision)
     summary = run_pipeline(
         args.dataset, args.out, run_config=run_config, device=args.device,
-        truth_path=args.truth, test_set=args.test_set,
+        truth_path=args.truth, test_set=args.test_set, review=args.review,
         class_names=args.class_names.split(",") if args.class_names else None, ablation=ablation,
         summary_json=args.json,
     )
