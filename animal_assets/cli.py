@@ -106,7 +106,7 @@ def _signals():
         the signal is sent again a moment later, from a timer thread, so that it lands in the
         step's own code and stops the run."""
         if exc_type is None or not (exc_type is KeyboardInterrupt
-                                    or exc_type.__name__.endswith("InterruptedError")):
+                                    or exc_type.__name__ == "DagsterExecutionInterruptedError"):
             return False
         signo = received()
         if signo is not None and len(resent) < 20:
@@ -133,7 +133,7 @@ def _signals():
 
     def received() -> int | None:
         try:
-            seen.extend(b for b in os.read(read_fd, 1024) if b in _STOPPED_BY.keys())
+            seen.extend(b for b in os.read(read_fd, 1024) if b in _STOPPED_BY)
         except BlockingIOError:
             pass
         return seen[0] if seen else None

@@ -158,7 +158,7 @@ def _observed(instance: dg.DagsterInstance) -> dict[str, str | None]:
     for name in SOURCES:
         records = instance.fetch_observations(dg.AssetKey(name), limit=1).records
         observation = records[0].asset_observation if records else None
-        latest[name] = observation.tags.get("dagster/data_version") if observation else None
+        latest[name] = observation.data_version if observation else None
     return latest
 
 

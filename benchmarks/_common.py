@@ -107,8 +107,9 @@ def report(result: dict) -> None:
 IN_PROCESS = False
 
 
-def _run_here(script: str, args: list[str], env: dict | None) -> subprocess.CompletedProcess:
-    """``script ARGS`` run as ``__main__`` in this process, stdout captured, like a subprocess."""
+def run_here(script: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """``script ARGS`` run as ``__main__`` in this process, stdout captured, like a subprocess
+    (an exception is a failed run, its repr on stderr)."""
     out = io.StringIO()
     saved_argv, saved_env = sys.argv, dict(os.environ)
     sys.argv = [script, *args]
@@ -118,7 +119,7 @@ def _run_here(script: str, args: list[str], env: dict | None) -> subprocess.Comp
         with contextlib.redirect_stdout(out):
             runpy.run_path(script, run_name="__main__")
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
     except Exception as err:  # reported as a failed worker, as a subprocess would be
         return subprocess.CompletedProcess(sys.argv, 1, out.getvalue(), repr(err))
     finally:
@@ -138,7 +139,7 @@ def run_worker(script: str, args: list[str], *, env: dict | None = None) -> dict
         When the worker fails or reports nothing; its output is included.
     """
     if IN_PROCESS:
-        proc = _run_here(script, args, env)
+        proc = run_here(script, args, env)
     else:
         proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                               env={**os.environ, **(env or {})}, check=False)

@@ -1,11 +1,7 @@
 """The speed benchmarks in benchmarks/ still run: each script's --quick mode prints its table."""
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,20 +27,15 @@ SCRIPTS = [
 
 
 def run_script(script: str, args: list[str], cwd: Path, monkeypatch) -> tuple[int, str]:
-    """``python benchmarks/SCRIPT ARGS`` in this process (as ``__main__``, its folder first on
-    the path, as Python runs a script): the exit code and stdout. In process, the script's
-    imports (torch, torchvision) are the test session's, not paid again."""
+    """``python benchmarks/SCRIPT ARGS`` in this process (``_common.run_here``, its folder first
+    on the path, as Python runs a script): the exit code and stdout and stderr. In process, the
+    script's imports (torch, torchvision) are the test session's, not paid again."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), *args])
     monkeypatch.chdir(cwd)
-    out = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out):
-        try:
-            runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, out.getvalue()
+    import _common
+
+    proc = _common.run_here(str(BENCHMARKS / script), args)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

@@ -207,8 +207,7 @@ def atomic_dir(
         if mark:
             _mark(tmp)
         if path.exists():
-            if old.exists() or old.is_symlink():
-                _remove(old)
+            _remove(old)
             os.replace(path, old)
         os.replace(tmp, path)
         _remove(old)

@@ -82,8 +82,7 @@ def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, clas
     timings: dict[str, dict] = {}
 
     def step(name, fn, *args, **kwargs):
-        log(f"[{name}] running")
-        claim_asset_folder(out, name)
+        log(f"[{name}] running")  # the preflight checked every asset folder is the tool's
         with measure() as stats:
             result = fn(*args, **kwargs)
         claim_asset_folder(out, name)  # written by the step: marked as the tool's

@@ -255,15 +255,8 @@ def preflight(
     inputs = {"dataset": dataset, "test set": test_set, "truth file": truth, "review file": review}
     check_overlap(output, inputs, summary_json=summary_json)
     check_output(output, summary_json=summary_json)
-    if review:
-        if not expand(review).is_file():
-            raise InputError(f"{expand(review)}: the review file does not exist")
-        from animal_assets.core.review import ReviewError, check_field_counts
-
-        try:
-            check_field_counts(expand(review))
-        except ReviewError as err:
-            raise InputError(str(err)) from None
+    if review and not expand(review).is_file():
+        raise InputError(f"{expand(review)}: the review file does not exist")
     table = None
     if dataset is not None:
         dataset = expand(dataset)
@@ -299,13 +292,17 @@ def preflight(
                 raise InputError(
                     f"{path}: none of the truth file's {len(entries)} ids is an image of "
                     f"{dataset}; a truth file scores the dataset it was made with")
-    if review and table is not None and table.classes:
-        from animal_assets.core.review import ReviewError, read_review
+    if review:
+        from animal_assets.core.review import ReviewError, check_field_counts, read_review
 
-        try:  # every rule of the review, against the images whose labels meet the rules
-            read_review(expand(review), known_ids=list(table.classes),
-                        given=list(table.classes.values()), num_classes=k,
-                        class_names=class_names or ())
+        try:
+            if table is not None and table.classes:
+                # every rule of the review, against the images whose labels meet the rules
+                read_review(expand(review), known_ids=list(table.classes),
+                            given=list(table.classes.values()), num_classes=k,
+                            class_names=class_names or ())
+            else:  # the labels could not be read alone: the rules that need the file only
+                check_field_counts(expand(review))
         except ReviewError as err:
             raise InputError(str(err)) from None
     return Checked(k, matched)

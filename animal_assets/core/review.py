@@ -81,8 +81,8 @@ def _parse_label(text: str, class_names: Sequence[str], num_classes: int) -> int
 
 def check_field_counts(path: str | os.PathLike) -> None:
     """Refuse a byte-order mark and a row with more or fewer fields than the header (a comma
-    too many or too few), naming its line; blank lines are allowed. Needs nothing but the file, so the preflight runs
-    it before anything is computed.
+    too many or too few), naming its line; blank lines are allowed. Needs nothing but the file,
+    so the preflight runs it before anything is computed.
 
     Raises
     ------
