@@ -1,4 +1,4 @@
-"""Tests of label cleaning: out-of-sample probe, duplicate groups, keep/relabel/drop decisions."""
+"""Tests of label cleaning: duplicate groups, keep/relabel/drop decisions, summaries."""
 from __future__ import annotations
 
 import math
@@ -6,16 +6,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from animal_assets.core.cleaning import (
     CleaningConfig,
     decide,
     duplicate_groups,
-    out_of_sample_probs,
     summarise,
 )
 from animal_assets.core.noise_model import noise_posteriors
+from animal_assets.core.probe import out_of_sample_probs
 
 K = 6
 PAIRS = np.array([1, 0, 3, 2, 5, 4])  # look-alike partner of each class
@@ -42,89 +41,8 @@ def noisy_clusters(seed: int, flip_rate: float = 0.2, ood_rate: float = 0.05):
 @pytest.fixture(scope="module")
 def noisy():
     x, given, true, flipped, ood = noisy_clusters(seed=3)
-    probs = out_of_sample_probs(x, given, num_classes=K, train_mask=~ood, seed=0, pca_dims=None)
+    probs = out_of_sample_probs(x, given, num_classes=K, train_mask=~ood, seed=0)
     return x, given, true, flipped, ood, probs
-
-
-# --- out_of_sample_probs --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("twins", [False, True])
-def test_probs_are_out_of_sample(twins):
-    """Random labels on random points: a memorising model is perfect in-sample, chance out of it."""
-    rng = np.random.default_rng(1)
-    n, d, k = 120, 128, 4
-    x = rng.normal(size=(n // 2 if twins else n, d)).astype(np.float32)
-    y = rng.integers(0, k, len(x))
-    groups = None
-    if twins:  # every point twice, same label: a twin in the training folds leaks the answer
-        x, y, groups = np.repeat(x, 2, axis=0), np.repeat(y, 2), np.repeat(np.arange(len(x)), 2)
-        leaky = out_of_sample_probs(x, y, num_classes=k, c=1e4, pca_dims=None, seed=0)
-        assert np.mean(leaky.argmax(1) == y) > 0.7  # ~80 % of twins sit in another fold
-    probs = out_of_sample_probs(x, y, num_classes=k, c=1e4, pca_dims=None, seed=0, groups=groups)
-    assert np.mean(probs.argmax(1) == y) < 0.45
-    memorised = LogisticRegression(C=1e4, max_iter=2000).fit(x, y)
-    assert memorised.score(x, y) > 0.95  # the same model class does memorise when it sees the row
-
-
-@pytest.mark.parametrize("rare_count", [0, 1, 2])
-def test_every_class_is_a_column(rare_count):
-    rng = np.random.default_rng(2)
-    y = np.r_[np.repeat([0, 1, 2], 40), np.full(rare_count, 3)]
-    x = rng.normal(size=(len(y), 8)) + y[:, None]
-    probs = out_of_sample_probs(x, y, num_classes=5, seed=0, n_folds=5)
-    assert probs.shape == (len(y), 5)
-    np.testing.assert_allclose(probs.sum(1), 1.0)
-    assert np.all(probs[:, 4] == 0.0)  # a class nobody has gets a zero column, not a missing one
-
-
-@pytest.mark.parametrize("with_rest", [False, True])
-def test_a_fold_left_with_one_class_answers_that_class(with_rest):
-    # K=2 with a single image of class 1: the fold holding it out trains on class 0 alone
-    rng = np.random.default_rng(3)
-    y = np.r_[np.zeros(60, dtype=np.int64), 1]
-    x = rng.normal(size=(61, 8))
-    mask = np.ones(61, dtype=bool)
-    if with_rest:
-        mask[:6] = False
-    probs = out_of_sample_probs(x, y, num_classes=2, train_mask=mask, seed=0, n_folds=3)
-    np.testing.assert_allclose(probs.sum(1), 1.0)
-    assert probs[60].tolist() == [1.0, 0.0]  # scored by the fold that never saw class 1
-
-
-@pytest.mark.parametrize("labels, found", [(np.zeros(30, dtype=np.int64), "all 30 are of class 0"),
-                                           (np.full(30, 2), "all 30 are of class 2")])
-def test_the_probe_names_the_only_class_it_could_learn(labels, found):
-    x = np.random.default_rng(0).normal(size=(30, 4))
-    with pytest.raises(ValueError, match=f"at least two classes to learn from .*; {found}$"):
-        out_of_sample_probs(x, labels, num_classes=3, seed=0)
-
-
-def test_rows_outside_train_mask_get_fold_average():
-    rng = np.random.default_rng(4)
-    y = np.repeat([0, 1, 2], 30)
-    x = rng.normal(size=(90, 8)) + 3 * y[:, None]
-    mask = np.ones(90, dtype=bool)
-    mask[::9] = False
-    labels = np.where(mask, y, -1)  # labels outside the mask are never read
-    probs = out_of_sample_probs(x, labels, num_classes=3, train_mask=mask, seed=0)
-    np.testing.assert_allclose(probs.sum(1), 1.0)
-    assert np.mean(probs[~mask].argmax(1) == y[~mask]) > 0.9
-
-
-def test_probs_deterministic_and_seeded(noisy):
-    x, given, _, _, ood, probs = noisy
-    again = out_of_sample_probs(x, given, num_classes=K, train_mask=~ood, seed=0, pca_dims=None)
-    assert probs.tobytes() == again.tobytes()
-    other = out_of_sample_probs(x, given, num_classes=K, train_mask=~ood, seed=1, pca_dims=None)
-    assert not np.array_equal(probs, other)
-
-
-def test_pca_inside_folds_runs_and_agrees(noisy):
-    x, given, true, _, ood, _ = noisy
-    probs = out_of_sample_probs(x, given, num_classes=K, train_mask=~ood, seed=0, pca_dims=16)
-    assert probs.shape == (len(given), K)
-    assert np.mean(probs[~ood].argmax(1) == true[~ood]) > 0.8
 
 
 # --- duplicate_groups, config ---------------------------------------------------------------
@@ -286,46 +204,3 @@ def test_summarise_counts(noisy):
     assert sum(c["final"] for c in s["per_class"]) == s["kept"] == int((d["label"] >= 0).sum())
     assert [c["given"] for c in s["per_class"]] == np.bincount(given, minlength=K).tolist()
     assert np.asarray(s["relabel_matrix"]).sum() == s["by_action"]["relabel"]
-
-
-def test_out_of_sample_probs_do_not_depend_on_the_number_of_fold_threads():
-    from animal_assets.core.cleaning import out_of_sample_probs
-
-    rng = np.random.default_rng(5)
-    labels = rng.integers(0, 3, 240)
-    features = (rng.standard_normal((240, 12)) + labels[:, None] * 0.8).astype(np.float32)
-    mask = rng.random(240) > 0.1  # the rest get the mean of the fold models
-    groups = np.arange(240)
-    groups[1::7] = groups[0::7][: len(groups[1::7])]  # some byte-identical pairs
-    kwargs = dict(num_classes=3, n_folds=5, train_mask=mask, groups=groups, c=0.1)
-    one = out_of_sample_probs(features, labels, n_jobs=1, **kwargs)
-    four = out_of_sample_probs(features, labels, n_jobs=4, **kwargs)
-    np.testing.assert_array_equal(one, four)
-    np.testing.assert_allclose(one.sum(axis=1), 1.0)
-    assert (one[~mask] > 0).all()
-
-
-def test_map_folds_holds_the_blas_cap_while_any_fold_still_runs():
-    """A fold that ends first must not lift the cap under one still fitting: the BLAS thread
-    count is process-wide, and a lifted cap changes the float sums of the running fit."""
-    import threading
-    import time
-
-    from threadpoolctl import threadpool_info
-
-    from animal_assets.core.cleaning import map_folds
-
-    def blas_threads():
-        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-
-    if not blas_threads() or max(blas_threads()) < 2:
-        pytest.skip("BLAS runs one thread here: a lifted cap would not show")
-    started = threading.Barrier(2)
-
-    def fit(fold):
-        started.wait()
-        time.sleep(0.05 if fold == 0 else 0.4)  # fold 0 ends and restores first
-        return blas_threads()
-
-    seen = map_folds(fit, 2, n_jobs=2, n_threads=1)
-    assert seen == [[1] * len(seen[0]), [1] * len(seen[1])], seen

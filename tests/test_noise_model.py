@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animal_assets.core.cleaning import select_probe_c
+from animal_assets.core.probe import select_probe_c
 from animal_assets.core.noise_model import (
     PRIOR_IMAGES,
     bayes_posterior,
@@ -239,7 +239,7 @@ def test_confident_rows_read_an_asymmetric_pair_closer_than_the_confident_joint(
     """1,000 images per class, 0.35 one way and 0.10 back in each pair of close look-alikes.
     The confident joint adds the probe's own confusions to both directions and reads the strong
     direction low (0.28-0.32 here); the top quarter of each class reads the rates themselves."""
-    from animal_assets.core.cleaning import out_of_sample_probs
+    from animal_assets.core.probe import out_of_sample_probs
     from animal_assets.core.noise_model import unweight
 
     rates = np.array([0.35, 0.10, 0.35, 0.10])

@@ -14,15 +14,10 @@ the same data the kNN distance alone reaches 0.68.
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 
-from animal_assets.core.cleaning import map_folds
-from animal_assets.core.scaling import ChunkedStandardScaler
+from animal_assets.core import probe
 
 
 def _ranks(scores: np.ndarray) -> np.ndarray:
@@ -64,7 +59,7 @@ def self_train(
         Cross-fitting folds and their shuffling seed.
     n_threads, n_jobs : int or None
         BLAS thread cap while fitting and folds fitted at once (see
-        ``cleaning.out_of_sample_probs``); the result does not depend on ``n_jobs``.
+        ``probe.cross_fit``); the result does not depend on ``n_jobs``.
 
     Returns
     -------
@@ -85,32 +80,35 @@ def self_train(
     if rounds == 0 or n_out < n_folds or n_in < n_folds:
         # Too few pseudo-labelled images to fit anything: keep the seed score.
         return scores.copy()
-    x = ChunkedStandardScaler().fit_transform(features).astype(np.float32, copy=False)
+    std = probe.standardise(features, seed=seed, n_threads=n_threads)
+    x = std.x
     folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x))
     current = scores
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for _ in range(rounds):
-            ranks = _ranks(current)
-            target = np.full(n, -1, dtype=np.int64)
-            target[ranks >= 1.0 - n_out / n] = 1
-            target[ranks < n_in / n] = 0
+    models = [None] * n_folds
+    for _ in range(rounds):
+        ranks = _ranks(current)
+        target = np.full(n, -1, dtype=np.int64)
+        target[ranks >= 1.0 - n_out / n] = 1
+        target[ranks < n_in / n] = 0
 
-            def fit(fold: int, target=target):
-                train, test = folds[fold]
-                use = train[target[train] >= 0]
-                if len(np.unique(target[use])) < 2:
-                    return None
-                model = LogisticRegression(C=c, max_iter=300, class_weight="balanced")
-                return model.fit(x[use], target[use]).decision_function(x[test])
+        def fit(fold: int, target=target):
+            train, test = folds[fold]
+            use = train[target[train] >= 0]
+            if len(np.unique(target[use])) < 2:
+                return None
+            # Each fold starts from its model of the last round: the pseudo-labels moved little.
+            model = probe.fit_softmax(x[use], target[use], c=c, max_iter=300,
+                                      preconditioner=std.preconditioner, init=models[fold])
+            return model, model.decision_function(x[test])
 
-            results = map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)
-            if any(r is None for r in results):
-                # A fold without both pseudo-classes: scores of two scales cannot be mixed,
-                # so the last complete round stands.
-                return current.copy()
-            refined = np.empty(n, dtype=np.float64)
-            for (_, test), values in zip(folds, results):
-                refined[test] = values
-            current = refined
+        results = probe.map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)
+        if any(r is None for r in results):
+            # A fold without both pseudo-classes: scores of two scales cannot be mixed,
+            # so the last complete round stands.
+            return current.copy()
+        refined = np.empty(n, dtype=np.float64)
+        for fold, ((_, test), (model, values)) in enumerate(zip(folds, results)):
+            refined[test] = values
+            models[fold] = model
+        current = refined
     return current

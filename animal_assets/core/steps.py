@@ -229,7 +229,7 @@ def clean_label_decisions(
     config,
 ) -> CleanLabels:
     """Decide keep / relabel / drop for every usable image (see :mod:`.cleaning`)."""
-    from animal_assets.core import cleaning
+    from animal_assets.core import cleaning, probe
 
     check_aligned(raw, embeddings, ood_scores)
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only
@@ -239,8 +239,11 @@ def clean_label_decisions(
     ood_flags = ood_table["flag"].to_numpy(dtype=bool)
     groups = cleaning.duplicate_groups(manifest["sha256"].tolist())
     probe_kwargs = config.probe_kwargs()
+    # Standardised once for the strength search and every fit after it.
+    features = probe.standardise(features, train_mask=~ood_flags, seed=config.seed,
+                                 n_threads=config.probe_threads)
     if probe_kwargs["c"] is None:
-        probe_kwargs["c"] = cleaning.select_probe_c(
+        probe_kwargs["c"] = probe.select_probe_c(
             features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, seed=config.seed,
             class_weight=config.class_weight, n_threads=config.probe_threads,
             n_jobs=config.probe_jobs,
@@ -261,7 +264,7 @@ def clean_label_decisions(
         pred_probs = result.balanced() if config.decision == "balanced" else result.posterior
         transition, prior = result.transition, result.prior
     else:
-        pred_probs = cleaning.out_of_sample_probs(
+        pred_probs = probe.out_of_sample_probs(
             features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
             **probe_kwargs,
         )

@@ -1,0 +1,589 @@
+"""The label probe: class-weighted softmax regression on the embeddings, cross-fitted.
+
+The probe is refitted for every fold, every round of the noise model and every strength the
+search tries, and the outlier refinement refits a binary one for every fold of every round.
+:func:`fit_softmax` fits the model scikit-learn's ``LogisticRegression(solver="lbfgs")`` fits,
+the same objective with the same L-BFGS-B settings,
+
+    sum_i w_i * logloss_i / sum_i w_i  +  ||W||^2 / (2 * C * sum_i w_i)
+
+(``w_i`` the class weights, the intercept unpenalised; two classes are one binary model, as
+scikit-learn fits them), and differs in how it gets there:
+
+* the loss and its gradient come from one pass over row chunks in float32, each chunk used for
+  the logits and for the gradient while it is in cache;
+* L-BFGS runs in coordinates whitened by the eigenvectors of the features' covariance
+  (:class:`Preconditioner`), where the problem is close to round, so it stops after a few dozen
+  iterations rather than a hundred or more;
+* a previous solution (the same fold in the previous round, or at the previous strength) can
+  start the fit.
+
+:func:`out_of_sample_probs` scores every image with a model that never saw it;
+:func:`select_probe_c` picks the strength by the given labels' out-of-sample log-loss.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+from scipy import optimize
+from sklearn.model_selection import StratifiedKFold
+from sklearn.utils.extmath import randomized_svd
+from threadpoolctl import threadpool_limits
+
+from animal_assets.core.scaling import ChunkedStandardScaler
+
+CHUNK_ROWS = 2048  # rows per pass chunk: 2048 x 4,592 float32 is 38 MB
+# Curvature of the softmax loss per unit of feature variance at the start (uniform
+# probabilities over ten classes give 1/10); it only sets how the directions are scaled.
+CURVATURE = 0.1
+COV_ROWS = 4000  # rows the preconditioner is estimated from
+RANK = 512  # leading directions the preconditioner scales one by one
+# A 1-2-5 series: with the 4,592 embedding values the CIFAR benchmark's log-loss is lowest near
+# 5e-4, where a 1-3-10 grid left 3e-4 and 1e-3 tied within 0.001 and the pick flipped between
+# them with the subsample (label-issue F1 0.811 at 3e-4 and 5e-4, 0.789 at 1e-3).
+PROBE_C_GRID = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Preconditioner:
+    """The leading eigenvectors of the covariance of standardised features.
+
+    The directions of large variance make the probe's problem ill-conditioned; each of them
+    gets its own scale, and every other direction one common scale, from the largest of the
+    remaining eigenvalues.
+
+    Attributes
+    ----------
+    eigvals : np.ndarray, shape (r,), float64
+        The ``r`` largest eigenvalues.
+    eigvecs : np.ndarray, shape (D, r), float32
+        Their orthonormal eigenvectors, as columns.
+    rest : float
+        An upper bound of the other ``D - r`` eigenvalues (0 when ``r == D``).
+    """
+
+    eigvals: np.ndarray
+    eigvecs: np.ndarray
+    rest: float
+
+    @classmethod
+    def from_features(cls, x: np.ndarray, *, rank: int = RANK, seed: int = 0) -> Preconditioner:
+        """Estimate it from the rows of ``x`` (standardised, shape (N, D)). Any estimate gives
+        the same fit, a better one a faster fit; a few thousand rows are enough."""
+        x = np.array(x, dtype=np.float32)
+        if x.ndim != 2 or len(x) == 0:
+            raise ValueError(f"probe.py: the preconditioner needs a non-empty (N, D) array, got {x.shape}")
+        x -= x.mean(axis=0)
+        n, d = x.shape
+        total = float(np.einsum("ij,ij->", x, x, dtype=np.float64)) / n
+        r = min(rank, n, d)
+        if d <= 2 * rank:
+            cov = x.T @ x / np.float32(n)
+            vals, vecs = scipy.linalg.eigh(cov, driver="evd", overwrite_a=True, check_finite=False)
+            vals, vecs = vals[::-1][:r], vecs[:, ::-1][:, :r]
+        else:
+            _, sv, vt = randomized_svd(x, r, n_oversamples=min(32, min(n, d) - r), n_iter=2,
+                                       random_state=seed)
+            vals, vecs = sv.astype(np.float64) ** 2 / n, vt.T
+        vals = np.clip(np.asarray(vals, dtype=np.float64), 0.0, None)
+        # The other directions share the scale of the largest of them (at most the r-th
+        # eigenvalue): a mean would make L-BFGS overshoot along the larger ones and retry.
+        rest = min(float(vals[-1]), max(total - float(vals.sum()), 0.0)) if d > r else 0.0
+        return cls(eigvals=vals, eigvecs=np.ascontiguousarray(vecs, dtype=np.float32), rest=rest)
+
+    def scales(self, l2: float) -> tuple[np.ndarray, float]:
+        """Step scales, the inverse square root of each direction's curvature: one per leading
+        direction, shape (r,), and one for all the others."""
+        return 1.0 / np.sqrt(self.eigvals * CURVATURE + l2), 1.0 / math.sqrt(self.rest * CURVATURE + l2)
+
+
+@dataclass(frozen=True)
+class SoftmaxModel:
+    """A fitted probe: ``probs = softmax(x @ coef.T + intercept)`` over ``classes``.
+
+    Attributes
+    ----------
+    classes : np.ndarray of int, shape (k,)
+        The labels it was fitted on, ascending.
+    coef : np.ndarray, shape (k, D)
+    intercept : np.ndarray, shape (k,)
+    n_iter : int
+        L-BFGS iterations the fit took.
+    """
+
+    classes: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    n_iter: int
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """Logits, shape (N, k); for two classes the binary margin, shape (N,)."""
+        z = np.asarray(x, dtype=np.float64) @ self.coef.T + self.intercept
+        return z[:, 1] - z[:, 0] if len(self.classes) == 2 else z
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (N, k), float64."""
+        z = np.asarray(x, dtype=np.float64) @ self.coef.T + self.intercept
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        return z / z.sum(axis=1, keepdims=True)
+
+
+def fit_softmax(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    c: float,
+    class_weight: str | None = "balanced",
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    preconditioner: Preconditioner | None = None,
+    init: SoftmaxModel | None = None,
+) -> SoftmaxModel:
+    """Fit the class-weighted softmax regression of ``y`` on ``x``.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (N, D)
+        Standardised features; float32 is used as is, anything else is converted.
+    y : np.ndarray of int, shape (N,)
+        Labels; at least two distinct values.
+    c : float
+        Inverse L2 strength, as scikit-learn's ``C``.
+    class_weight : "balanced" or None
+        "balanced" weighs each image by ``N / (k * its class's count)``.
+    max_iter : int
+        L-BFGS iteration budget.
+    tol : float
+        Stop when the largest gradient entry, in the whitened coordinates, is below it.
+    preconditioner : Preconditioner, optional
+        Whitening of the features' covariance (default: estimated from ``x``).
+    init : SoftmaxModel, optional
+        Starting point, e.g. the same fold's model in the previous round; its classes must
+        equal those of ``y`` (otherwise the fit starts from zero).
+
+    Returns
+    -------
+    SoftmaxModel
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+    n, d = x.shape
+    k = len(classes)
+    if k < 2:
+        raise ValueError(f"probe.py: the probe needs at least two classes, got {k}")
+    if c <= 0:
+        raise ValueError(f"probe.py: c must be > 0, got {c}")
+    if class_weight == "balanced":
+        weight = (n / (k * np.bincount(y_idx, minlength=k)))[y_idx]
+    elif class_weight is None:
+        weight = np.ones(n)
+    else:
+        raise ValueError(f"probe.py: class_weight must be 'balanced' or None, got {class_weight!r}")
+    weight_sum = float(weight.sum())
+    weight32 = weight.astype(np.float32)
+    # scikit-learn fits two classes as one binary model: the same logits as a softmax with
+    # W_1 = -W_0 = w / 2, whose penalty is half the binary one's, hence the factor 2.
+    l2 = (2.0 if k == 2 else 1.0) / (c * weight_sum)
+    if preconditioner is None:
+        sample = x if n <= COV_ROWS else x[np.sort(np.random.default_rng(0).choice(n, COV_ROWS, replace=False))]
+        preconditioner = Preconditioner.from_features(sample)
+    pre = preconditioner
+    if pre.eigvecs.shape[0] != d:
+        raise ValueError(f"probe.py: the preconditioner is for {pre.eigvecs.shape[0]} features, "
+                         f"the data has {d}")
+    top, other = pre.scales(l2)
+    basis = pre.eigvecs.astype(np.float64)
+
+    def whiten(v: np.ndarray, top: np.ndarray, other: float) -> np.ndarray:
+        # v @ M with M = basis diag(top) basis^T + other (I - basis basis^T), symmetric; in
+        # float64, so the penalty and its gradient agree to the last digit and the line search
+        # never chases rounding.
+        return other * v + ((v @ basis) * (top - other)) @ basis.T
+
+    rows = np.arange(min(n, CHUNK_ROWS))
+
+    def loss_and_grad(u: np.ndarray) -> tuple[float, np.ndarray]:
+        u = u.reshape(k, d + 1)
+        coef = whiten(u[:, :d], top, other)
+        coef_t = np.ascontiguousarray(coef.T, dtype=np.float32)
+        bias = u[:, d].astype(np.float32)
+        grad = np.zeros((d, k))
+        grad_b = np.zeros(k)
+        loss = 0.0
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            chunk, local, target = x[start:stop], rows[: stop - start], y_idx[start:stop]
+            z = chunk @ coef_t
+            z += bias
+            z -= z.max(axis=1, keepdims=True)
+            ez = np.exp(z)
+            total = ez.sum(axis=1)
+            w = weight32[start:stop]
+            loss += float(np.dot(w, np.log(total) - z[local, target]))
+            ez /= total[:, None]
+            ez[local, target] -= 1.0
+            ez *= w[:, None]
+            grad += chunk.T @ ez
+            grad_b += ez.sum(axis=0, dtype=np.float64)
+        g = np.empty((k, d + 1))
+        g[:, :d] = whiten(grad.T / weight_sum + l2 * coef, top, other)
+        g[:, d] = grad_b / weight_sum
+        penalty = 0.5 * l2 * float(np.sum(coef * coef))
+        return loss / weight_sum + penalty, g.ravel()
+
+    u0 = np.zeros((k, d + 1))
+    if init is not None and np.array_equal(init.classes, classes) and init.coef.shape == (k, d):
+        u0[:, :d] = whiten(init.coef, 1.0 / top, 1.0 / other)
+        u0[:, d] = init.intercept
+    result = optimize.minimize(
+        loss_and_grad, u0.ravel(), method="L-BFGS-B", jac=True,
+        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+    )
+    u = result.x.reshape(k, d + 1)
+    coef = whiten(u[:, :d], top, other)
+    intercept = u[:, d].copy()
+    if k == 2:
+        # The binary model's form: one margin, split evenly.
+        coef = coef - coef.mean(axis=0)
+        intercept = intercept - intercept.mean()
+    return SoftmaxModel(classes=classes, coef=coef, intercept=intercept, n_iter=int(result.nit))
+
+
+@dataclass(frozen=True)
+class Standardised:
+    """Features standardised once for every fit of a step, with their preconditioner.
+
+    Attributes
+    ----------
+    x : np.ndarray, shape (N, D), float32
+        Each column centred and scaled by the mean and standard deviation of the rows the
+        probes learn from (a constant column is left unscaled).
+    preconditioner : Preconditioner
+    """
+
+    x: np.ndarray
+    preconditioner: Preconditioner
+
+    def take(self, rows: np.ndarray) -> Standardised:
+        """The same standardisation, on a subset of rows."""
+        return Standardised(x=self.x[rows], preconditioner=self.preconditioner)
+
+
+def standardise(
+    features: np.ndarray | Standardised,
+    *,
+    train_mask: np.ndarray | None = None,
+    seed: int = 0,
+    n_threads: int | None = 1,
+) -> Standardised:
+    """Standardise ``features`` on the ``train_mask`` rows and estimate the preconditioner.
+
+    The statistics come from the features alone, never the labels, so fitting them on every
+    training row rather than fold by fold leaks no label into the out-of-sample scores.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, D), or Standardised (returned as it is)
+    train_mask : np.ndarray of bool, shape (N,), optional
+        Rows whose statistics are used (default: all).
+    seed : int
+        Seed of the preconditioner's row sample.
+    n_threads : int or None
+        BLAS/LAPACK thread cap (None: no cap).
+
+    Returns
+    -------
+    Standardised
+    """
+    if isinstance(features, Standardised):
+        return features
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(f"probe.py: features must be 2-D (N, D), got shape {features.shape}")
+    n = features.shape[0]
+    mask = np.ones(n, dtype=bool) if train_mask is None else np.asarray(train_mask, dtype=bool)
+    if mask.shape != (n,):
+        raise ValueError(f"probe.py: train_mask must have shape ({n},), got {mask.shape}")
+    if not mask.any():
+        raise ValueError("probe.py: no rows to learn from")
+    rows = np.flatnonzero(mask)
+    with threadpool_limits(limits=n_threads):
+        scaler = ChunkedStandardScaler().fit(features if len(rows) == n else features[rows])
+        x = np.ascontiguousarray(scaler.transform(features.astype(np.float32, copy=False)))
+        if len(rows) > COV_ROWS:
+            rows = np.sort(np.random.default_rng(seed).choice(rows, COV_ROWS, replace=False))
+        pre = Preconditioner.from_features(x[rows], seed=seed)
+    return Standardised(x=x, preconditioner=pre)
+
+
+def map_folds(fit: Callable[[int], object], n_folds: int, *, n_jobs: int | None,
+              n_threads: int | None) -> list:
+    """``[fit(0), ..., fit(n_folds - 1)]``, computed by up to ``n_jobs`` threads.
+
+    The heavy parts of a fit (BLAS products, exponentials) release the GIL, so threads fit
+    folds in parallel without copying the features into other processes.
+
+    Parameters
+    ----------
+    fit : callable (fold) -> result
+    n_folds : int
+    n_jobs : int or None
+        Threads; None: one per CPU core. Never more than ``n_folds``.
+    n_threads : int or None
+        BLAS/OpenMP thread cap inside each fit (None: no cap). The OpenMP part of a cap holds
+        for the thread that sets it only, so every fit sets it for itself.
+    """
+    if n_jobs is None:
+        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_jobs < 1:
+        raise ValueError(f"probe.py: n_jobs must be >= 1 or None, got {n_jobs}")
+
+    def capped(fold: int):
+        with threadpool_limits(limits=n_threads):
+            return fit(fold)
+
+    jobs = min(n_jobs, n_folds)
+    if jobs == 1:
+        return [capped(fold) for fold in range(n_folds)]
+    # The BLAS part of a cap is process-wide: a fit that ends restores the value it found,
+    # which would lift the cap under a fit still running in another thread and change its
+    # float sums (scores then differed between runs of the same data by up to 2.1). Holding
+    # the cap around the whole pool makes every restore land on the capped value.
+    with threadpool_limits(limits=n_threads), ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(capped, range(n_folds)))
+
+
+def assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int) -> np.ndarray:
+    """Stratified fold index per row; with ``groups``, stratified on each group's first row."""
+    if groups is None:
+        groups = np.arange(len(y))
+    if groups.shape != y.shape:
+        raise ValueError(f"probe.py: groups must have shape {y.shape}, got {groups.shape}")
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    if len(first) < n_folds:
+        raise ValueError(f"probe.py: {len(first)} independent images cannot fill {n_folds} folds")
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    rep_fold = np.empty(len(first), dtype=np.int64)
+    with warnings.catch_warnings():
+        # A rare class with fewer members than folds is expected and handled by the column map.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, held) in enumerate(folds.split(np.zeros(len(first)), y[first])):
+            rep_fold[held] = fold
+    return rep_fold[inverse]
+
+
+def check_labels(labels: np.ndarray, num_classes: int, n: int, name: str = "labels") -> np.ndarray:
+    """``labels`` as int64 after checking their shape and range."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must be an integer array of shape ({n},), got "
+                         f"{labels.dtype} {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} must lie in 0..{num_classes - 1}")
+    return labels.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Result of :func:`cross_fit`.
+
+    Attributes
+    ----------
+    probs : np.ndarray, shape (N, K), float64
+        Row-stochastic out-of-sample probabilities.
+    models : list of SoftmaxModel or None
+        Each fold's model (None for a fold that saw a single class); they can start the fits
+        of a later call on the same folds.
+    """
+
+    probs: np.ndarray
+    models: list
+
+
+def cross_fit(
+    features: np.ndarray | Standardised,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    n_folds: int = 5,
+    seed: int = 0,
+    train_mask: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    c: float = 0.1,
+    max_iter: int = 200,
+    class_weight: str | None = "balanced",
+    n_threads: int | None = 1,
+    n_jobs: int | None = None,
+    start: Sequence | None = None,
+) -> CrossFit:
+    """Cross-validated class probabilities from the softmax-regression probe.
+
+    Rows in ``train_mask`` are split into stratified folds; each fold's rows are scored by a
+    model fitted on the other folds, so no row is scored by a model that saw it, nor its
+    byte-identical twin when ``groups`` is given. Rows outside ``train_mask`` (e.g. OOD images)
+    never train a model and get the mean of the fold models' probabilities.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, D), or Standardised
+        Image embeddings (standardised here on the ``train_mask`` rows unless they come as
+        :class:`Standardised`).
+    labels : np.ndarray, shape (N,)
+        Given labels in ``0..num_classes-1`` (ignored outside ``train_mask``).
+    num_classes : int
+        K; the output always has K columns, with 0 for a class a fold's training rows lack.
+    n_folds, seed : int
+        Stratified fold count and shuffling seed.
+    train_mask : np.ndarray of bool, shape (N,), optional
+        Rows the probe learns from (default: all).
+    groups : np.ndarray of int, shape (N,), optional
+        Duplicate-group ids; a group's rows share a fold, so byte-identical copies never score
+        each other (a model that saw the twin has memorised its label).
+    c, max_iter, class_weight
+        Probe settings (see :func:`fit_softmax`).
+    n_threads : int or None
+        Thread cap for BLAS while fitting (None: no cap). With both threads of a 2-core machine
+        that was also running other work, spin-waiting threads made a fit 3x to 24x slower.
+    n_jobs : int or None
+        Folds fitted at the same time, each in its own thread (None: one per CPU core, at most
+        ``n_folds``). The folds are independent and their results are combined in fold order,
+        so the output does not depend on it.
+    start : sequence of SoftmaxModel or None, optional
+        ``models`` of an earlier call with the same ``n_folds``: fold ``f`` starts from
+        ``start[f]``. It changes how many iterations a fit takes, not what it converges to.
+
+    Returns
+    -------
+    CrossFit
+    """
+    n = len(features.x) if isinstance(features, Standardised) else np.shape(features)[0]
+    train_mask = np.ones(n, dtype=bool) if train_mask is None else np.asarray(train_mask, dtype=bool)
+    if train_mask.shape != (n,):
+        raise ValueError(f"probe.py: train_mask must have shape ({n},), got {train_mask.shape}")
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"probe.py: labels must have shape ({n},), got {labels.shape}")
+    train_idx = np.flatnonzero(train_mask)
+    y = check_labels(labels[train_idx], num_classes, len(train_idx), "probe.py: labels")
+    if len(np.unique(y)) < 2:
+        found = f"all {len(y)} are of class {int(y[0])}" if len(y) else "there are none"
+        raise ValueError("probe.py: the probe needs images of at least two classes to learn from "
+                         f"(images not flagged out-of-distribution); {found}")
+    if start is not None and len(start) != n_folds:
+        raise ValueError(f"probe.py: start must hold {n_folds} models, got {len(start)}")
+    std = standardise(features, train_mask=train_mask, seed=seed, n_threads=n_threads)
+    x = std.x
+    rest = np.flatnonzero(~train_mask)
+    fold_of = assign_folds(y, None if groups is None else np.asarray(groups)[train_idx], n_folds, seed)
+
+    def fit(fold: int):
+        held = fold_of == fold
+        seen = np.unique(y[~held])
+        if len(seen) == 1:
+            # A class rarer than the folds can be held out whole, leaving one class to learn
+            # from (e.g. 1 image against 10,000 with K=2). Any model of these rows could only
+            # answer that class, so the fold answers it with certainty.
+            return None, seen, np.ones((int(held.sum()), 1)), np.ones((len(rest), 1))
+        model = fit_softmax(x[train_idx[~held]], y[~held], c=c, class_weight=class_weight,
+                            max_iter=max_iter, preconditioner=std.preconditioner,
+                            init=None if start is None else start[fold])
+        held_probs = model.predict_proba(x[train_idx[held]])
+        return model, model.classes, held_probs, model.predict_proba(x[rest])
+
+    probs = np.zeros((n, num_classes), dtype=np.float64)
+    models = []
+    for fold, (model, cols, held_probs, rest_probs) in enumerate(
+            map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)):
+        probs[np.ix_(train_idx[fold_of == fold], cols)] = held_probs
+        if len(rest):
+            probs[np.ix_(rest, cols)] += rest_probs / n_folds
+        models.append(model)
+    return CrossFit(probs=probs, models=models)
+
+
+def out_of_sample_probs(features: np.ndarray | Standardised, labels: np.ndarray, *,
+                        num_classes: int, **kwargs) -> np.ndarray:
+    """:func:`cross_fit`'s probabilities alone, shape (N, K), float64."""
+    return cross_fit(features, labels, num_classes=num_classes, **kwargs).probs
+
+
+def select_probe_c(
+    features: np.ndarray | Standardised,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    train_mask: np.ndarray | None = None,
+    grid: Sequence[float] = PROBE_C_GRID,
+    max_rows: int = 6000,
+    n_folds: int = 3,
+    seed: int = 0,
+    class_weight: str | None = "balanced",
+    n_threads: int | None = 1,
+    n_jobs: int | None = None,
+) -> float:
+    """The probe strength with the lowest out-of-sample log-loss on the given labels.
+
+    Under class-conditional noise the given labels' log-loss is minimised by the probe that best
+    matches ``P(given | image)``, so noisy labels can choose it. The search runs on a seeded
+    stratified subsample of at most ``max_rows`` rows, each strength's fits start from the
+    previous strength's, and it stops once the loss has risen twice in a row along the
+    ascending grid.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, D), or Standardised
+    labels : np.ndarray of int, shape (N,)
+    num_classes : int
+    train_mask : np.ndarray of bool, shape (N,), optional
+        Rows to use (default: all).
+    grid : sequence of float
+        Candidate values of C, ascending.
+    max_rows, n_folds, seed, class_weight, n_threads, n_jobs
+        Subsample size, folds, seed and probe settings.
+
+    Returns
+    -------
+    float
+    """
+    from sklearn.metrics import log_loss
+
+    labels = np.asarray(labels, dtype=np.int64)
+    rows = np.flatnonzero(np.ones(len(labels), bool) if train_mask is None else train_mask)
+    if len(np.unique(labels[rows])) < 2:
+        # Nothing to choose between; the probe itself reports the missing classes.
+        return float(grid[len(grid) // 2])
+    if len(rows) > max_rows:
+        # A class's share of the sample follows its share of the rows, but every class keeps
+        # at least min(its size, 2 * n_folds) rows, so a rare class is never sampled away.
+        rng = np.random.default_rng(seed)
+        picked = []
+        for k in np.unique(labels[rows]):
+            members = rows[labels[rows] == k]
+            take = max(min(len(members), 2 * n_folds), round(max_rows * len(members) / len(rows)))
+            picked.append(rng.choice(members, min(take, len(members)), replace=False))
+        rows = np.sort(np.concatenate(picked))
+    std = standardise(features, train_mask=train_mask, seed=seed, n_threads=n_threads).take(rows)
+    best_c, best_loss, rises, last, models = float(grid[0]), math.inf, 0, math.inf, None
+    for c in grid:
+        fitted = cross_fit(std, labels[rows], num_classes=num_classes, n_folds=n_folds, seed=seed,
+                           c=c, class_weight=class_weight, n_threads=n_threads, n_jobs=n_jobs,
+                           start=models)
+        models = fitted.models
+        probs = np.clip(fitted.probs, 1e-7, 1.0)
+        loss = log_loss(labels[rows], probs / probs.sum(axis=1, keepdims=True),
+                        labels=list(range(num_classes)))
+        if loss < best_loss:
+            best_c, best_loss = float(c), loss
+        rises = rises + 1 if loss > last else 0
+        last = loss
+        if rises >= 2:
+            break
+    return best_c
