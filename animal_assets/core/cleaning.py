@@ -55,7 +55,7 @@ class CleaningConfig:
     probe_max_iter: int = 200  # L-BFGS budget per fit; the probe stops after a few dozen iterations
     class_weight: str | None = "balanced"  # "balanced" stops the probe from favouring large classes
     probe_threads: int | None = 1  # BLAS/OpenMP threads of the probe (None: all); 1 is immune to contention
-    probe_jobs: int | None = None  # folds fitted at once, one thread each (None: one per CPU core)
+    probe_jobs: int | None = None  # threads sharing each fit's rows, one BLAS thread each (None: one per core)
     em_rounds: int = 2  # noise_model: probe refits on the posterior's labels
     min_noise_rate: float = 0.08  # noise_model: smaller confusion rates are treated as 0
     # noise_model: pseudo-images per class labelled as themselves, added to the noise estimate;
@@ -125,7 +125,7 @@ class CleaningConfig:
                              f"got {self.filter_by!r}")
 
     def probe_kwargs(self) -> dict:
-        """Keyword arguments of :func:`.probe.cross_fit` taken from this config.
+        """Keyword arguments of :func:`.probe.out_of_sample_probs` taken from this config.
 
         ``c`` is None when ``probe_c`` is; resolve it with :func:`.probe.select_probe_c` first.
         """

@@ -6,7 +6,7 @@ module models that with a K x K transition matrix ``T[j, i] = P(given = i | true
 returns, for every image, ``P(true = j | image, given label)``:
 
 1. A class-weighted probe trained on the given labels estimates ``P(given | image)`` out of
-   sample (:func:`animal_assets.core.probe.cross_fit`). Class weighting keeps the
+   sample (:func:`animal_assets.core.probe.out_of_sample_probs`). Class weighting keeps the
    probe from ignoring small classes, but it answers as if every class were equally common;
    :func:`unweight` puts the given labels' real frequencies back.
 2. ``T`` is estimated from the probe's most confident images: row ``j`` holds the given labels
@@ -308,7 +308,7 @@ def noise_posteriors(
     train_mask : np.ndarray of bool, shape (N,), optional
         Images the probes learn from and ``T`` is estimated on (e.g. not flagged OOD).
     groups : np.ndarray of int, shape (N,), optional
-        Duplicate groups kept within one fold (see :func:`.probe.cross_fit`).
+        Duplicate groups kept within one fold (see :func:`.probe.out_of_sample_probs`).
     rounds : int
         Rounds refitting the probe on the posterior's labels (0: none).
     min_rate : float
@@ -329,7 +329,7 @@ def noise_posteriors(
     estimator : str
         How ``T`` is estimated (see :func:`estimate_transition`).
     probe_kwargs : dict, optional
-        Passed to :func:`.probe.cross_fit` (``n_folds``, ``seed``, ``c``, ...).
+        Passed to :func:`.probe.out_of_sample_probs` (``n_folds``, ``seed``, ``c``, ...).
 
     Returns
     -------
@@ -345,14 +345,10 @@ def noise_posteriors(
 
     features = probe_fit.standardise(features, train_mask=mask, seed=kwargs.get("seed", 0),
                                      n_threads=kwargs.get("n_threads", 1))
-    models = None
 
     def probe(targets: np.ndarray) -> np.ndarray:
-        # Each round's fold models start from the last round's: the labels moved little.
-        nonlocal models
-        fitted = probe_fit.cross_fit(features, targets, num_classes=num_classes, train_mask=mask,
-                                     groups=groups, start=models, **kwargs)
-        models, probs = fitted.models, fitted.probs
+        probs = probe_fit.out_of_sample_probs(features, targets, num_classes=num_classes,
+                                              train_mask=mask, groups=groups, **kwargs)
         if estimate_prior_from_data and balanced_probe:
             probs = unweight(probs, targets[mask], num_classes)
         return probs

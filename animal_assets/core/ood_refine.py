@@ -58,8 +58,8 @@ def self_train(
     n_folds, seed : int
         Cross-fitting folds and their shuffling seed.
     n_threads, n_jobs : int or None
-        BLAS thread cap while fitting and folds fitted at once (see
-        ``probe.cross_fit``); the result does not depend on ``n_jobs``.
+        BLAS thread cap and threads per fit (see ``probe.fit_softmax``); the result does not
+        depend on ``n_jobs``.
 
     Returns
     -------
@@ -84,31 +84,22 @@ def self_train(
     x = std.x
     folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x))
     current = scores
-    models = [None] * n_folds
     for _ in range(rounds):
         ranks = _ranks(current)
         target = np.full(n, -1, dtype=np.int64)
         target[ranks >= 1.0 - n_out / n] = 1
         target[ranks < n_in / n] = 0
 
-        def fit(fold: int, target=target):
-            train, test = folds[fold]
+        refined = np.empty(n, dtype=np.float64)
+        for fold, (train, test) in enumerate(folds):
             use = train[target[train] >= 0]
             if len(np.unique(target[use])) < 2:
-                return None
-            # Each fold starts from its model of the last round: the pseudo-labels moved little.
+                # A fold without both pseudo-classes: scores of two scales cannot be mixed,
+                # so the last complete round stands.
+                return current.copy()
             model = probe.fit_softmax(x[use], target[use], c=c, max_iter=300,
-                                      preconditioner=std.preconditioner, init=models[fold])
-            return model, model.decision_function(x[test])
-
-        results = probe.map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)
-        if any(r is None for r in results):
-            # A fold without both pseudo-classes: scores of two scales cannot be mixed,
-            # so the last complete round stands.
-            return current.copy()
-        refined = np.empty(n, dtype=np.float64)
-        for fold, ((_, test), (model, values)) in enumerate(zip(folds, results)):
-            refined[test] = values
-            models[fold] = model
+                                      preconditioner=std.preconditioner, n_threads=n_threads,
+                                      n_jobs=n_jobs)
+            refined[test] = model.decision_function(x[test])
         current = refined
     return current

@@ -12,21 +12,21 @@ scikit-learn fits them), and differs in how it gets there:
 
 * the loss and its gradient come from one pass over row chunks in float32, each chunk used for
   the logits and for the gradient while it is in cache;
-* L-BFGS runs in coordinates whitened by the eigenvectors of the features' covariance
-  (:class:`Preconditioner`), where the problem is close to round, so it stops after a few dozen
-  iterations rather than a hundred or more;
-* a previous solution (the same fold in the previous round, or at the previous strength) can
-  start the fit.
+* L-BFGS runs in coordinates whitened by the leading eigenvectors of the features'
+  covariance (:class:`Preconditioner`), where the problem is close to round, so it meets
+  scikit-learn's tolerance after a few dozen iterations rather than a hundred or more;
+* the chunks of a pass are shared by threads, so one fit uses every core.
 
 :func:`out_of_sample_probs` scores every image with a model that never saw it;
 :func:`select_probe_c` picks the strength by the given labels' out-of-sample log-loss.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,9 +40,10 @@ from threadpoolctl import threadpool_limits
 from animal_assets.core.scaling import ChunkedStandardScaler
 
 CHUNK_ROWS = 2048  # rows per pass chunk: 2048 x 4,592 float32 is 38 MB
-# Curvature of the softmax loss per unit of feature variance at the start (uniform
-# probabilities over ten classes give 1/10); it only sets how the directions are scaled.
-CURVATURE = 0.1
+# The preconditioner takes the loss's Hessian to be CURVATURE x covariance + the L2 term; it
+# sets only how the directions are scaled, and so how soon the tolerance is met (see the lab
+# notes for the trade of iterations against distance from the exact optimum).
+CURVATURE = 1.0
 COV_ROWS = 4000  # rows the preconditioner is estimated from
 RANK = 512  # leading directions the preconditioner scales one by one
 # A 1-2-5 series: with the 4,592 embedding values the CIFAR benchmark's log-loss is lowest near
@@ -145,7 +146,8 @@ def fit_softmax(
     max_iter: int = 200,
     tol: float = 1e-4,
     preconditioner: Preconditioner | None = None,
-    init: SoftmaxModel | None = None,
+    n_threads: int | None = 1,
+    n_jobs: int | None = None,
 ) -> SoftmaxModel:
     """Fit the class-weighted softmax regression of ``y`` on ``x``.
 
@@ -162,12 +164,16 @@ def fit_softmax(
     max_iter : int
         L-BFGS iteration budget.
     tol : float
-        Stop when the largest gradient entry, in the whitened coordinates, is below it.
+        Stop when no entry of the gradient (of ``coef`` and ``intercept``) exceeds it, as
+        scikit-learn's ``tol`` does.
     preconditioner : Preconditioner, optional
         Whitening of the features' covariance (default: estimated from ``x``).
-    init : SoftmaxModel, optional
-        Starting point, e.g. the same fold's model in the previous round; its classes must
-        equal those of ``y`` (otherwise the fit starts from zero).
+    n_threads : int or None
+        BLAS thread cap while fitting (None: no cap). With both threads of a 2-core machine
+        that was also running other work, spin-waiting BLAS threads made a fit 3x to 24x slower.
+    n_jobs : int or None
+        Threads that share the row chunks of each pass, one BLAS thread each (None: one per CPU
+        core). The chunks' sums are added in order, so the fit does not depend on it.
 
     Returns
     -------
@@ -209,44 +215,62 @@ def fit_softmax(
         return other * v + ((v @ basis) * (top - other)) @ basis.T
 
     rows = np.arange(min(n, CHUNK_ROWS))
+    starts = list(range(0, n, CHUNK_ROWS))
 
-    def loss_and_grad(u: np.ndarray) -> tuple[float, np.ndarray]:
+    def part(start: int, coef_t: np.ndarray, bias: np.ndarray):
+        # Loss and gradient sums over one chunk of rows.
+        stop = min(start + CHUNK_ROWS, n)
+        chunk, local, target = x[start:stop], rows[: stop - start], y_idx[start:stop]
+        z = chunk @ coef_t
+        z += bias
+        z -= z.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        total = ez.sum(axis=1)
+        w = weight32[start:stop]
+        loss = float(np.dot(w, np.log(total) - z[local, target]))
+        ez /= total[:, None]
+        ez[local, target] -= 1.0
+        ez *= w[:, None]
+        return loss, chunk.T @ ez, ez.sum(axis=0, dtype=np.float64)
+
+    def loss_and_grad(u: np.ndarray, pool: ThreadPoolExecutor | None) -> tuple[float, np.ndarray]:
         u = u.reshape(k, d + 1)
         coef = whiten(u[:, :d], top, other)
         coef_t = np.ascontiguousarray(coef.T, dtype=np.float32)
         bias = u[:, d].astype(np.float32)
-        grad = np.zeros((d, k))
-        grad_b = np.zeros(k)
-        loss = 0.0
-        for start in range(0, n, CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, n)
-            chunk, local, target = x[start:stop], rows[: stop - start], y_idx[start:stop]
-            z = chunk @ coef_t
-            z += bias
-            z -= z.max(axis=1, keepdims=True)
-            ez = np.exp(z)
-            total = ez.sum(axis=1)
-            w = weight32[start:stop]
-            loss += float(np.dot(w, np.log(total) - z[local, target]))
-            ez /= total[:, None]
-            ez[local, target] -= 1.0
-            ez *= w[:, None]
-            grad += chunk.T @ ez
-            grad_b += ez.sum(axis=0, dtype=np.float64)
+        parts = (pool.map(part, starts, [coef_t] * len(starts), [bias] * len(starts)) if pool
+                 else (part(start, coef_t, bias) for start in starts))
+        # Summed in chunk order whoever computed them: the result does not depend on n_jobs.
+        loss, grad, grad_b = 0.0, np.zeros((d, k)), np.zeros(k)
+        for part_loss, part_grad, part_b in parts:
+            loss += part_loss
+            grad += part_grad
+            grad_b += part_b
+        grad_w = grad.T / weight_sum + l2 * coef
+        grad_b /= weight_sum
+        last["u"], last["gradient"] = u.copy(), max(np.abs(grad_w).max(), np.abs(grad_b).max())
         g = np.empty((k, d + 1))
-        g[:, :d] = whiten(grad.T / weight_sum + l2 * coef, top, other)
-        g[:, d] = grad_b / weight_sum
+        g[:, :d] = whiten(grad_w, top, other)
+        g[:, d] = grad_b
         penalty = 0.5 * l2 * float(np.sum(coef * coef))
         return loss / weight_sum + penalty, g.ravel()
 
+    last = {"u": None, "gradient": math.inf}
+
+    def converged(intermediate_result) -> None:
+        # scikit-learn's test, on the gradient in the model's own coordinates: the whitened
+        # gradient would pass sooner along the directions the whitening shrinks.
+        if last["gradient"] <= tol and np.array_equal(intermediate_result.x.reshape(k, d + 1), last["u"]):
+            raise StopIteration
+
     u0 = np.zeros((k, d + 1))
-    if init is not None and np.array_equal(init.classes, classes) and init.coef.shape == (k, d):
-        u0[:, :d] = whiten(init.coef, 1.0 / top, 1.0 / other)
-        u0[:, d] = init.intercept
-    result = optimize.minimize(
-        loss_and_grad, u0.ravel(), method="L-BFGS-B", jac=True,
-        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
-    )
+    jobs = min(_jobs(n_jobs), len(starts))
+    with (threadpool_limits(limits=n_threads),
+          ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else contextlib.nullcontext() as pool):
+        result = optimize.minimize(
+            loss_and_grad, u0.ravel(), args=(pool,), method="L-BFGS-B", jac=True, callback=converged,
+            options={"maxiter": max_iter, "maxls": 50, "gtol": 0.0, "ftol": 64 * np.finfo(float).eps},
+        )
     u = result.x.reshape(k, d + 1)
     coef = whiten(u[:, :d], top, other)
     intercept = u[:, d].copy()
@@ -324,41 +348,12 @@ def standardise(
     return Standardised(x=x, preconditioner=pre)
 
 
-def map_folds(fit: Callable[[int], object], n_folds: int, *, n_jobs: int | None,
-              n_threads: int | None) -> list:
-    """``[fit(0), ..., fit(n_folds - 1)]``, computed by up to ``n_jobs`` threads.
-
-    The heavy parts of a fit (BLAS products, exponentials) release the GIL, so threads fit
-    folds in parallel without copying the features into other processes.
-
-    Parameters
-    ----------
-    fit : callable (fold) -> result
-    n_folds : int
-    n_jobs : int or None
-        Threads; None: one per CPU core. Never more than ``n_folds``.
-    n_threads : int or None
-        BLAS/OpenMP thread cap inside each fit (None: no cap). The OpenMP part of a cap holds
-        for the thread that sets it only, so every fit sets it for itself.
-    """
+def _jobs(n_jobs: int | None) -> int:
     if n_jobs is None:
-        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if n_jobs < 1:
         raise ValueError(f"probe.py: n_jobs must be >= 1 or None, got {n_jobs}")
-
-    def capped(fold: int):
-        with threadpool_limits(limits=n_threads):
-            return fit(fold)
-
-    jobs = min(n_jobs, n_folds)
-    if jobs == 1:
-        return [capped(fold) for fold in range(n_folds)]
-    # The BLAS part of a cap is process-wide: a fit that ends restores the value it found,
-    # which would lift the cap under a fit still running in another thread and change its
-    # float sums (scores then differed between runs of the same data by up to 2.1). Holding
-    # the cap around the whole pool makes every restore land on the capped value.
-    with threadpool_limits(limits=n_threads), ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(capped, range(n_folds)))
+    return n_jobs
 
 
 def assign_folds(y: np.ndarray, groups: np.ndarray | None, n_folds: int, seed: int) -> np.ndarray:
@@ -391,24 +386,7 @@ def check_labels(labels: np.ndarray, num_classes: int, n: int, name: str = "labe
     return labels.astype(np.int64)
 
 
-@dataclass(frozen=True)
-class CrossFit:
-    """Result of :func:`cross_fit`.
-
-    Attributes
-    ----------
-    probs : np.ndarray, shape (N, K), float64
-        Row-stochastic out-of-sample probabilities.
-    models : list of SoftmaxModel or None
-        Each fold's model (None for a fold that saw a single class); they can start the fits
-        of a later call on the same folds.
-    """
-
-    probs: np.ndarray
-    models: list
-
-
-def cross_fit(
+def out_of_sample_probs(
     features: np.ndarray | Standardised,
     labels: np.ndarray,
     *,
@@ -422,8 +400,7 @@ def cross_fit(
     class_weight: str | None = "balanced",
     n_threads: int | None = 1,
     n_jobs: int | None = None,
-    start: Sequence | None = None,
-) -> CrossFit:
+) -> np.ndarray:
     """Cross-validated class probabilities from the softmax-regression probe.
 
     Rows in ``train_mask`` are split into stratified folds; each fold's rows are scored by a
@@ -449,20 +426,14 @@ def cross_fit(
         each other (a model that saw the twin has memorised its label).
     c, max_iter, class_weight
         Probe settings (see :func:`fit_softmax`).
-    n_threads : int or None
-        Thread cap for BLAS while fitting (None: no cap). With both threads of a 2-core machine
-        that was also running other work, spin-waiting threads made a fit 3x to 24x slower.
-    n_jobs : int or None
-        Folds fitted at the same time, each in its own thread (None: one per CPU core, at most
-        ``n_folds``). The folds are independent and their results are combined in fold order,
-        so the output does not depend on it.
-    start : sequence of SoftmaxModel or None, optional
-        ``models`` of an earlier call with the same ``n_folds``: fold ``f`` starts from
-        ``start[f]``. It changes how many iterations a fit takes, not what it converges to.
+    n_threads, n_jobs : int or None
+        BLAS thread cap and threads per fit (see :func:`fit_softmax`); the output does not
+        depend on ``n_jobs``.
 
     Returns
     -------
-    CrossFit
+    np.ndarray, shape (N, K), float64
+        Row-stochastic out-of-sample probabilities.
     """
     n = len(features.x) if isinstance(features, Standardised) else np.shape(features)[0]
     train_mask = np.ones(n, dtype=bool) if train_mask is None else np.asarray(train_mask, dtype=bool)
@@ -477,8 +448,6 @@ def cross_fit(
         found = f"all {len(y)} are of class {int(y[0])}" if len(y) else "there are none"
         raise ValueError("probe.py: the probe needs images of at least two classes to learn from "
                          f"(images not flagged out-of-distribution); {found}")
-    if start is not None and len(start) != n_folds:
-        raise ValueError(f"probe.py: start must hold {n_folds} models, got {len(start)}")
     std = standardise(features, train_mask=train_mask, seed=seed, n_threads=n_threads)
     x = std.x
     rest = np.flatnonzero(~train_mask)
@@ -491,28 +460,21 @@ def cross_fit(
             # A class rarer than the folds can be held out whole, leaving one class to learn
             # from (e.g. 1 image against 10,000 with K=2). Any model of these rows could only
             # answer that class, so the fold answers it with certainty.
-            return None, seen, np.ones((int(held.sum()), 1)), np.ones((len(rest), 1))
+            return seen, np.ones((int(held.sum()), 1)), np.ones((len(rest), 1))
         model = fit_softmax(x[train_idx[~held]], y[~held], c=c, class_weight=class_weight,
                             max_iter=max_iter, preconditioner=std.preconditioner,
-                            init=None if start is None else start[fold])
-        held_probs = model.predict_proba(x[train_idx[held]])
-        return model, model.classes, held_probs, model.predict_proba(x[rest])
+                            n_threads=n_threads, n_jobs=n_jobs)
+        return model.classes, model.predict_proba(x[train_idx[held]]), model.predict_proba(x[rest])
 
     probs = np.zeros((n, num_classes), dtype=np.float64)
-    models = []
-    for fold, (model, cols, held_probs, rest_probs) in enumerate(
-            map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)):
+    for fold in range(n_folds):
+        # One fold after another, each fit on every core: five folds on two cores would
+        # leave one core idle for the last.
+        cols, held_probs, rest_probs = fit(fold)
         probs[np.ix_(train_idx[fold_of == fold], cols)] = held_probs
         if len(rest):
             probs[np.ix_(rest, cols)] += rest_probs / n_folds
-        models.append(model)
-    return CrossFit(probs=probs, models=models)
-
-
-def out_of_sample_probs(features: np.ndarray | Standardised, labels: np.ndarray, *,
-                        num_classes: int, **kwargs) -> np.ndarray:
-    """:func:`cross_fit`'s probabilities alone, shape (N, K), float64."""
-    return cross_fit(features, labels, num_classes=num_classes, **kwargs).probs
+    return probs
 
 
 def select_probe_c(
@@ -533,9 +495,8 @@ def select_probe_c(
 
     Under class-conditional noise the given labels' log-loss is minimised by the probe that best
     matches ``P(given | image)``, so noisy labels can choose it. The search runs on a seeded
-    stratified subsample of at most ``max_rows`` rows, each strength's fits start from the
-    previous strength's, and it stops once the loss has risen twice in a row along the
-    ascending grid.
+    stratified subsample of at most ``max_rows`` rows and stops once the loss has risen twice
+    in a row along the ascending grid.
 
     Parameters
     ----------
@@ -571,13 +532,12 @@ def select_probe_c(
             picked.append(rng.choice(members, min(take, len(members)), replace=False))
         rows = np.sort(np.concatenate(picked))
     std = standardise(features, train_mask=train_mask, seed=seed, n_threads=n_threads).take(rows)
-    best_c, best_loss, rises, last, models = float(grid[0]), math.inf, 0, math.inf, None
+    best_c, best_loss, rises, last = float(grid[0]), math.inf, 0, math.inf
     for c in grid:
-        fitted = cross_fit(std, labels[rows], num_classes=num_classes, n_folds=n_folds, seed=seed,
-                           c=c, class_weight=class_weight, n_threads=n_threads, n_jobs=n_jobs,
-                           start=models)
-        models = fitted.models
-        probs = np.clip(fitted.probs, 1e-7, 1.0)
+        probs = out_of_sample_probs(std, labels[rows], num_classes=num_classes, n_folds=n_folds,
+                                    seed=seed, c=c, class_weight=class_weight, n_threads=n_threads,
+                                    n_jobs=n_jobs)
+        probs = np.clip(probs, 1e-7, 1.0)
         loss = log_loss(labels[rows], probs / probs.sum(axis=1, keepdims=True),
                         labels=list(range(num_classes)))
         if loss < best_loss:
