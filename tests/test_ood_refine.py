@@ -89,3 +89,29 @@ def test_the_outlier_share_is_estimated_within_three_points(seed, share):
     # and the images flagged at that share are mostly the junk
     flags = ood.flag_outliers(refined, fraction=estimate)
     assert (flags & is_junk).sum() >= 0.8 * min(flags.sum(), is_junk.sum())
+
+
+def test_map_folds_holds_the_blas_cap_while_any_fold_still_runs():
+    """A fold that ends first must not lift the cap under one still fitting: the BLAS thread
+    count is process-wide, and a lifted cap changes the float sums of the running fit."""
+    import threading
+    import time
+
+    from threadpoolctl import threadpool_info
+
+    from animal_assets.core.ood_refine import map_folds
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    if not blas_threads() or max(blas_threads()) < 2:
+        pytest.skip("BLAS runs one thread here: a lifted cap would not show")
+    started = threading.Barrier(2)
+
+    def fit(fold):
+        started.wait()
+        time.sleep(0.05 if fold == 0 else 0.4)  # fold 0 ends and restores first
+        return blas_threads()
+
+    seen = map_folds(fit, 2, n_jobs=2, n_threads=1)
+    assert seen == [[1] * len(seen[0]), [1] * len(seen[1])], seen

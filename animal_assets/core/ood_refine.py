@@ -14,10 +14,17 @@ the same data the kNN distance alone reaches 0.68.
 """
 from __future__ import annotations
 
-import numpy as np
-from sklearn.model_selection import KFold
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
-from animal_assets.core import probe
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
+from threadpoolctl import threadpool_limits
+
+from animal_assets.core.scaling import ChunkedStandardScaler
 
 
 def _ranks(scores: np.ndarray) -> np.ndarray:
@@ -58,8 +65,8 @@ def self_train(
     n_folds, seed : int
         Cross-fitting folds and their shuffling seed.
     n_threads, n_jobs : int or None
-        BLAS thread cap and threads per fit (see ``probe.fit_softmax``); the result does not
-        depend on ``n_jobs``.
+        BLAS thread cap while fitting and folds fitted at once (see
+        :func:`map_folds`); the result does not depend on ``n_jobs``.
 
     Returns
     -------
@@ -80,26 +87,68 @@ def self_train(
     if rounds == 0 or n_out < n_folds or n_in < n_folds:
         # Too few pseudo-labelled images to fit anything: keep the seed score.
         return scores.copy()
-    std = probe.standardise(features, seed=seed, n_threads=n_threads)
-    x = std.x
+    x = ChunkedStandardScaler().fit_transform(features).astype(np.float32, copy=False)
     folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x))
     current = scores
-    for _ in range(rounds):
-        ranks = _ranks(current)
-        target = np.full(n, -1, dtype=np.int64)
-        target[ranks >= 1.0 - n_out / n] = 1
-        target[ranks < n_in / n] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(rounds):
+            ranks = _ranks(current)
+            target = np.full(n, -1, dtype=np.int64)
+            target[ranks >= 1.0 - n_out / n] = 1
+            target[ranks < n_in / n] = 0
 
-        refined = np.empty(n, dtype=np.float64)
-        for fold, (train, test) in enumerate(folds):
-            use = train[target[train] >= 0]
-            if len(np.unique(target[use])) < 2:
+            def fit(fold: int, target=target):
+                train, test = folds[fold]
+                use = train[target[train] >= 0]
+                if len(np.unique(target[use])) < 2:
+                    return None
+                model = LogisticRegression(C=c, max_iter=300, class_weight="balanced")
+                return model.fit(x[use], target[use]).decision_function(x[test])
+
+            results = map_folds(fit, n_folds, n_jobs=n_jobs, n_threads=n_threads)
+            if any(r is None for r in results):
                 # A fold without both pseudo-classes: scores of two scales cannot be mixed,
                 # so the last complete round stands.
                 return current.copy()
-            model = probe.fit_softmax(x[use], target[use], c=c, max_iter=300,
-                                      preconditioner=std.preconditioner, n_threads=n_threads,
-                                      n_jobs=n_jobs)
-            refined[test] = model.decision_function(x[test])
-        current = refined
+            refined = np.empty(n, dtype=np.float64)
+            for (_, test), values in zip(folds, results):
+                refined[test] = values
+            current = refined
     return current
+
+
+def map_folds(fit, n_folds: int, *, n_jobs: int | None, n_threads: int | None) -> list:
+    """``[fit(0), ..., fit(n_folds - 1)]``, computed by up to ``n_jobs`` threads.
+
+    The heavy parts of a fit (BLAS products, scikit-learn's loss and gradient) release the GIL,
+    so threads fit folds in parallel without copying the features into other processes.
+
+    Parameters
+    ----------
+    fit : callable (fold) -> result
+    n_folds : int
+    n_jobs : int or None
+        Threads; None: one per CPU core. Never more than ``n_folds``.
+    n_threads : int or None
+        BLAS/OpenMP thread cap inside each fit (None: no cap). The OpenMP part of a cap holds
+        for the thread that sets it only, so every fit sets it for itself.
+    """
+    if n_jobs is None:
+        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if n_jobs < 1:
+        raise ValueError(f"ood_refine.py: n_jobs must be >= 1 or None, got {n_jobs}")
+
+    def capped(fold: int):
+        with threadpool_limits(limits=n_threads):
+            return fit(fold)
+
+    jobs = min(n_jobs, n_folds)
+    if jobs == 1:
+        return [capped(fold) for fold in range(n_folds)]
+    # The BLAS part of a cap is process-wide: a fit that ends restores the value it found,
+    # which would lift the cap under a fit still running in another thread and change its
+    # float sums (scores then differed between runs of the same data by up to 2.1). Holding
+    # the cap around the whole pool makes every restore land on the capped value.
+    with threadpool_limits(limits=n_threads), ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(capped, range(n_folds)))
