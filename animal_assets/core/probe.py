@@ -146,6 +146,7 @@ def fit_softmax(
     max_iter: int = 200,
     tol: float = 1e-4,
     preconditioner: Preconditioner | None = None,
+    scale: np.ndarray | None = None,
     n_threads: int | None = 1,
     n_jobs: int | None = None,
 ) -> SoftmaxModel:
@@ -168,6 +169,9 @@ def fit_softmax(
         scikit-learn's ``tol`` does.
     preconditioner : Preconditioner, optional
         Whitening of the features' covariance (default: estimated from ``x``).
+    scale : np.ndarray, shape (D,), optional
+        Fit the model of ``x / scale`` (the penalty is on its coefficients), reported on ``x``:
+        the same model as standardising ``x`` once more, without a copy.
     n_threads : int or None
         BLAS thread cap while fitting (None: no cap). With both threads of a 2-core machine
         that was also running other work, spin-waiting BLAS threads made a fit 3x to 24x slower.
@@ -207,6 +211,7 @@ def fit_softmax(
                          f"the data has {d}")
     top, other = pre.scales(l2)
     basis = pre.eigvecs.astype(np.float64)
+    penalty_weight = np.ones(d) if scale is None else np.asarray(scale, dtype=np.float64) ** 2
 
     def whiten(v: np.ndarray, top: np.ndarray, other: float) -> np.ndarray:
         # v @ M with M = basis diag(top) basis^T + other (I - basis basis^T), symmetric; in
@@ -246,13 +251,13 @@ def fit_softmax(
             loss += part_loss
             grad += part_grad
             grad_b += part_b
-        grad_w = grad.T / weight_sum + l2 * coef
+        grad_w = grad.T / weight_sum + l2 * coef * penalty_weight
         grad_b /= weight_sum
         last["u"], last["gradient"] = u.copy(), max(np.abs(grad_w).max(), np.abs(grad_b).max())
         g = np.empty((k, d + 1))
         g[:, :d] = whiten(grad_w, top, other)
         g[:, d] = grad_b
-        penalty = 0.5 * l2 * float(np.sum(coef * coef))
+        penalty = 0.5 * l2 * float(np.sum(coef * coef * penalty_weight))
         return loss / weight_sum + penalty, g.ravel()
 
     last = {"u": None, "gradient": math.inf}
@@ -453,6 +458,30 @@ def out_of_sample_probs(
     rest = np.flatnonzero(~train_mask)
     fold_of = assign_folds(y, None if groups is None else np.asarray(groups)[train_idx], n_folds, seed)
 
+    # Each fold's model is the one fitted on its own training rows standardised (as scikit-learn's
+    # pipeline would): their standard deviations, from sums over all rows less the held ones.
+    train_x = x[train_idx]
+    total, squares = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    fold_sums = np.zeros((n_folds, x.shape[1]))
+    fold_squares = np.zeros((n_folds, x.shape[1]))
+    fold_counts = np.bincount(fold_of, minlength=n_folds)
+    for start in range(0, len(train_idx), CHUNK_ROWS):
+        block = train_x[start:start + CHUNK_ROWS].astype(np.float64)
+        folds_here = fold_of[start:start + CHUNK_ROWS]
+        for f in range(n_folds):
+            rows = block[folds_here == f]
+            fold_sums[f] += rows.sum(axis=0)
+            fold_squares[f] += np.einsum("ij,ij->j", rows, rows)
+    del train_x
+    total, squares = fold_sums.sum(axis=0), fold_squares.sum(axis=0)
+
+    def fold_scale(fold: int) -> np.ndarray:
+        count = len(train_idx) - fold_counts[fold]
+        mean = (total - fold_sums[fold]) / count
+        var = np.maximum((squares - fold_squares[fold]) / count - mean**2, 0.0)
+        std = np.sqrt(var)
+        return np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0), 1.0, std)
+
     def fit(fold: int):
         held = fold_of == fold
         seen = np.unique(y[~held])
@@ -463,7 +492,7 @@ def out_of_sample_probs(
             return seen, np.ones((int(held.sum()), 1)), np.ones((len(rest), 1))
         model = fit_softmax(x[train_idx[~held]], y[~held], c=c, class_weight=class_weight,
                             max_iter=max_iter, preconditioner=std.preconditioner,
-                            n_threads=n_threads, n_jobs=n_jobs)
+                            scale=fold_scale(fold), n_threads=n_threads, n_jobs=n_jobs)
         return model.classes, model.predict_proba(x[train_idx[held]]), model.predict_proba(x[rest])
 
     probs = np.zeros((n, num_classes), dtype=np.float64)
