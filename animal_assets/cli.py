@@ -125,10 +125,10 @@ def _signals():
             return not (record.exc_info and swallowed(record.exc_info[0]))
 
     caught = Caught()
-    sqlalchemy_log = logging.getLogger("sqlalchemy")
-    for handler in (logging.lastResort, *sqlalchemy_log.handlers, *logging.getLogger().handlers):
-        if handler is not None:
-            handler.addFilter(caught)
+    handlers = [h for h in (logging.lastResort, *logging.getLogger("sqlalchemy").handlers,
+                            *logging.getLogger().handlers) if h is not None]
+    for handler in handlers:
+        handler.addFilter(caught)
     sys.unraisablehook = unraisable
 
     def received() -> int | None:
@@ -141,9 +141,8 @@ def _signals():
     try:
         yield received
     finally:
-        for handler in (logging.lastResort, *sqlalchemy_log.handlers, *logging.getLogger().handlers):
-            if handler is not None:
-                handler.removeFilter(caught)
+        for handler in handlers:
+            handler.removeFilter(caught)
         for timer in resent:
             timer.cancel()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
