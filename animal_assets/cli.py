@@ -69,50 +69,86 @@ def _raise_interrupt(signo, frame):
     raise KeyboardInterrupt
 
 
+#: While a run goes on after a stop signal (an interrupt can be raised where a library catches it
+#: without a trace, e.g. inside a comparison that a C function calls), the signal is sent again
+#: this often, at most _RESENDS times, until the run has stopped.
+_RESEND_EVERY_S = 0.5
+_RESENDS = 40
+
+
+class _Signals:
+    """What :func:`_signals` yields: which stop signal arrived, and the end of the run."""
+
+    def __init__(self, read_fd: int) -> None:
+        self._read_fd = read_fd
+        self._lock = threading.Lock()
+        self._seen: list[int] = []
+        self.running = True
+
+    def received(self) -> int | None:
+        """The first stop signal that arrived (it reads the signal wakeup file descriptor, which
+        records every signal whichever Python handler is installed: Dagster installs its own
+        during a run), or None."""
+        with self._lock:
+            try:
+                self._seen.extend(b for b in os.read(self._read_fd, 1024) if b in _STOPPED_BY)
+            except BlockingIOError:
+                pass
+            return self._seen[0] if self._seen else None
+
+    def settle(self) -> None:
+        """The run has ended: from now on a signal is only recorded, never raised, and none is
+        sent again. Called in the main thread; idempotent."""
+        with self._lock:
+            self.running = False
+        for signo in _STOPPED_BY:
+            signal.signal(signo, lambda *_: None)
+
+
 @contextlib.contextmanager
 def _signals():
     """SIGINT and SIGTERM raise KeyboardInterrupt (Dagster turns them into a failed step while
-    one runs); yields a function that says which of them arrived, if any. It reads the signal
-    wakeup file descriptor, which records every signal whichever Python handler is installed at
-    the time (Dagster installs its own during a run)."""
+    one runs); yields a :class:`_Signals`. Once one has arrived it is sent again every
+    ``_RESEND_EVERY_S`` until the caller settles, so that a run whose interrupt something
+    swallowed stops all the same."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
+        yield None
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     os.set_blocking(write_fd, False)
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_int = signal.getsignal(signal.SIGINT)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    signals = _Signals(read_fd)
     # Dagster mirrors a step's output through child processes (tail, and a Python watcher)
     # started from this thread. A Ctrl-C on a terminal reaches the whole process group, and the
     # watcher would print a KeyboardInterrupt traceback of its own. So SIGINT is blocked in this
     # thread, which the children inherit, and a helper thread that leaves it unblocked receives
-    # it for the process; Python still runs the handler in this thread.
+    # it for the process (Python still runs the handler in this thread) and sends it again
+    # while the run goes on.
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     done = threading.Event()
 
-    def receive_sigint() -> None:
+    def receive_and_resend() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        done.wait()
+        sent = 0
+        while not done.wait(_RESEND_EVERY_S):
+            signo = signals.received()
+            with signals._lock:
+                if signo is not None and signals.running and sent < _RESENDS:
+                    sent += 1
+                    os.kill(os.getpid(), signo)
 
-    helper = threading.Thread(target=receive_sigint, name="animal-assets-sigint", daemon=True)
+    helper = threading.Thread(target=receive_and_resend, name="animal-assets-signals", daemon=True)
     helper.start()
     previous_hook = sys.unraisablehook
-    seen: list[int] = []
-    resent: list[threading.Timer] = []
 
     def swallowed(exc_type) -> bool:
-        """Whether ``exc_type`` is an interrupt that something caught instead of the run: then
-        the signal is sent again a moment later, from a timer thread, so that it lands in the
-        step's own code and stops the run."""
-        if exc_type is None or not (exc_type is KeyboardInterrupt
-                                    or exc_type.__name__ == "DagsterExecutionInterruptedError"):
-            return False
-        signo = received()
-        if signo is not None and len(resent) < 20:
-            resent.append(threading.Timer(0.05, os.kill, (os.getpid(), signo)))
-            resent[-1].start()
-        return True
+        """Whether ``exc_type`` is an interrupt that something caught and reported instead of
+        stopping (the helper thread sends the signal again)."""
+        return exc_type is not None and (exc_type is KeyboardInterrupt
+                                         or exc_type.__name__ == "DagsterExecutionInterruptedError")
 
     def unraisable(info) -> None:
         # raised where Python cannot propagate it (inside a garbage-collection callback)
@@ -130,25 +166,17 @@ def _signals():
     for handler in handlers:
         handler.addFilter(caught)
     sys.unraisablehook = unraisable
-
-    def received() -> int | None:
-        try:
-            seen.extend(b for b in os.read(read_fd, 1024) if b in _STOPPED_BY)
-        except BlockingIOError:
-            pass
-        return seen[0] if seen else None
-
     try:
-        yield received
+        yield signals
     finally:
+        signals.settle()
         for handler in handlers:
             handler.removeFilter(caught)
-        for timer in resent:
-            timer.cancel()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         done.set()
         helper.join()
         sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
         signal.set_wakeup_fd(previous_fd)
         os.close(read_fd)
@@ -158,11 +186,17 @@ def _signals():
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     line, interrupted = None, False
-    with _signals() as received:
+    with _signals() as signals:
         try:
-            code = _main(args)
+            try:
+                code = _main(args)
+            finally:
+                if signals is not None:
+                    signals.settle()
         except KeyboardInterrupt:
             interrupted = True
+            if signals is not None:
+                signals.settle()  # when the interrupt came before the first settle had run
         except _ONE_LINE as err:
             line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if isinstance(err, OSError) and err.filename and str(err.filename) not in line:
@@ -173,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             if runner is None or not isinstance(err, runner.RunFailed):
                 raise
             line, code = str(err), 1
-        signo = received()
+        signo = signals.received() if signals is not None else None
     if signo is not None or interrupted:
         # also when the run ended anyway (the signal came where Python could not raise it)
         signo = signo or signal.SIGINT

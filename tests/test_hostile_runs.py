@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -472,6 +473,36 @@ def test_a_signal_stops_the_run_with_one_line_and_its_exit_code(tmp_path, signo,
     assert not (out / "clean_labels" / "decisions.csv").exists()  # the run stopped
     assert dg.DagsterRunStatus.STARTED not in _run_statuses(tmp_path)
     assert _leftovers(out) == []
+
+
+@pytest.mark.parametrize("signo, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_that_something_swallowed_is_sent_again_until_the_run_stops(
+        monkeypatch, signo, code):
+    from animal_assets import cli
+
+    events = []
+
+    def run_that_swallows_the_first_interrupt(args) -> int:
+        try:
+            while True:
+                time.sleep(0.01)
+        except KeyboardInterrupt:  # a library that catches it and goes on
+            events.append("swallowed")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        events.append("finished")
+        return 0
+
+    monkeypatch.setattr(cli, "_main", run_that_swallows_the_first_interrupt)
+    sender = threading.Timer(0.3, os.kill, (os.getpid(), signo))
+    sender.start()
+    start = time.monotonic()
+    assert cli.main(["status"]) == code
+    assert events == ["swallowed"]  # the second delivery stopped it
+    assert time.monotonic() - start < 10
+    time.sleep(3 * cli._RESEND_EVERY_S)  # nothing is sent after the run has ended
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # ownership: the tool replaces or writes into its own folders only
