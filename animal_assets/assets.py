@@ -289,8 +289,9 @@ def clean_labels(
     embeddings: steps.Embeddings, ood_scores: steps.OodScores, dataset: DatasetResource,
     storage: StorageResource,
 ) -> dg.Output[steps.CleanLabels]:
-    """Keep, relabel or drop each image: cross-validated probe + cleanlab, class floors; then a
-    person's review, which overrules the automatic decision of every image it lists."""
+    """Keep, relabel or drop each image: a cross-validated probe under an estimated noise model,
+    class floors; then a person's review, which overrules the automatic decision of every image
+    it lists."""
     _guard(raw_images)
     names = dataset.names(raw_images.num_classes)
     with measure() as stats:

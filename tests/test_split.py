@@ -127,7 +127,7 @@ def test_select_val_names_a_class_with_images_but_too_few_trusted(case, detail):
     assert str(err.value) == (
         f"split.py: classes [2] have too few trustworthy images for a validation set: {detail}; "
         "with max_fraction 0.2 a class needs at least 5 (kept with its given label, not flagged "
-        "by cleanlab, no kept byte-identical twin)"
+        "as a label issue, no kept byte-identical twin)"
     )
 
 

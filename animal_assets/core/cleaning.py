@@ -1,21 +1,17 @@
 """Label cleaning: per-image posteriors of the true class, and keep / relabel / drop decisions.
 
-Two ways to judge a label, chosen by ``CleaningConfig.method``:
+A class-conditional noise model (:mod:`.noise_model`) gives every image
+``P(true class | image, given label)``, with the true class prior estimated from the data; an
+image whose posterior divided by that prior prefers another class is relabelled to it.
+Out-of-distribution images and the extra copies of a byte-identical group are dropped.
 
-* ``"noise_model"`` (default): a class-conditional noise model (:mod:`.noise_model`) gives every
-  image ``P(true class | image, given label)``, with the true class prior estimated from the
-  data; an image whose posterior (divided by that prior, ``decision="balanced"``) prefers
-  another class is relabelled to it, and one whose posterior is too flat to trust is dropped.
-* ``"cleanlab"``: a class-weighted softmax-regression probe gives out-of-sample probabilities,
-  cleanlab's confident learning flags the images whose given label disagrees with them, and a
-  flagged image is relabelled to the probe's confident choice or dropped.
-
-Both share the guards against the failure modes of naive pruning on small, noisy classes:
+Guards against the failure modes of naive cleaning on small, noisy classes:
 
 * the probe is class-weighted, so it is not biased toward the large classes;
-* byte-identical copies collapse to one image carrying the label the probe prefers for the group;
+* byte-identical copies collapse to one image carrying the label the posterior prefers for the
+  group;
 * a per-class floor keeps at least a fixed fraction of each class's images, reinstating the
-  least suspicious flagged ones, so pruning can never wipe out a small class.
+  least suspicious relabelled ones, so cleaning can never empty a small class.
 """
 from __future__ import annotations
 
@@ -28,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -39,100 +34,35 @@ from animal_assets.core.scaling import ChunkedStandardScaler
 
 ACTIONS = ("keep", "relabel", "drop")
 REASONS = ("", "ood", "label_issue", "duplicate_conflict", "duplicate")
-METHODS = ("noise_model", "cleanlab")
-DECISIONS = ("balanced", "bayes")
-NOISE_ESTIMATORS = ("confident_rows", "confident_joint")  # see noise_model.estimate_transition
-FILTER_METHODS = (
-    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
-    "predicted_neq_given", "low_normalized_margin", "low_self_confidence",
-)
 
 
 @dataclass(frozen=True, kw_only=True)
 class CleaningConfig:
     """Settings of the probe and of the keep / relabel / drop rules."""
 
-    # "noise_model": posterior under an estimated noise transition matrix (see noise_model.py);
-    # "cleanlab": cleanlab's find_label_issues on the probe's probabilities.
-    method: str = "noise_model"
     n_folds: int = 5  # folds: each probability comes from a model that never saw the image
-    # Inverse L2 strength; None picks it from PROBE_C_GRID by cross-validated log-loss on the
-    # given labels (on the CIFAR benchmark that chose 5e-4 with the 4,592 embedding values and
-    # 0.001 with the 1,280 head values alone, 12 points of probe accuracy above 0.1;
-    # on low-dimensional clusters it chooses about 0.1).
-    probe_c: float | None = None
+    probe_c: float | None = None  # inverse L2 strength of the probe; None picks it from PROBE_C_GRID
     probe_max_iter: int = 200  # lbfgs budget per fold; stopping early only regularises the probe more
-    pca_dims: int | None = None  # PCA size fitted inside each fold (None: raw features, more accurate)
     class_weight: str | None = "balanced"  # "balanced" stops the probe from favouring large classes
     probe_threads: int | None = 1  # BLAS/OpenMP threads of the probe (None: all); 1 is immune to contention
     probe_jobs: int | None = None  # folds fitted at once, one thread each (None: one per CPU core)
-    em_rounds: int = 2  # noise_model: probe refits on the posterior's labels
-    min_noise_rate: float = 0.08  # noise_model: smaller confusion rates are treated as 0
-    # noise_model: pseudo-images per class labelled as themselves, added to the noise estimate;
-    # keeps classes of a few dozen images from being moved on the probe's errors.
-    noise_prior_images: float = 30.0
-    # noise_model: estimate the true class prior from the data (the balanced probe's flat prior
-    # undone, then pi = given shares @ T^-1); False assumes equally common true classes.
-    estimate_prior: bool = True
-    # noise_model: "balanced" picks the class maximising posterior / estimated prior (no class
-    # gives its images away to a larger look-alike); "bayes" the posterior's argmax (best
-    # overall accuracy, at the small classes' expense).
-    decision: str = "balanced"
-    # noise_model: how the noise matrix is estimated. "confident_rows": each class's row from the
-    # given labels of the quarter of its images the probe is surest of (a class with fewer than
-    # 400 keeps the confident joint's row); "confident_joint": cleanlab's confident joint, which
-    # counts the probe's own look-alike confusions as noise in both directions (see
-    # noise_model.estimate_transition). On the 36-run CIFAR family the accuracy bar held on 20
-    # runs instead of 15 (label accuracy +0.007 on average), but a small class receiving a 0.35
-    # flip can lose more: worst class -0.095 instead of -0.024.
-    noise_estimator: str = "confident_rows"
-    # noise_model: estimate the noise matrix again from the first refitted probe. With the
-    # confident joint this helps (CIFAR benchmark, 0.35 / 0.10 pair flips: diagonal from
-    # 0.55-0.82 to 0.67-0.88, true 0.65-0.90); with the confident rows it cost 0.6-0.8 points,
-    # because a probe fitted on the posterior's labels is surest of the images it moved.
-    reestimate_noise: bool = False
-    # noise_model: read the confusion rates below min_noise_rate as noise spread evenly over
-    # the other classes (symmetric noise), estimated from the images the probe is surest of,
-    # instead of zero, so images can move off the look-alike pairs. On the CIFAR family's
-    # cells with 10 % symmetric noise it added 0.8-1.7 points of label accuracy; without
-    # symmetric noise it cost 0-0.4.
-    background_noise: bool = True
-    # noise_model: a moved image whose posterior is below this is dropped. 0 relabels every
-    # moved image to its most likely class: on the CIFAR family the images 0.5 dropped were
-    # right under their most likely class 48 % of the time and under their given label 29 %,
-    # and dropping them cost 1.0-1.3 points of label accuracy on the noisiest cells.
-    drop_below: float = 0.0
-    relabel_threshold: float = 0.7  # cleanlab: a flagged image is relabelled when the probe's top prob reaches it
+    em_rounds: int = 2  # probe refits on the posterior's labels
+    min_noise_rate: float = 0.08  # smaller confusion rates are read as even background noise
+    noise_prior_images: float = 30.0  # pseudo-images per class labelled as themselves in the noise estimate
     min_class_keep: float = 0.5  # keep at least this fraction of each class's non-OOD given images
-    filter_by: str = "prune_by_noise_rate"  # cleanlab find_label_issues method
     seed: int = 0  # fold assignment and every tie-break
 
     def __post_init__(self) -> None:
-        if self.decision not in DECISIONS:
-            raise ValueError(f"cleaning.py: decision must be one of {DECISIONS}, got {self.decision!r}")
-        if self.noise_estimator not in NOISE_ESTIMATORS:
-            raise ValueError(f"cleaning.py: noise_estimator must be one of {NOISE_ESTIMATORS}, "
-                             f"got {self.noise_estimator!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"cleaning.py: method must be one of {METHODS}, got {self.method!r}")
         if self.noise_prior_images < 0:
             raise ValueError(f"cleaning.py: noise_prior_images must be >= 0, got {self.noise_prior_images}")
         if self.em_rounds < 0:
             raise ValueError(f"cleaning.py: em_rounds must be >= 0, got {self.em_rounds}")
         if not 0.0 <= self.min_noise_rate < 1.0:
             raise ValueError(f"cleaning.py: min_noise_rate must be in [0, 1), got {self.min_noise_rate}")
-        if not 0.0 <= self.drop_below <= 1.0:
-            raise ValueError(f"cleaning.py: drop_below must be in [0, 1], got {self.drop_below}")
         if self.n_folds < 2:
             raise ValueError(f"cleaning.py: n_folds must be >= 2, got {self.n_folds}")
-        if not 0.0 < self.relabel_threshold <= 1.0:
-            raise ValueError(f"cleaning.py: relabel_threshold must be in (0, 1], "
-                             f"got {self.relabel_threshold}")
         if not 0.0 <= self.min_class_keep <= 1.0:
             raise ValueError(f"cleaning.py: min_class_keep must be in [0, 1], got {self.min_class_keep}")
-        if self.filter_by not in FILTER_METHODS:
-            raise ValueError(f"cleaning.py: filter_by must be one of {FILTER_METHODS}, "
-                             f"got {self.filter_by!r}")
 
     def probe_kwargs(self) -> dict:
         """Keyword arguments of :func:`out_of_sample_probs` taken from this config.
@@ -140,9 +70,8 @@ class CleaningConfig:
         ``c`` is None when ``probe_c`` is; resolve it with :func:`select_probe_c` first.
         """
         return {"n_folds": self.n_folds, "seed": self.seed, "c": self.probe_c,
-                "max_iter": self.probe_max_iter, "pca_dims": self.pca_dims,
-                "class_weight": self.class_weight, "n_threads": self.probe_threads,
-                "n_jobs": self.probe_jobs}
+                "max_iter": self.probe_max_iter, "class_weight": self.class_weight,
+                "n_threads": self.probe_threads, "n_jobs": self.probe_jobs}
 
 
 # A 1-2-5 series: with the 4,592 embedding values the CIFAR benchmark's log-loss is lowest near
@@ -243,7 +172,6 @@ def out_of_sample_probs(
     groups: np.ndarray | None = None,
     c: float = 0.1,
     max_iter: int = 200,
-    pca_dims: int | None = None,
     class_weight: str | None = "balanced",
     n_threads: int | None = 1,
     n_jobs: int | None = None,
@@ -251,7 +179,7 @@ def out_of_sample_probs(
     """Cross-validated class probabilities from a softmax-regression probe.
 
     Rows in ``train_mask`` are split into stratified folds; each fold's rows are scored by a
-    model fitted on the other folds (scaler, PCA and logistic regression all fitted there), so
+    model fitted on the other folds (scaler and logistic regression both fitted there), so
     no row is scored by a model that saw it, nor its byte-identical twin when ``groups`` is
     given. Rows outside ``train_mask`` (e.g. OOD images) never train a model and get the mean of
     the fold models' probabilities.
@@ -271,7 +199,7 @@ def out_of_sample_probs(
     groups : np.ndarray of int, shape (N,), optional
         :func:`duplicate_groups` ids; a group's rows share a fold, so byte-identical copies never
         score each other (a model that saw the twin has memorised its label).
-    c, max_iter, pca_dims, class_weight
+    c, max_iter, class_weight
         Probe settings, see :class:`CleaningConfig`.
     n_threads : int or None
         Thread cap for BLAS and OpenMP while fitting (None: no cap). One thread finishes
@@ -310,7 +238,7 @@ def out_of_sample_probs(
 
     def fit(fold: int):
         return _fit_fold(features, y, train_idx, rest, fold_of == fold, c=c, max_iter=max_iter,
-                         pca_dims=pca_dims, class_weight=class_weight)
+                         class_weight=class_weight)
 
     with warnings.catch_warnings():
         # max_iter is a time budget; stopping lbfgs early only regularises the probe further.
@@ -359,7 +287,7 @@ def map_folds(fit, n_folds: int, *, n_jobs: int | None, n_threads: int | None) -
         return list(pool.map(capped, range(n_folds)))
 
 
-def _fit_fold(features, y, train_idx, rest, held, *, c, max_iter, pca_dims, class_weight):
+def _fit_fold(features, y, train_idx, rest, held, *, c, max_iter, class_weight):
     """Fit one fold's probe on the training rows outside ``held``.
 
     Returns the class columns it predicts, its probabilities for the ``held`` rows and for the
@@ -372,13 +300,10 @@ def _fit_fold(features, y, train_idx, rest, held, *, c, max_iter, pca_dims, clas
         # these rows could only answer that class, so the fold answers it with certainty.
         return seen, np.ones((int(held.sum()), 1)), np.ones((len(rest), 1)) if len(rest) else None
     # copy=False: the rows it scales are already a fresh copy (fancy indexing below).
-    steps = [ChunkedStandardScaler(copy=False)]
-    dims = None if pca_dims is None else min(pca_dims, int((~held).sum()))
-    if dims is not None and dims < features.shape[1]:
-        # covariance_eigh is exact and seed-free, and fast when N >> D.
-        steps.append(PCA(n_components=dims, svd_solver="covariance_eigh"))
-    steps.append(LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight))
-    model = make_pipeline(*steps).fit(features[train_idx[~held]], y[~held])
+    model = make_pipeline(
+        ChunkedStandardScaler(copy=False),
+        LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight),
+    ).fit(features[train_idx[~held]], y[~held])
     cols = model.classes_.astype(np.int64)
     held_probs = model.predict_proba(features[train_idx[held]])
     return cols, held_probs, model.predict_proba(features[rest]) if len(rest) else None
@@ -435,32 +360,26 @@ def decide(
 
     1. OOD images are dropped (``reason="ood"``); a duplicate group with any OOD member is
        dropped whole, because its copies are the same picture.
-    2. Label issues among the non-OOD images. With ``method="noise_model"``, ``pred_probs`` are
-       posteriors and an image is an issue when their argmax is not its given label; it is
-       relabelled to that argmax when the posterior reaches ``drop_below``, else dropped. With
-       ``method="cleanlab"``, cleanlab's ``find_label_issues`` flags; a flagged image is
-       relabelled to the probe's argmax when that probability reaches ``relabel_threshold``,
-       else dropped (``reason="label_issue"``); a flagged image whose argmax is its given label
-       stays kept. Below, "threshold" is ``drop_below`` or ``relabel_threshold`` accordingly.
+    2. Label issues among the non-OOD images: an image whose ``pred_probs`` argmax is not its
+       given label is relabelled to that argmax (``reason="label_issue"``).
     3. A byte-identical group keeps only its first copy; the others are dropped
-       (``reason="duplicate"``). The group's mean probabilities decide the label: their argmax
-       when it reaches the threshold; otherwise, if the copies' given labels disagree,
-       the given label the mean prefers (``reason="duplicate_conflict"``); otherwise the
-       agreed label is judged like a single image (step 2 with the group's mean and any flag).
+       (``reason="duplicate"``). The group's mean probabilities decide the label: if the copies'
+       given labels disagree, their argmax (``reason="duplicate_conflict"``); otherwise the
+       agreed label is judged like a single image (step 2 with the group's mean, the group
+       flagged when any copy is).
     4. Per-class floor: a class whose final count is below ``ceil(min_class_keep * base)``,
-       base = its non-OOD given images that are not duplicate copies, gets flagged images of
-       its own given label back as ``keep`` (label-issue drops first, then relabels away from
-       it), least suspicious (highest self-confidence) first. Rows only ever return to their
-       given label, so the loop ends; the floor holds for every class. Copies and
-       conflict-group images are left out of the base: their label was never one image's alone.
+       base = its non-OOD given images that are not duplicate copies, gets images relabelled
+       away from it back as ``keep``, least suspicious (highest self-confidence) first. Rows
+       only ever return to their given label, so the loop ends; the floor holds for every
+       class. Copies and conflict-group images are left out of the base: their label was never
+       one image's alone.
 
     Parameters
     ----------
     labels : np.ndarray of int, shape (N,)
         Given labels.
     pred_probs : np.ndarray, shape (N, K)
-        Posteriors (:func:`.noise_model.noise_posteriors`) or out-of-sample probabilities
-        (:func:`out_of_sample_probs`), as ``config.method`` says.
+        Posteriors divided by the estimated prior (:meth:`.noise_model.NoisePosterior.balanced`).
     ood_flags : np.ndarray of bool, shape (N,)
         Out-of-distribution images.
     dup_group : np.ndarray of int, shape (N,)
@@ -468,17 +387,16 @@ def decide(
     num_classes : int
         K.
     config : CleaningConfig
-        Thresholds and cleanlab method.
+        Its ``min_class_keep``.
 
     Returns
     -------
     pandas.DataFrame, N rows
         Columns ``given``, ``label`` (final, -1 when dropped), ``action``, ``reason``,
         ``confidence`` (prob of the final label, of the given label when dropped),
-        ``label_issue`` (cleanlab flag) and ``self_confidence`` (prob of the given label).
+        ``label_issue`` (the argmax is not the given label) and ``self_confidence`` (prob of
+        the given label).
     """
-    from cleanlab.filter import find_label_issues
-
     pred_probs = np.asarray(pred_probs, dtype=np.float64)
     n = pred_probs.shape[0]
     if pred_probs.shape != (n, num_classes):
@@ -499,21 +417,11 @@ def decide(
     issue = np.zeros(n, dtype=bool)
     clean_rows = np.flatnonzero(~ood)
     top = pred_probs.argmax(axis=1)
-    if config.method == "noise_model":
-        threshold = config.drop_below
-        issue[clean_rows] = top[clean_rows] != given[clean_rows]
-    else:
-        threshold = config.relabel_threshold
-        if len(clean_rows):
-            # n_jobs=1: K is small, and forking worker pools inside Dagster or torch processes is fragile.
-            issue[clean_rows] = find_label_issues(given[clean_rows], pred_probs[clean_rows],
-                                                  filter_by=config.filter_by, n_jobs=1)
+    issue[clean_rows] = top[clean_rows] != given[clean_rows]
 
-    confident = pred_probs[rows, top] >= threshold
-    moved = issue & (top != given)
-    final = np.where(moved, np.where(confident, top, -1), given)
-    action = np.where(moved, np.where(confident, "relabel", "drop"), "keep").astype(object)
-    reason = np.where(moved, "label_issue", "").astype(object)
+    final = np.where(issue, top, given)
+    action = np.where(issue, "relabel", "keep").astype(object)
+    reason = np.where(issue, "label_issue", "").astype(object)
     action[ood], reason[ood], final[ood] = "drop", "ood", -1
 
     def judge(i: int, flagged: bool, probs: np.ndarray) -> None:
@@ -521,10 +429,8 @@ def decide(
         best = int(probs.argmax())
         if not flagged or best == given[i]:
             final[i], action[i], reason[i] = given[i], "keep", ""
-        elif probs[best] >= threshold:
-            final[i], action[i], reason[i] = best, "relabel", "label_issue"
         else:
-            final[i], action[i], reason[i] = -1, "drop", "label_issue"
+            final[i], action[i], reason[i] = best, "relabel", "label_issue"
 
     order = np.argsort(group_dense, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(group_dense[order]) != 0])
@@ -539,8 +445,6 @@ def decide(
             judge(first, bool(issue[members].any()), mean)
             continue
         best = int(mean.argmax())
-        if mean[best] < threshold:
-            best = int(labels_here[np.argmax(mean[labels_here])])
         final[first] = best
         action[first] = "keep" if best == given[first] else "relabel"
         reason[first] = "duplicate_conflict"
@@ -555,7 +459,7 @@ def decide(
 
 
 def _apply_floor(final, action, reason, given, self_conf, ood, num_classes, fraction) -> None:
-    """Reinstate flagged images in place until every class meets its floor (see :func:`decide`)."""
+    """Reinstate relabelled images in place until every class meets its floor (see :func:`decide`)."""
     # Copies and contested labels are left out: a group is one image, a conflict is not "given k".
     settled = ~ood & (reason != "duplicate") & (reason != "duplicate_conflict")
     base = np.bincount(given[settled], minlength=num_classes)
@@ -566,10 +470,8 @@ def _apply_floor(final, action, reason, given, self_conf, ood, num_classes, frac
         if not len(short):
             return
         k = int(short[0])
-        pools = [np.flatnonzero((given == k) & (reason == "label_issue") & (action == kind))
-                 for kind in ("drop", "relabel")]
-        ranked = np.concatenate([p[np.argsort(-self_conf[p], kind="stable")] for p in pools])
-        take = ranked[: need[k] - counts[k]]
+        pool = np.flatnonzero((given == k) & (reason == "label_issue") & (action == "relabel"))
+        take = pool[np.argsort(-self_conf[pool], kind="stable")][: need[k] - counts[k]]
         if not len(take):
             raise RuntimeError(f"cleaning.py: class {k} cannot reach its floor of {need[k]} images")
         final[take], action[take], reason[take] = k, "keep", ""

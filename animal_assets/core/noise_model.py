@@ -11,9 +11,9 @@ returns, for every image, ``P(true = j | image, given label)``:
    :func:`unweight` puts the given labels' real frequencies back.
 2. ``T`` is estimated from the probe's most confident images: row ``j`` holds the given labels
    of the quarter of class ``j``'s images the probe is surest are ``j``
-   (:func:`confident_rows`; cleanlab's confident joint is the alternative, see
-   :func:`estimate_transition`). Rates of at least ``min_rate`` are the systematic confusions
-   (look-alike pairs) and keep their estimate. The rest are read as
+   (:func:`confident_rows`; a class too small for that keeps the row of cleanlab's confident
+   joint, see :func:`estimate_transition`). Rates of at least ``min_rate`` are the systematic
+   confusions (look-alike pairs) and keep their estimate. The rest are read as
    background noise spread evenly over the other classes, at the rate the images the probe is
    surest of show (:func:`confident_rows`): it is near 0 where no symmetric noise was added,
    so an image moves off its pairs only when the probe is far surer of another class than of
@@ -24,24 +24,16 @@ returns, for every image, ``P(true = j | image, given label)``:
    ``pi = shares T^-1`` (:func:`estimate_prior`).
 4. A few rounds refit the probe on the posterior's labels (a probe trained on cleaner labels
    is a better judge of the image) and recompute the posterior. ``T`` stays as estimated from
-   the probe of the given labels. With the confident joint, estimating it once more after the
-   first refit helps (``reestimate``: the refitted probe's own confusions inflate the rates
-   less); with the confident rows it costs, since a probe fitted on the posterior's labels is
-   surest of the images the posterior moved. Re-estimating ``T`` in every round was tried and
-   dropped: a rate the posterior under-uses shrinks round after round (on imbalanced
-   synthetic clusters one direction of a pair collapsed to 0).
+   the probe of the given labels: a probe fitted on the posterior's labels is surest of the
+   images the posterior moved, and a rate the posterior under-uses would shrink round after
+   round.
 5. :meth:`NoisePosterior.balanced` divides the posterior by the estimated prior. Its argmax
    maximises the mean per-class accuracy: where true classes differ in size, the Bayes argmax
    gives a small class's images to its larger look-alike.
 
 Why the prior is estimated and not assumed: the probe's flat prior suits a set whose true
 classes are of equal size (DS801 comes from ANIMAL-10N, 5,000 images per class), and moves
-images the wrong way when they are not. On a CIFAR ground-truth benchmark with true class
-sizes from 1.0 down to 0.25 (30 % look-alike flips, 10 % OOD) the flat prior raised label
-accuracy from 0.704 to 0.834 and left one class at 0.675 (raw 0.693); the estimated prior with
-the balanced decision reached 0.872, every class above its raw value. The Bayes argmax with
-the same prior (and ``T`` estimated once) reached 0.886 but took the smallest class from 0.704
-down to 0.642.
+images the wrong way when they are not.
 """
 from __future__ import annotations
 
@@ -49,13 +41,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from animal_assets.core.cleaning import NOISE_ESTIMATORS, out_of_sample_probs
+from animal_assets.core.cleaning import out_of_sample_probs
 
 _EPS = 1e-6
 PRIOR_IMAGES = 30.0  # shrinkage of the transition estimate toward the identity, see below
 MAX_NOISE = 0.45  # largest share of a class's images labelled as other classes
 BACKGROUND_TOP_SHARE = 0.25  # see confident_rows
-MIN_ROW_IMAGES = 100  # estimator="confident_rows": fewer top images keep the confident joint's row
+MIN_ROW_IMAGES = 100  # a class with fewer top images keeps the confident joint's row
 
 
 @dataclass(frozen=True)
@@ -65,7 +57,7 @@ class NoisePosterior:
     posterior: np.ndarray  # (N, K) P(true = j | image, given label), rows sum to 1
     transition: np.ndarray  # (K, K) T[j, i] = P(given = i | true = j)
     moved_per_round: tuple[int, ...]  # images whose argmax differs from the given label
-    prior: np.ndarray | None = None  # (K,) estimated P(true = j) of the images in train_mask
+    prior: np.ndarray  # (K,) estimated P(true = j) of the images in train_mask
 
     def balanced(self) -> np.ndarray:
         """The posterior divided by the estimated prior, rows renormalised.
@@ -74,8 +66,6 @@ class NoisePosterior:
         a small class's images are not given away to a large look-alike just because it is
         large, which the Bayes argmax does.
         """
-        if self.prior is None:
-            return self.posterior
         weighted = self.posterior / np.maximum(self.prior, _EPS)[None, :]
         return weighted / weighted.sum(axis=1, keepdims=True)
 
@@ -103,25 +93,20 @@ def unweight(probs: np.ndarray, targets: np.ndarray, num_classes: int) -> np.nda
 
 
 def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_classes: int,
-                        min_rate: float = 0.08, prior_images: float = PRIOR_IMAGES,
-                        background: bool = False,
-                        estimator: str = "confident_joint") -> np.ndarray:
+                        min_rate: float = 0.08, prior_images: float = PRIOR_IMAGES) -> np.ndarray:
     """Noise transition matrix from out-of-sample probabilities.
 
-    ``estimator="confident_joint"`` uses cleanlab's confident joint; ``"confident_rows"`` the
-    given labels of the images the probe is surest of, class by class (:func:`confident_rows`).
-    The confident joint counts every image above a per-class threshold, so the probe's own
-    confusions between two look-alikes blur the rates of their pair: on a balanced CIFAR
-    benchmark with 0.35 / 0.10 flips it read the 0.10 direction at 0.12-0.18, and with 0.30
-    both ways (5 % OOD, re-estimated from the refitted probe) it read 0.17-0.24 against true
-    0.28-0.31. The confident rows read 0.08-0.09 and 0.25-0.34 there, because the images a
-    probe is surest of are almost all truly of their class. They use a quarter of the images,
-    so they are noisier on small classes (about 0.04 per rate from 150 images), and where a
-    small class's given labels are half flipped-in images the probe is surest of some of those
-    too (a true 0.08 read as 0.19). They assume the noise does not depend on the picture; where
-    it does (a lynx that looks like a cat is more often labelled cat), they under-count the
-    rates of the look-alike pairs and move fewer images. A class whose top share holds fewer
-    than ``MIN_ROW_IMAGES`` images keeps its confident-joint row.
+    Row ``j`` holds the given labels of the images the probe is surest are ``j``
+    (:func:`confident_rows`). Those images are almost all truly of class ``j``, so the probe's
+    own confusions between two look-alikes blur the rates of their pair less than in cleanlab's
+    confident joint, which counts every image above a per-class threshold. The rows use a
+    quarter of the images, so they are noisier on small classes, and where a small class's
+    given labels are half flipped-in images the probe is surest of some of those too. They
+    assume the noise does not depend on the picture; where it does (a lynx that looks like a
+    cat is more often labelled cat), they under-count the rates of the look-alike pairs and
+    move fewer images. A class whose top share holds fewer than ``MIN_ROW_IMAGES`` images keeps
+    its row of the confident joint. The rates below ``min_rate`` are read as background noise
+    spread evenly over their row, at the rate the confident rows show (see :func:`sparsify`).
 
     Parameters
     ----------
@@ -132,15 +117,10 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     num_classes : int
         K.
     min_rate : float
-        Off-diagonal rates below this are set to 0 (or to the background rate) before the rows
-        are renormalised.
+        Off-diagonal rates below this are set to the background rate before the rows are
+        renormalised.
     prior_images : float
         Pseudo-images per class, labelled as their own class, added to the estimate.
-    background : bool
-        Read the rates below ``min_rate`` as background noise spread evenly over their row,
-        estimated by :func:`confident_rows`, instead of zeroing them (see :func:`sparsify`).
-    estimator : str
-        ``"confident_joint"`` or ``"confident_rows"`` (see above).
 
     Returns
     -------
@@ -149,8 +129,6 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     """
     from cleanlab.count import compute_confident_joint, estimate_latent
 
-    if estimator not in NOISE_ESTIMATORS:
-        raise ValueError(f"noise_model.py: estimator must be one of {NOISE_ESTIMATORS}, got {estimator!r}")
     labels = np.asarray(labels, dtype=np.int64)
     sizes = np.bincount(labels, minlength=num_classes).astype(np.float64)
     if (sizes > 0).all():
@@ -168,22 +146,14 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     # rates are mostly the probe's own errors.
     counts = transition * sizes[:, None] + prior_images * np.eye(num_classes)
     transition = counts / counts.sum(axis=1, keepdims=True)
-    if estimator == "confident_rows":
-        # The top share holds a quarter of a class's images: a quarter of the pseudo-images keeps
-        # the shrinkage as strong, relative to the evidence, as the confident joint's. A class
-        # whose top share is under MIN_ROW_IMAGES keeps its confident-joint row (the rows of
-        # 200-250 images per class were off by up to 0.12).
-        rows = confident_rows(labels, pred_probs, num_classes=num_classes,
-                              prior_images=prior_images * BACKGROUND_TOP_SHARE)
-        enough = np.round(BACKGROUND_TOP_SHARE * sizes) >= MIN_ROW_IMAGES
-        transition = np.where(enough[:, None], rows, transition)
-        floor = rows if background else None
-    else:
-        floor = None
-        if background:
-            floor = confident_rows(labels, pred_probs, num_classes=num_classes,
-                                   prior_images=prior_images)
-    return sparsify(transition, min_rate=min_rate, background=floor)
+    # The top share holds a quarter of a class's images: a quarter of the pseudo-images keeps
+    # the shrinkage as strong, relative to the evidence, as the confident joint's. A class
+    # whose top share is under MIN_ROW_IMAGES keeps its confident-joint row.
+    rows = confident_rows(labels, pred_probs, num_classes=num_classes,
+                          prior_images=prior_images * BACKGROUND_TOP_SHARE)
+    enough = np.round(BACKGROUND_TOP_SHARE * sizes) >= MIN_ROW_IMAGES
+    transition = np.where(enough[:, None], rows, transition)
+    return sparsify(transition, min_rate=min_rate, background=rows)
 
 
 def confident_rows(labels: np.ndarray, pred_probs: np.ndarray, *, num_classes: int,
@@ -215,15 +185,15 @@ def confident_rows(labels: np.ndarray, pred_probs: np.ndarray, *, num_classes: i
     return rows / rows.sum(axis=1, keepdims=True)
 
 
-def sparsify(transition: np.ndarray, *, min_rate: float,
-             background: np.ndarray | None = None) -> np.ndarray:
-    """Zero the off-diagonal rates below ``min_rate``, renormalise, and cap each row's noise.
+def sparsify(transition: np.ndarray, *, min_rate: float, background: np.ndarray) -> np.ndarray:
+    """Even out the off-diagonal rates below ``min_rate``, renormalise, and cap each row's noise.
 
-    With a ``background`` matrix (:func:`confident_rows`), the rates below ``min_rate`` are not
-    zeroed but set to the mean of ``background`` over the same entries of their row: a class's
-    systematic confusions keep their own rates, and what is left is read as noise spread evenly
-    over the other classes (symmetric noise), so an image whose probe strongly disagrees with
-    its given label can still move off its look-alike pairs.
+    The rates below ``min_rate`` are set to the mean of ``background`` (:func:`confident_rows`)
+    over the same entries of their row: a class's systematic confusions keep their own rates,
+    and what is left is read as noise spread evenly over the other classes (symmetric noise), so
+    an image whose probe strongly disagrees with its given label can still move off its
+    look-alike pairs. (A rate of zero would make its Bayes factor zero: an image could never
+    move to a class that is not a look-alike of its given one.)
 
     A row with no mass (a class nothing was assigned to) becomes the identity row; a row whose
     off-diagonal rates add up to more than ``MAX_NOISE`` is scaled down to it.
@@ -232,11 +202,8 @@ def sparsify(transition: np.ndarray, *, min_rate: float,
     k = t.shape[0]
     off = ~np.eye(k, dtype=bool)
     small = off & (t < min_rate)
-    if background is not None:
-        mean = (np.asarray(background) * small).sum(axis=1) / np.maximum(small.sum(axis=1), 1)
-        t = np.where(small, mean[:, None], t)
-    else:
-        t[small] = 0.0
+    mean = (np.asarray(background) * small).sum(axis=1) / np.maximum(small.sum(axis=1), 1)
+    t = np.where(small, mean[:, None], t)
     empty = t.sum(axis=1) <= 0
     t[empty] = np.eye(k)[empty]
     t = t / t.sum(axis=1, keepdims=True)
@@ -288,10 +255,6 @@ def noise_posteriors(
     rounds: int = 2,
     min_rate: float = 0.08,
     prior_images: float = PRIOR_IMAGES,
-    estimate_prior_from_data: bool = True,
-    reestimate: bool = False,
-    background: bool = True,
-    estimator: str = "confident_rows",
     probe_kwargs: dict | None = None,
 ) -> NoisePosterior:
     """Posterior of each image's true class (see the module docstring).
@@ -314,21 +277,11 @@ def noise_posteriors(
         See :func:`estimate_transition`.
     prior_images : float
         See :func:`estimate_transition`.
-    estimate_prior_from_data : bool
-        Undo the class-balanced probe's flat prior (:func:`unweight`), so the posterior carries
-        the class frequencies the data shows, and estimate the true prior
-        (:func:`estimate_prior`). False treats every given class as equally common, which
-        is right only when the true classes are of equal size.
-    reestimate : bool
-        Estimate ``T`` once more from the first refitted probe, which learnt from the
-        posterior's labels (step 4 of the module docstring). Once only: re-estimating every
-        round lets a rate the posterior under-uses shrink round after round.
-    background : bool
-        Keep the rates below ``min_rate`` as even background noise (see :func:`sparsify`).
-    estimator : str
-        How ``T`` is estimated (see :func:`estimate_transition`).
     probe_kwargs : dict, optional
-        Passed to :func:`out_of_sample_probs` (``n_folds``, ``seed``, ``c``, ...).
+        Passed to :func:`out_of_sample_probs` (``n_folds``, ``seed``, ``c``, ...). A
+        class-balanced probe's flat prior is undone (:func:`unweight`), so the posterior carries
+        the class frequencies the data shows; the true prior is estimated
+        (:func:`estimate_prior`).
 
     Returns
     -------
@@ -345,27 +298,20 @@ def noise_posteriors(
     def probe(targets: np.ndarray) -> np.ndarray:
         probs = out_of_sample_probs(features, targets, num_classes=num_classes, train_mask=mask,
                                     groups=groups, **kwargs)
-        if estimate_prior_from_data and balanced_probe:
+        if balanced_probe:
             probs = unweight(probs, targets[mask], num_classes)
         return probs
 
     noisy = probe(labels)
     transition = estimate_transition(labels[mask], noisy[mask], num_classes=num_classes,
-                                     min_rate=min_rate, prior_images=prior_images,
-                                     background=background, estimator=estimator)
+                                     min_rate=min_rate, prior_images=prior_images)
     posterior = bayes_posterior(deconvolve(noisy, transition), labels, transition)
     moved = [int((posterior[mask].argmax(axis=1) != labels[mask]).sum())]
-    for r in range(rounds):
+    for _ in range(rounds):
         clean = probe(np.where(mask, posterior.argmax(axis=1), labels))
-        if r == 0 and reestimate:
-            transition = estimate_transition(labels[mask], clean[mask], num_classes=num_classes,
-                                             min_rate=min_rate, prior_images=prior_images,
-                                             background=background, estimator=estimator)
         posterior = bayes_posterior(np.clip(clean, _EPS, None), labels, transition)
         moved.append(int((posterior[mask].argmax(axis=1) != labels[mask]).sum()))
-    prior = None
-    if estimate_prior_from_data:
-        share = np.bincount(labels[mask], minlength=num_classes) / max(int(mask.sum()), 1)
-        prior = estimate_prior(share, transition)
+    share = np.bincount(labels[mask], minlength=num_classes) / max(int(mask.sum()), 1)
+    prior = estimate_prior(share, transition)
     return NoisePosterior(posterior=posterior, transition=transition, moved_per_round=tuple(moved),
                           prior=prior)

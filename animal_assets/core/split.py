@@ -33,7 +33,7 @@ def select_val(
     """Pick a clean, class-balanced validation set.
 
     Candidates are images kept with their given label (``action == "keep"``, empty ``reason``,
-    no cleanlab flag), so relabelled, reinstated, contested and dropped images never enter it,
+    no label-issue flag), so relabelled, reinstated, contested and dropped images never enter it,
     and whose duplicate group has no other kept image, so no validation image has a
     byte-identical twin in training. Each class contributes the same number of images,
     ``n = min_k min(per_class, floor(max_fraction * candidates_k))``: equal counts make plain and
@@ -111,8 +111,8 @@ def select_val(
         raise ValueError(
             f"split.py: classes {starved} have too few trustworthy images for a validation set: "
             f"{counts}; with max_fraction {max_fraction:g} a class needs at least "
-            f"{math.ceil(1 / max_fraction - 1e-9)} (kept with its given label, not flagged by "
-            "cleanlab, no kept byte-identical twin)"
+            f"{math.ceil(1 / max_fraction - 1e-9)} (kept with its given label, not flagged as a "
+            "label issue, no kept byte-identical twin)"
         )
     take = min(caps.values(), default=0)
     rng = np.random.default_rng(seed)

@@ -229,7 +229,7 @@ def clean_label_decisions(
     config,
 ) -> CleanLabels:
     """Decide keep / relabel / drop for every usable image (see :mod:`.cleaning`)."""
-    from animal_assets.core import cleaning
+    from animal_assets.core import cleaning, noise_model
 
     check_aligned(raw, embeddings, ood_scores)
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only
@@ -245,26 +245,12 @@ def clean_label_decisions(
             class_weight=config.class_weight, n_threads=config.probe_threads,
             n_jobs=config.probe_jobs,
         )
-    transition = prior = None
-    if config.method == "noise_model":
-        from animal_assets.core import noise_model
-
-        result = noise_model.noise_posteriors(
-            features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
-            rounds=config.em_rounds, min_rate=config.min_noise_rate,
-            prior_images=config.noise_prior_images,
-            estimate_prior_from_data=config.estimate_prior,
-            reestimate=config.reestimate_noise, background=config.background_noise,
-            estimator=config.noise_estimator,
-            probe_kwargs=probe_kwargs,
-        )
-        pred_probs = result.balanced() if config.decision == "balanced" else result.posterior
-        transition, prior = result.transition, result.prior
-    else:
-        pred_probs = cleaning.out_of_sample_probs(
-            features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
-            **probe_kwargs,
-        )
+    result = noise_model.noise_posteriors(
+        features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
+        rounds=config.em_rounds, min_rate=config.min_noise_rate,
+        prior_images=config.noise_prior_images, probe_kwargs=probe_kwargs,
+    )
+    pred_probs = result.balanced()
     decisions = cleaning.decide(
         labels, pred_probs, ood_flags=ood_flags, dup_group=groups, num_classes=raw.num_classes,
         config=config,
@@ -279,13 +265,10 @@ def clean_label_decisions(
     with atomic_path(path) as tmp:
         decisions.to_csv(tmp, index=False)
     summary = cleaning.summarise(decisions, num_classes=raw.num_classes)
-    summary["method"] = config.method
     summary["probe_c"] = probe_kwargs["c"]
-    if transition is not None:
-        # T[true, given]: how often each class was labelled as each other class.
-        summary["transition"] = np.round(transition, 4).tolist()
-    if prior is not None:
-        summary["prior"] = np.round(prior, 4).tolist()  # estimated P(true class)
+    # T[true, given]: how often each class was labelled as each other class.
+    summary["transition"] = np.round(result.transition, 4).tolist()
+    summary["prior"] = np.round(result.prior, 4).tolist()  # estimated P(true class)
     return CleanLabels(path=str(path), raw_version=raw_version(raw), summary=summary)
 
 
