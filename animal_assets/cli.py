@@ -22,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+from animal_assets.core.precision import PRECISIONS
 from animal_assets.core.preflight import ENV, RunInputs, expand
 
 
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--test-set", help="external clean test set, same format and class order")
     run.add_argument("--class-names", help="comma-separated class names, in label order")
     run.add_argument("--device", help="auto (default), cpu, cuda")
-    run.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+    run.add_argument("--precision", choices=PRECISIONS,
                      help="encoder and trainer arithmetic; auto: bf16 on CUDA and on CPUs with AMX, "
                           "else fp32 (default: the run config's)")
     run.add_argument("--select", help="comma-separated assets to materialize (default: all)")

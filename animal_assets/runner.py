@@ -216,7 +216,7 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
 def run_tags(config: str | dict, run_config: dict, defs: dg.Definitions) -> dict[str, str]:
     """Tags that say what a run used: dataset, config, device and the precision of the encoder
     and of the trainer ("auto" resolved for this machine)."""
-    from animal_assets.core.embed import resolve_device
+    from animal_assets.core.device import resolve_device
     from animal_assets.core.precision import resolve_precision
 
     ops = run_config.get("ops", {}) or {}

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torchvision
 
+from animal_assets.core.device import resolve_device
 from animal_assets.core.train import (TrainConfig, TrainResult, load_checkpoint, predict, predict_proba,
-                                      resolve_device, save_checkpoint, train_resnet34)
+                                      save_checkpoint, train_resnet34)
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [0, 0, 128]])
@@ -227,6 +228,9 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")  # passes through
+    with pytest.raises(TypeError, match="str or torch.device"):
+        resolve_device(0)
 
 
 @pytest.mark.parametrize("n,batch_size", [(3, 64), (8, 4), (16, 4), (40, 8)])

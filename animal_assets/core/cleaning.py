@@ -30,9 +30,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
+from animal_assets.core.review import ACTIONS
 from animal_assets.core.scaling import ChunkedStandardScaler
 
-ACTIONS = ("keep", "relabel", "drop")
 REASONS = ("", "ood", "label_issue", "duplicate_conflict", "duplicate")
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from animal_assets.core.precision import Precision
+
 
 @dataclass(frozen=True)
 class RawImagesParams:
@@ -30,7 +32,7 @@ class EmbeddingsParams:
     # refinement and the label probe use all of them (see core/embed.py for what it buys).
     stages: bool = True
     # "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles, float32 elsewhere.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
 
 
 @dataclass(frozen=True)

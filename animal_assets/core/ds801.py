@@ -22,6 +22,8 @@ from animal_assets.core.atomic import atomic_dir
 IMAGES_DIR = "imgs"
 LABELS_FILE = "data-labels.json"
 IMAGE_SIZE = 64
+#: An image id: ``img_`` and a lowercase UUID (its file is the id plus ``.jpg``).
+IMAGE_ID = r"img_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 JPEG_QUALITY = 95  # high enough that re-encoded copies keep the detail the model learns from
 
 

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from animal_assets.core.atomic import save_npy
+from animal_assets.core.device import resolve_device
 from animal_assets.core.precision import autocast, resolve_precision
 
 FEATURE_DIM = 1280  # head features: the pooled output of the last convolution
@@ -46,30 +47,6 @@ MODEL_NAME = "efficientnet-lite0"
 WEIGHTS_SHA256_PREFIX = "57934424"
 PIXEL_MEAN = 127.0
 PIXEL_STD = 128.0
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turn ``"auto"`` into CUDA when a GPU is visible, else CPU; pass other names through.
-
-    Parameters
-    ----------
-    device : str or torch.device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... or a ``torch.device``.
-
-    Returns
-    -------
-    torch.device
-    """
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise TypeError(f"embed.py: device must be a str or torch.device, got {type(device).__name__}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"embed.py: device {device!r} was asked for but CUDA is not available")
-    return resolved
 
 
 def weights_path() -> Path:

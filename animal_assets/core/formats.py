@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from animal_assets.core.ds801 import IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
+from animal_assets.core.ds801 import IMAGE_ID, IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of the orientation
 MAX_IMAGE_BYTES = 1 << 20  # a 64x64 JPEG is a few KiB; anything past 1 MiB is not one
 MAX_LABELS_BYTES = 256 << 20  # about 100x the 30,707-entry labels file of the real set
 POLICIES = ("strict", "quarantine")
 
-_NAME_RE = re.compile(r"img_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jpg", re.ASCII)
+_NAME_RE = re.compile(IMAGE_ID + r"\.jpg", re.ASCII)
 
 
 class Rule(StrEnum):

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from animal_assets.core.atomic import write_json
-from animal_assets.core.ds801 import IMAGE_SIZE, encode_jpeg, new_image_id, write_ds801
+from animal_assets.core.ds801 import IMAGE_ID, IMAGE_SIZE, encode_jpeg, new_image_id, write_ds801
 
 KINDS = ("clean", "flipped", "ood", "dup_conflict")
 DATASET_DIRNAME = "train-set"
 TRUTH_FILE = "truth.json"
-_ID_RE = re.compile(r"^img_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ID_RE = re.compile(IMAGE_ID, re.ASCII)
 
 
 def substream(seed: int, purpose: str) -> np.random.Generator:
@@ -397,7 +397,7 @@ def read_truth(path: str | os.PathLike, *, num_classes: int | None = None) -> di
         raise ValueError(f"{path}: the top level must be a JSON object")
     for key, entry in data.items():
         where = f"{path}: {key!r}"
-        if not _ID_RE.match(key):
+        if not _ID_RE.fullmatch(key):
             raise ValueError(f"{where}: key must look like img_{{uuid}}")
         if not isinstance(entry, dict) or set(entry) != {"true", "given", "kind"}:
             raise ValueError(f"{where}: value must be an object with exactly true, given, kind")

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from animal_assets.core.embed import resolve_device
+from animal_assets.core.device import resolve_device
 
 # Groups of strided columns whose maximum screens a similarity block (see _screen).
 _FOLD = 8

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from animal_assets.core import steps
 from animal_assets.core.config import load_run_config, params_from_run_config
+from animal_assets.core.precision import PRECISIONS
 from animal_assets.core.atomic import OutputBusyError, output_lock, write_json
 from animal_assets.core.ingest import MIN_USABLE_IMAGES, DatasetError, read_dataset
 from animal_assets.core.preflight import claim_asset_folder, expand, preflight
@@ -38,7 +39,7 @@ def with_precision(run_config: dict, precision: str) -> dict:
 def machine_description(device: str) -> str:
     import torch
 
-    from animal_assets.core.train import resolve_device
+    from animal_assets.core.device import resolve_device
 
     dev = resolve_device(device)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "no GPU"
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="var/outputs", help="output folder")
     parser.add_argument("--config", default="default", help="demo, default or a YAML file")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="encoder and trainer arithmetic (default: the run config's)")
     parser.add_argument("--truth", help="a truth file of a ground-truth benchmark")
     parser.add_argument("--review", help="review file (CSV: id, action, label, note) that overrules "

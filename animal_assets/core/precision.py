@@ -1,5 +1,8 @@
 """Numeric precision of the network passes: float32, or bfloat16 autocast where it pays.
 
+Importing this module is cheap (PyTorch is imported when a precision is resolved), so the
+command line can offer its choices before anything heavy loads.
+
 ``"auto"`` picks bf16 on CUDA devices that support it and on CPUs with AMX bf16 tiles (Intel
 Sapphire Rapids and later), where oneDNN runs bf16 convolutions on the tile unit; anywhere else
 (AMD, older Intel, a CPU whose flags cannot be read) it keeps float32, because bf16 without a
@@ -11,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -64,6 +68,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -75,5 +81,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 def autocast(device: torch.device, precision: str):
     """A bf16 autocast context on ``device`` for a resolved ``"bf16"``; a no-op for ``"fp32"``."""
     if precision == "bf16":
+        import torch
+
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ACTIONS = ("keep", "relabel", "drop")
+ACTIONS = ("keep", "relabel", "drop")  # what a decision, and so a review, does with an image
 COLUMNS = ("id", "action", "label", "note")
 #: Data version when no review file is configured.
 NO_REVIEW = "no-review"

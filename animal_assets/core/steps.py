@@ -133,11 +133,12 @@ def compute_embeddings(
     from the cache (:mod:`.feature_cache`) and only the others are embedded.
     """
     from animal_assets.core import embed
+    from animal_assets.core.device import resolve_device
     from animal_assets.core.precision import resolve_precision
 
     images, manifest = load_raw_images(raw, mmap=cache_dir is not None)
     start = time.perf_counter()
-    dev = embed.resolve_device(device)
+    dev = resolve_device(device)
     precision = resolve_precision(params.precision, dev)
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from animal_assets.core.atomic import atomic_path
 from animal_assets.core.augment import augment_batch, mixup
+from animal_assets.core.device import resolve_device
 from animal_assets.core.precision import PRECISIONS, Precision, autocast, resolve_precision
 
 # ImageNet statistics; close enough for natural photos, and BatchNorm absorbs the rest.
@@ -111,30 +112,6 @@ class TrainResult:
     device: str
     config: TrainConfig
     precision: str = "fp32"  # what ``config.precision`` resolved to on ``device``
-
-
-def resolve_device(name: str) -> torch.device:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable ``torch.device``.
-
-    Raises
-    ------
-    ValueError
-        For any other name, or when CUDA is asked for and not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.resolve_device: device {name!r} was requested but CUDA is not available; "
-                             "use 'auto' or 'cpu'")
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"train.resolve_device: {name!r} does not exist "
-                             f"({torch.cuda.device_count()} CUDA device(s))")
-        return device
-    raise ValueError(f"train.resolve_device: unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 def build_model(num_classes: int) -> torch.nn.Module:
