@@ -14,7 +14,6 @@ import uuid
 from typing import TextIO
 
 import dagster as dg
-from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from animal_assets.assets import PIPELINE_ASSETS
 from animal_assets.core.atomic import OutputBusyError, output_lock
@@ -71,26 +70,67 @@ def observe(
     return versions
 
 
+#: The tag under which Dagster records the data version of a materialization.
+_DATA_VERSION_TAG = "dagster/data_version"
+#: The data version Dagster assumes for a source that was never observed.
+_INITIAL = "INITIAL"
+
+
+def _latest_record(instance: dg.DagsterInstance, key: dg.AssetKey):
+    """The latest materialization or observation of ``key``, whichever came last, or None."""
+    records = [*instance.fetch_materializations(key, limit=1).records,
+               *instance.fetch_observations(key, limit=1).records]
+    return max(records, key=lambda record: record.storage_id) if records else None
+
+
+def _data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | None:
+    """The current data version of ``key``: its latest event's (None when a materializable asset
+    has none; a source that was never observed is taken as it is, ``INITIAL``)."""
+    record = _latest_record(instance, key)
+    if record is None:
+        return _INITIAL if key.to_user_string() in SOURCES else None
+    if record.asset_observation is not None:
+        version = record.asset_observation.data_version
+    else:
+        version = record.asset_materialization.tags.get(_DATA_VERSION_TAG)
+    return version or _INITIAL
+
+
 def sync_status(
     instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
 ) -> dict[str, str]:
-    """Each pipeline asset's status: synced, unsynced (Dagster's own verdict), downstream of an
-    unsynced asset, or missing."""
+    """Each pipeline asset's status: synced, unsynced, downstream of an unsynced asset, or
+    missing.
+
+    An asset is unsynced by Dagster's rule, read from the provenance its latest materialization
+    recorded (:class:`dagster.DataProvenance`): its code version changed since, a dependency was
+    added or removed, or a dependency's data version is no longer the one it was computed from.
+    """
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
     graph = defs.resolve_asset_graph()
-    resolver = get_stale_status_resolver(instance, list(defs.assets))
     out: dict[str, str] = {}
     for asset in PIPELINE_ASSETS:
         key = asset.key
-        status = resolver.get_status(key).value.lower()
-        if status == "fresh":
-            parents = graph.get(key).parent_keys
-            status = "synced"
-            if any(out.get(p.to_user_string(), "synced") != "synced" for p in parents):
-                status = "upstream unsynced"
-        elif status == "stale":
+        record = instance.fetch_materializations(key, limit=1).records
+        if not record:
+            out[key.to_user_string()] = "missing"
+            continue
+        provenance = dg.DataProvenance.from_tags(record[0].asset_materialization.tags)
+        parents = set(graph.get(key).parent_keys)
+        code_version = defs.resolve_assets_def(key).code_versions_by_key.get(key)
+        recorded = {} if provenance is None else provenance.input_data_versions
+        unsynced = provenance is None or bool(code_version and code_version != provenance.code_version)
+        unsynced = unsynced or set(recorded) != parents
+        for parent in parents & set(recorded):
+            before, now = recorded[parent].value, _data_version(instance, parent)
+            unsynced = unsynced or (before != now and not (before == _INITIAL and now is None))
+        if unsynced:
             status = "unsynced"
+        elif any(out.get(p.to_user_string(), "synced") != "synced" for p in parents):
+            status = "upstream unsynced"
+        else:
+            status = "synced"
         out[key.to_user_string()] = status
     return out
 
