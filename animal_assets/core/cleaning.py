@@ -74,9 +74,8 @@ class CleaningConfig:
                 "n_threads": self.probe_threads, "n_jobs": self.probe_jobs}
 
 
-# A 1-2-5 series: with the 4,592 embedding values the CIFAR benchmark's log-loss is lowest near
-# 5e-4, where a 1-3-10 grid left 3e-4 and 1e-3 tied within 0.001 and the pick flipped between
-# them with the subsample (label-issue F1 0.811 at 3e-4 and 5e-4, 0.789 at 1e-3).
+# A 1-2-5 series: a coarser 1-3-10 grid can leave two of its values tied around the log-loss
+# minimum, and the pick then flips between them with the subsample, and the cleaning with it.
 PROBE_C_GRID = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -202,9 +201,9 @@ def out_of_sample_probs(
     c, max_iter, class_weight
         Probe settings, see :class:`CleaningConfig`.
     n_threads : int or None
-        Thread cap for BLAS and OpenMP while fitting (None: no cap). One thread finishes
-        30,000 x 1,280 features in under 20 s; with both threads of a 2-core machine that was
-        also running other work, spin-waiting threads made the same fit 3x to 24x slower.
+        Thread cap for BLAS and OpenMP while fitting (None: no cap). One thread never waits
+        for another; spin-waiting BLAS threads slow a fit down badly whenever another process
+        holds one of the cores.
     n_jobs : int or None
         Folds fitted at the same time, each in its own thread (None: one per CPU core, at most
         ``n_folds``). The folds are independent and their results are combined in fold order,
@@ -281,8 +280,8 @@ def map_folds(fit, n_folds: int, *, n_jobs: int | None, n_threads: int | None) -
         return [capped(fold) for fold in range(n_folds)]
     # The BLAS part of a cap is process-wide: a fit that ends restores the value it found,
     # which would lift the cap under a fit still running in another thread and change its
-    # float sums (scores then differed between runs of the same data by up to 2.1). Holding
-    # the cap around the whole pool makes every restore land on the capped value.
+    # float sums, so that scores differ between runs of the same data. Holding the cap around
+    # the whole pool makes every restore land on the capped value.
     with threadpool_limits(limits=n_threads), ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(capped, range(n_folds)))
 

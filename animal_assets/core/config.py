@@ -44,20 +44,19 @@ class OodParams:
     fraction: float | None = None
     # "knn_distance": mean cosine distance to the k nearest neighbours; "label_entropy": entropy
     # of the given labels of the label_k nearest neighbours (catches dense clusters of junk that
-    # carry random labels: CIFAR benchmark AUROC 0.92 against 0.68 for the distance; on DS801
-    # its extra flags were people, food, vehicles and buildings, the distance's mostly animals).
+    # carry random labels, which are near each other and so look ordinary to the distance).
     # "auto": label_entropy when every class has at least 2 * label_k given images (enough for
-    # a neighbourhood's labels to mean something), else knn_distance (on the 198-image test set
-    # label entropy ranked the OOD images at AUROC 0.63-0.85, the distance at 1.0).
+    # a neighbourhood's labels to mean something), else knn_distance (with fewer, a neighbourhood
+    # mixes classes and label entropy ranks the OOD images worse than the distance).
     method: Literal["auto", "knn_distance", "label_entropy"] = "auto"
     label_k: int = 50
     # Self-training rounds that sharpen the score (ood_refine.py): a linear model learns to tell
     # the top refine_share of the ranking from its bottom refine_in_share. 0 keeps the raw score.
     refine_rounds: int = 3
-    # CIFAR benchmarks: 0.05 -> OOD AUROC 0.959, 0.025 -> 0.981 where 5 % of the set was OOD
-    # (a pseudo-OOD set larger than the true share is half clean); equal at 10-15 %.
+    # Small: a pseudo-OOD set larger than the true OOD share is partly clean images, and where
+    # more of the set is OOD a small share loses nothing.
     refine_share: float = 0.025
-    refine_in_share: float = 0.7  # CIFAR benchmark: 0.5 -> AUROC 0.972, 0.7 -> 0.974, 0.3 -> 0.963
+    refine_in_share: float = 0.7  # wide: most of a set is in distribution
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 #: Thumbnails per gallery: two rows of eight fit a laptop screen without scrolling.
 MAX_ITEMS = 16
-#: Encoded size a gallery is squeezed under; with a few plots an asset stays well below 300 KB.
+#: Encoded size a gallery is squeezed under, so that an asset's galleries and plots stay small inline.
 MAX_GALLERY_BYTES = 48_000
 _PAD = 6
 _CAPTION_LINES = 3
@@ -142,10 +142,9 @@ def gallery(
 ) -> bytes:
     """A thumbnail grid (see :func:`gallery_image`) encoded as JPEG of at most ``max_bytes``.
 
-    JPEG rather than PNG: sixteen 64x64 DS801 photographs shown at 96 px take 58 KB as JPEG
-    (quality 75) against 244 KB as PNG, and the gallery travels inline in the asset's
-    metadata. When the first encoding is too large, the quality is lowered, then the last row
-    is left out, until it fits.
+    JPEG rather than PNG: a grid of photographs takes a fraction of PNG's bytes as JPEG, and
+    the gallery travels inline in the asset's metadata. When the first encoding is too large,
+    the quality is lowered, then the last row is left out, until it fits.
 
     Parameters
     ----------

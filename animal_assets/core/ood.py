@@ -113,7 +113,7 @@ def project_features(
     second-moment matrix ``X.T @ X / N`` of the unit rows ``X``: the uncentred covariance. Cosine
     similarity is an uncentred inner product, and these axes give the best rank-``dims``
     approximation of the cosine matrix ``X @ X.T``; centring would instead compare directions
-    around the mean, which on EfficientNet features turned the demo's OOD AUROC from 0.98 to 0.39.
+    around the mean, which on EfficientNet features ruins the ranking of the demo's outliers.
     Each axis's sign is fixed so that its largest-magnitude entry is positive, which makes the
     output independent of the eigen-solver's sign choice. All-zero rows stay all-zero.
 
@@ -287,9 +287,9 @@ def _run_tasks(tasks: list[Callable[[], None]], workers: int) -> None:
     """Run the tasks in order, or on ``workers`` threads of one PyTorch thread each.
 
     Many short multi-threaded operations wait at OpenMP barriers whenever another process
-    holds one of the cores: on a busy 2-core machine the kNN took 60 s on two PyTorch threads
-    against 8.5 s on one. Whole blocks per thread never wait for each other. PyTorch's thread
-    count reads 1 while the workers run and is restored after.
+    holds one of the cores, which slows the kNN down badly on a busy machine. Whole blocks per
+    thread never wait for each other. PyTorch's thread count reads 1 while the workers run and
+    is restored after.
     """
     if workers <= 1:
         for task in tasks:
@@ -349,7 +349,7 @@ def _screen(
     rows, cols = sims.new_empty(0, dtype=torch.int64), sims.new_empty(0, dtype=torch.int64)
     if width:
         # Group q of row r holds columns q, q + width, q + 2 * width, ...; the maximum is taken
-        # across contiguous slabs (a strided reduction over a transposed view is 30x slower).
+        # across contiguous slabs (a strided reduction over a transposed view is far slower).
         if sims.is_contiguous():
             group_max = sims[:, :main].unflatten(1, (_FOLD, width)).amax(dim=1)
         else:
@@ -362,7 +362,7 @@ def _screen(
     if main < c:
         rest_rows, rest_cols = torch.nonzero(sims[:, main:] >= floor[:, None], as_tuple=True)
         rows, cols = torch.cat([rows, rest_rows]), torch.cat([cols, rest_cols + main])
-    # One flat gather from the block's storage is several times faster than sims[rows, cols].
+    # One flat gather from the block's storage is much faster than sims[rows, cols].
     storage = (sims if sims.is_contiguous() else sims.T).view(-1)
     vals = storage[rows * sims.stride(0) + cols * sims.stride(1)]
     keep = vals >= floor[rows]
@@ -517,13 +517,10 @@ def estimate_outlier_share(scores: np.ndarray, *, components: tuple[int, ...] = 
     in them are counted. In-distribution scores are skewed, so their bulk takes two components;
     the outliers take one, or two when their scores spread (junk of several kinds).
 
-    Measured on the 36 runs of the CIFAR family (:mod:`animal_assets.core.family`: vehicles
-    under random labels, 5, 10 or 15 % of the set, scores from
-    :func:`animal_assets.core.ood_refine.self_train`), the estimate was off by 0.017 on
-    average and 0.030 at worst: 0.060-0.080 where the truth was 0.05, 0.093-0.097 at 0.10,
-    0.130-0.173 at 0.15. The earlier rule, mixtures of 2 to 4 with only the top component
-    counted, was off by 0.086 where BIC split the outliers over two components (0.064 for a
-    true 0.15) and by 0.075 where it chose 2 components for a skewed bulk (0.125 for 0.05).
+    Mixtures of 2 to 4 with only the top component counted go wrong both ways: BIC can split
+    the outliers over two components, of which only one is counted, or choose 2 components, so
+    that the top one takes in the skewed bulk's upper tail. The estimate's errors on the CIFAR
+    family (:mod:`animal_assets.core.family`) are in benchmarks/RESULTS.md.
 
     Scores without any outliers still have a top tail, and it is counted: this estimate
     assumes there is junk to find. Set a fixed share (0 for none) on data known to be clean.

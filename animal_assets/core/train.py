@@ -80,7 +80,7 @@ class TrainConfig:
 
     @classmethod
     def demo(cls, **overrides: Any) -> TrainConfig:
-        """A short recipe that learns a small, easy set in about two minutes on a 2-core CPU."""
+        """A short recipe that learns a small, easy set quickly enough for a CPU."""
         # Batch 64 gives enough steps in few epochs; max_lr 0.1 diverged early for some seeds.
         base = dict(epochs=12, batch_size=64, max_lr=0.05, pct_start=0.2, eval_batch_size=256)
         return cls(**{**base, **overrides})
