@@ -78,18 +78,22 @@ _RESENDS = 40
 
 
 class _Signals:
-    """What :func:`_signals` yields: which stop signal arrived, and the end of the run."""
+    """What :func:`_signals` yields: which stop signal arrived, and the end of the run. Without
+    a wakeup file descriptor (outside the main thread) it sees no signal and does nothing."""
 
-    def __init__(self, read_fd: int) -> None:
+    def __init__(self, read_fd: int | None = None) -> None:
         self._read_fd = read_fd
         self._lock = threading.Lock()
         self._seen: list[int] = []
-        self.running = True
+        self._running = True
+        self._resent = 0
 
     def received(self) -> int | None:
         """The first stop signal that arrived (it reads the signal wakeup file descriptor, which
         records every signal whichever Python handler is installed: Dagster installs its own
         during a run), or None."""
+        if self._read_fd is None:
+            return None
         with self._lock:
             try:
                 self._seen.extend(b for b in os.read(self._read_fd, 1024) if b in _STOPPED_BY)
@@ -97,11 +101,22 @@ class _Signals:
                 pass
             return self._seen[0] if self._seen else None
 
+    def resend(self) -> None:
+        """Send the stop signal that arrived once more, while the run goes on (at most
+        ``_RESENDS`` times)."""
+        signo = self.received()
+        with self._lock:
+            if signo is not None and self._running and self._resent < _RESENDS:
+                self._resent += 1
+                os.kill(os.getpid(), signo)
+
     def settle(self) -> None:
         """The run has ended: from now on a signal is only recorded, never raised, and none is
         sent again. Called in the main thread; idempotent."""
+        if self._read_fd is None:
+            return
         with self._lock:
-            self.running = False
+            self._running = False
         for signo in _STOPPED_BY:
             signal.signal(signo, lambda *_: None)
 
@@ -113,7 +128,7 @@ def _signals():
     ``_RESEND_EVERY_S`` until the caller settles, so that a run whose interrupt something
     swallowed stops all the same."""
     if threading.current_thread() is not threading.main_thread():
-        yield None
+        yield _Signals()
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
@@ -133,13 +148,8 @@ def _signals():
 
     def receive_and_resend() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        sent = 0
         while not done.wait(_RESEND_EVERY_S):
-            signo = signals.received()
-            with signals._lock:
-                if signo is not None and signals.running and sent < _RESENDS:
-                    sent += 1
-                    os.kill(os.getpid(), signo)
+            signals.resend()
 
     helper = threading.Thread(target=receive_and_resend, name="animal-assets-signals", daemon=True)
     helper.start()
@@ -192,12 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 code = _main(args)
             finally:
-                if signals is not None:
-                    signals.settle()
+                signals.settle()
         except KeyboardInterrupt:
             interrupted = True
-            if signals is not None:
-                signals.settle()  # when the interrupt came before the first settle had run
+            signals.settle()  # when the interrupt came before the first settle had run
         except _ONE_LINE as err:
             line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if isinstance(err, OSError) and err.filename and str(err.filename) not in line:
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             if runner is None or not isinstance(err, runner.RunFailed):
                 raise
             line, code = str(err), 1
-        signo = signals.received() if signals is not None else None
+        signo = signals.received()
     if signo is not None or interrupted:
         # also when the run ended anyway (the signal came where Python could not raise it)
         signo = signo or signal.SIGINT

@@ -109,6 +109,14 @@ def sync_status(
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
     graph = defs.resolve_asset_graph()
+    versions: dict[dg.AssetKey, str | None] = {}  # each dependency's, read once
+
+    def moved(parent: dg.AssetKey, before: str) -> bool:
+        if parent not in versions:
+            versions[parent] = _data_version(instance, parent)
+        now = versions[parent]
+        return before != now and not (before == _INITIAL and now is None)
+
     out: dict[str, str] = {}
     for asset in PIPELINE_ASSETS:
         key = asset.key
@@ -119,12 +127,12 @@ def sync_status(
         provenance = dg.DataProvenance.from_tags(record[0].asset_materialization.tags)
         parents = set(graph.get(key).parent_keys)
         code_version = defs.resolve_assets_def(key).code_versions_by_key.get(key)
-        recorded = {} if provenance is None else provenance.input_data_versions
-        unsynced = provenance is None or bool(code_version and code_version != provenance.code_version)
-        unsynced = unsynced or set(recorded) != parents
-        for parent in parents & set(recorded):
-            before, now = recorded[parent].value, _data_version(instance, parent)
-            unsynced = unsynced or (before != now and not (before == _INITIAL and now is None))
+        unsynced = (
+            provenance is None
+            or bool(code_version and code_version != provenance.code_version)
+            or set(provenance.input_data_versions) != parents
+            or any(moved(p, v.value) for p, v in provenance.input_data_versions.items())
+        )
         if unsynced:
             status = "unsynced"
         elif any(out.get(p.to_user_string(), "synced") != "synced" for p in parents):

@@ -127,10 +127,29 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
     np.ndarray, shape (K, K)
         ``T[j, i] = P(given = i | true = j)``; rows sum to 1.
     """
-    from cleanlab.count import compute_confident_joint, estimate_latent
-
     labels = np.asarray(labels, dtype=np.int64)
     sizes = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    # The top share holds a quarter of a class's images: a quarter of the pseudo-images keeps
+    # the shrinkage as strong, relative to the evidence, as the confident joint's. A class
+    # whose top share is under MIN_ROW_IMAGES keeps its confident-joint row.
+    rows = confident_rows(labels, pred_probs, num_classes=num_classes,
+                          prior_images=prior_images * BACKGROUND_TOP_SHARE)
+    enough = np.round(BACKGROUND_TOP_SHARE * sizes) >= MIN_ROW_IMAGES
+    transition = rows
+    if not enough.all():
+        joint = _confident_joint_rows(labels, pred_probs, sizes, num_classes=num_classes,
+                                      prior_images=prior_images)
+        transition = np.where(enough[:, None], rows, joint)
+    return sparsify(transition, min_rate=min_rate, background=rows)
+
+
+def _confident_joint_rows(labels: np.ndarray, pred_probs: np.ndarray, sizes: np.ndarray, *,
+                          num_classes: int, prior_images: float) -> np.ndarray:
+    """``T`` from cleanlab's confident joint, shrunk toward "no noise" by ``prior_images``
+    pseudo-images per class labelled as themselves (the rows of the classes too small for
+    :func:`confident_rows`)."""
+    from cleanlab.count import compute_confident_joint, estimate_latent
+
     if (sizes > 0).all():
         confident_joint = compute_confident_joint(labels, pred_probs)
         _, noise_matrix, _ = estimate_latent(confident_joint, labels)
@@ -141,19 +160,10 @@ def estimate_transition(labels: np.ndarray, pred_probs: np.ndarray, *, num_class
         transition = np.zeros((num_classes, num_classes))
         np.add.at(transition, (pred_probs.argmax(axis=1), labels), 1.0)
         transition /= np.maximum(transition.sum(axis=1, keepdims=True), 1.0)
-    # Shrink toward "no noise" by prior_images pseudo-images per class labelled as themselves:
-    # negligible for classes of thousands, decisive for classes of a few dozen, whose estimated
+    # Negligible for classes of thousands, decisive for classes of a few dozen, whose estimated
     # rates are mostly the probe's own errors.
     counts = transition * sizes[:, None] + prior_images * np.eye(num_classes)
-    transition = counts / counts.sum(axis=1, keepdims=True)
-    # The top share holds a quarter of a class's images: a quarter of the pseudo-images keeps
-    # the shrinkage as strong, relative to the evidence, as the confident joint's. A class
-    # whose top share is under MIN_ROW_IMAGES keeps its confident-joint row.
-    rows = confident_rows(labels, pred_probs, num_classes=num_classes,
-                          prior_images=prior_images * BACKGROUND_TOP_SHARE)
-    enough = np.round(BACKGROUND_TOP_SHARE * sizes) >= MIN_ROW_IMAGES
-    transition = np.where(enough[:, None], rows, transition)
-    return sparsify(transition, min_rate=min_rate, background=rows)
+    return counts / counts.sum(axis=1, keepdims=True)
 
 
 def confident_rows(labels: np.ndarray, pred_probs: np.ndarray, *, num_classes: int,

@@ -9,8 +9,9 @@ row blocks, each pair of blocks (i <= j) is multiplied once and the product serv
 of both blocks (cosine similarity is symmetric), so memory stays at ``block_size ** 2`` floats
 instead of N x N. Neighbours are ordered by distance, then by index, so equal distances
 (e.g. byte-identical images) always resolve the same way. On the CPU the products run one
-block per thread, and each query's current k-th best similarity screens the blocks, so only the few entries that can still enter a top k are merged (:func:`_screen`); the
-result is the same.
+block per thread, and each query's current k-th best similarity screens the blocks, so only
+the few entries that can still enter a top k are merged (:func:`_screen`); the result is the
+same.
 
 On the CPU the product dominates the cost at D = 1,280, so ``dims`` can first project the
 unit-normalised features onto their top principal axes (:func:`project_features`); the search is
