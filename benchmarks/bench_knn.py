@@ -1,13 +1,12 @@
-"""Speed of the kNN outlier score: ours (exact blocked cosine kNN) against cleanlab's and, when
-it is installed, faiss's exact search.
+"""Speed of the kNN outlier score: ours (exact blocked cosine kNN) against cleanlab's.
 
-All score the same N x D features in the same run: ours with
+Both score the same N x D features in the same run: ours with
 ``animal_assets.core.ood.knn_ood_scores`` (optionally on ``dims`` principal axes; each pair of
-row blocks is multiplied once for the queries of both), the baseline
+row blocks is multiplied once for the queries of both, and the output names the float32
+product it ran on), the baseline
 with ``cleanlab.outlier.OutOfDistribution().fit_score(features=...)`` (scikit-learn's brute-force
-cosine ``NearestNeighbors``), and faiss's ``IndexFlatIP`` on the unit rows (``pip install
-faiss-cpu``; skipped when absent). Each method runs in its own process, which reports its wall
-time and its peak resident memory while scoring (features included).
+cosine ``NearestNeighbors``). Each method runs in its own process, which reports its wall time and
+its peak resident memory while scoring (features included).
 
     python benchmarks/bench_knn.py                      # 30,000 x 1,280 clustered features
     python benchmarks/bench_knn.py --features emb.npy --dims none,512,256,128
@@ -16,7 +15,6 @@ time and its peak resident memory while scoring (features included).
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -41,24 +39,6 @@ def clustered_features(n: int, d: int, *, seed: int = 0, clusters: int = 50,
     return np.abs(features, out=features)
 
 
-def faiss_scores(features: np.ndarray, k: int) -> np.ndarray:
-    """Mean cosine distance to the k nearest other rows, by faiss's exact inner-product search
-    (``IndexFlatIP``) on the unit rows: k + 1 neighbours, less the row itself (or, where copies
-    of it fill the list, the last one)."""
-    import faiss
-
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    unit = np.ascontiguousarray(unit, dtype=np.float32)
-    index = faiss.IndexFlatIP(unit.shape[1])
-    index.add(unit)
-    sims, idx = index.search(unit, k + 1)
-    drop = idx == np.arange(len(unit))[:, None]
-    drop[~drop.any(axis=1), -1] = True
-    drop[np.cumsum(drop, axis=1) > 1] = False
-    kept = sims[~drop].reshape(len(unit), k)
-    return np.clip(1.0 - kept, 0.0, None).mean(axis=1, dtype=np.float64).astype(np.float32)
-
-
 def worker(method: str, features_path: str, scores_path: str, k: int, device: str) -> None:
     """Score the features with one method in this process and report time and peak memory."""
     from animal_assets.core.profiling import measure, rss_mb
@@ -72,16 +52,15 @@ def worker(method: str, features_path: str, scores_path: str, k: int, device: st
         with measure() as stats:
             # cleanlab's score is high for typical rows; negate so higher = more outlying.
             scores = -OutOfDistribution(params={"k": k}).fit_score(features=features, verbose=False)
-    elif method == "faiss":
-        before = rss_mb()
-        with measure() as stats:
-            scores = faiss_scores(features, k)
     else:
         import torch
 
+        from animal_assets.core import ood
         from animal_assets.core.ood import knn_ood_scores
 
         dims = None if method == "ours" else int(method.split("=")[1])
+        on_cpu = not device.startswith("cuda")
+        extra["product"] = "oneDNN" if on_cpu and ood._onednn_available() else "torch.mm"
         # Warm-up: CUDA context, cuBLAS handles and the thread pool are not part of the method.
         knn_ood_scores(features[:64], k=min(k, 10), device=device)
         if device.startswith("cuda"):
@@ -132,13 +111,7 @@ def main() -> None:
         threads = f", {args.threads} CPU thread(s) per method" if args.threads else ""
         _common.print_header(f"kNN outlier scores, {n:,} x {d:,} float32 ({source}), k={args.k}{threads}")
         results, scores = {}, {}
-        try:
-            import faiss  # noqa: F401  (optional: compared when installed)
-
-            peers = ["cleanlab", "faiss"]
-        except ImportError:
-            peers = ["cleanlab"]
-        for method in [*peers, *methods]:
+        for method in ["cleanlab", *methods]:
             out = str(Path(tmp) / f"{method.replace(':', '_').replace('=', '')}.npy")
             start = time.perf_counter()
             results[method] = _common.run_worker(SCRIPT, [
@@ -149,7 +122,7 @@ def main() -> None:
 
     base = results["cleanlab"]
     rows = []
-    for method in [*peers[1:], *methods]:
+    for method in methods:
         res, label = results[method], method.replace("ours:", "")
         label = "exact" if label == "ours" else label
         rows.append((f"wall time, s ({label})", res["seconds"], base["seconds"],
@@ -159,14 +132,10 @@ def main() -> None:
         rows.append((f"added peak RSS while scoring, MiB ({label})", res["added_mb"],
                      base["added_mb"], base["added_mb"] / max(res["added_mb"], 1.0)))
     _common.print_table(rows, _common.machine_label(device))
-    print("ours runs on the device in the machine column; cleanlab and faiss on the CPU.")
-    print("ours: symmetric blocks (each pair of row blocks multiplied once, for both blocks' "
-          "queries), float32 products by torch.mm.")
-    if "faiss" in scores:
-        diff = np.abs(scores["faiss"].astype(np.float64) - scores["ours"]).max() if "ours" in scores else math.nan
-        print(f"faiss (IndexFlatIP, exact): top-10 % outliers shared with cleanlab "
-              f"{_common.top_overlap(scores['faiss'], scores['cleanlab']):.3f}, largest score "
-              f"difference from exact ours {diff:.2e}")
+    print("ours runs on the device in the machine column; cleanlab on the CPU.")
+    products = sorted({results[method].get("product", "?") for method in methods})
+    print(f"ours: symmetric blocks (each pair of row blocks multiplied once, for both blocks' "
+          f"queries), float32 product on {', '.join(products)}.")
     for method in methods:
         line = (f"{method}: top-10 % outliers shared with cleanlab "
                 f"{_common.top_overlap(scores[method], scores['cleanlab']):.3f}")

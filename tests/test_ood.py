@@ -282,20 +282,22 @@ def test_neighbour_label_entropy_values():
         neighbour_label_entropy(idx, np.array([0, 1, 2]), num_classes=2)
 
 
-# The kNN's code paths, all run on the CPU: (screen, workers). Screening on two threads is the
-# CPU's path, on one thread its path on a single core, and the dense merge on one thread the
-# path CUDA takes.
+# The kNN's code paths, all run on the CPU: (screen, onednn, workers). Screening with oneDNN
+# products on two threads is the CPU's path, screening with torch.mm its path where oneDNN is
+# missing, and the dense merge with torch.mm on one thread the path CUDA takes.
 KNN_PATHS = [
-    pytest.param(True, 2, id="screened-2-threads"),
-    pytest.param(True, 1, id="screened-1-thread"),
-    pytest.param(False, 1, id="dense"),
+    pytest.param(True, True, 2, id="screened-onednn-2-threads"),
+    pytest.param(True, False, 1, id="screened-torch-mm"),
+    pytest.param(False, False, 1, id="dense-torch-mm"),
 ]
 
 
-def run_path(features, k, block_size, screen, workers=1):
+def run_path(features, k, block_size, screen, onednn, workers=1):
+    if onednn and not ood._onednn_available():
+        pytest.skip("this PyTorch build has no oneDNN linear op")
     with ood._full_float32():
         return ood._blocked_knn(features, k, block_size, torch.device("cpu"), screen=screen,
-                                workers=workers)
+                                onednn=onednn, workers=workers)
 
 
 def lattice_features(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
@@ -311,7 +313,7 @@ def lattice_features(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndar
     return features
 
 
-@pytest.mark.parametrize("screen, workers", KNN_PATHS)
+@pytest.mark.parametrize("screen, onednn, workers", KNN_PATHS)
 @pytest.mark.parametrize(
     "n, k, block_size",
     [
@@ -324,10 +326,10 @@ def lattice_features(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndar
         (40, 39, 7),  # k = N - 1: every other row is a neighbour
     ],
 )
-def test_every_knn_path_equals_brute_force_exactly(n, k, block_size, screen, workers):
+def test_every_knn_path_equals_brute_force_exactly(n, k, block_size, screen, onednn, workers):
     rng = np.random.default_rng(n * 100 + k)
     features = lattice_features(rng, n)
-    dist, idx = run_path(features, k, block_size, screen, workers)
+    dist, idx = run_path(features, k, block_size, screen, onednn, workers)
     ref_d, ref_i = brute_force_knn(features, k)
     np.testing.assert_array_equal(idx, ref_i)
     np.testing.assert_array_equal(dist, ref_d.astype(np.float32))
@@ -337,13 +339,13 @@ def test_every_knn_path_equals_brute_force_exactly(n, k, block_size, screen, wor
                                       [np.delete(np.arange(n), i) for i in range(n)])
 
 
-@pytest.mark.parametrize("screen, workers", KNN_PATHS)
+@pytest.mark.parametrize("screen, onednn, workers", KNN_PATHS)
 @pytest.mark.parametrize("n, dim, k, block_size", [(333, 200, 10, 64), (200, 1280, 7, 4096), (150, 48, 20, 37)])
-def test_every_knn_path_matches_brute_force_on_float_data(n, dim, k, block_size, screen, workers):
+def test_every_knn_path_matches_brute_force_on_float_data(n, dim, k, block_size, screen, onednn, workers):
     rng = np.random.default_rng(dim + k)
     centres = rng.standard_normal((6, dim))
     features = np.abs(centres[rng.integers(0, 6, n)] + 0.5 * rng.standard_normal((n, dim))).astype(np.float32)
-    dist, idx = run_path(features, k, block_size, screen, workers)
+    dist, idx = run_path(features, k, block_size, screen, onednn, workers)
     assert dist.dtype == np.float32 and idx.dtype == np.int64
     assert_same_neighbours(dist, idx, *brute_force_knn(features, k), tol=2e-6)
 
@@ -419,8 +421,8 @@ def test_knn_threads_give_the_same_result_and_leave_the_thread_count_alone():
     rng = np.random.default_rng(9)
     features = np.abs(rng.standard_normal((700, 96))).astype(np.float32)
     threads = torch.get_num_threads()
-    one = run_path(features, 8, 128, True, workers=1)
-    three = run_path(features, 8, 128, True, workers=3)
+    one = run_path(features, 8, 128, True, True, workers=1)
+    three = run_path(features, 8, 128, True, True, workers=3)
     assert torch.get_num_threads() == threads
     np.testing.assert_array_equal(three[1], one[1])
     np.testing.assert_array_equal(three[0], one[0])

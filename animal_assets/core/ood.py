@@ -8,10 +8,10 @@ The neighbour search is exact and blocked: the unit-normalised feature matrix is
 row blocks, each pair of blocks (i <= j) is multiplied once and the product serves the queries
 of both blocks (cosine similarity is symmetric), so memory stays at ``block_size ** 2`` floats
 instead of N x N. Neighbours are ordered by distance, then by index, so equal distances
-(e.g. byte-identical images) always resolve the same way. On the CPU the products run one
-block per thread, and each query's current k-th best similarity screens the blocks, so only
-the few entries that can still enter a top k are merged (:func:`_screen`); the result is the
-same.
+(e.g. byte-identical images) always resolve the same way. On the CPU the products run on
+oneDNN, one block per thread, and each query's current k-th best similarity screens the
+blocks, so only the few entries that can still enter a top k are merged (:func:`_screen`); the
+result is the same.
 
 On the CPU the product dominates the cost at D = 1,280, so ``dims`` can first project the
 unit-normalised features onto their top principal axes (:func:`project_features`); the search is
@@ -36,9 +36,11 @@ from animal_assets.core.device import resolve_device
 # Groups of strided columns whose maximum screens a similarity block (see _screen).
 _FOLD = 8
 # Rows per block at most on the CPU: one 1,024 x 1,024 float32 block (4 MiB) per thread stays in
-# the cache while it is screened; larger blocks also recompute more of the diagonal blocks'
-# symmetric halves.
+# the L3 cache while its partial products are summed and screened; oneDNN's product is no
+# faster on larger blocks, which also recompute more of the diagonal blocks' symmetric halves.
 _CPU_BLOCK = 1024
+# Columns per part of oneDNN's product (see _blocked_knn).
+_ONEDNN_DEPTH = 128
 
 
 def _check_features(features: np.ndarray, k: int, block_size: int) -> None:
@@ -207,8 +209,8 @@ def knn(
     with _full_float32():
         if dev.type == "cpu":
             return _blocked_knn(features, k, min(block_size, _CPU_BLOCK), dev, screen=True,
-                                workers=torch.get_num_threads())
-        return _blocked_knn(features, k, block_size, dev, screen=False)
+                                onednn=_onednn_available(), workers=torch.get_num_threads())
+        return _blocked_knn(features, k, block_size, dev, screen=False, onednn=False)
 
 
 @contextlib.contextmanager
@@ -232,6 +234,31 @@ def _full_float32() -> Iterator[None]:
             onednn.fp32_precision = precision
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN's linear op and it computes ``a @ b.T``."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        a = torch.tensor([[1.0, 2.0], [3.0, -4.0], [0.5, 6.0]])
+        b = torch.tensor([[1.0, 0.0], [2.0, 1.0]])
+        return torch.equal(torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), a @ b.T)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _product(parts: list[torch.Tensor], a: slice, b: slice, onednn: bool) -> torch.Tensor:
+    """Cosine similarities (len a, len b) between rows ``a`` and rows ``b`` of the unit rows,
+    given as column parts (N, <= D) whose products add up to the full one."""
+    if not onednn:
+        return parts[0][a] @ parts[0][b].T
+    sims = None
+    for part in parts:
+        partial = torch.ops.mkldnn._linear_pointwise(part[a], part[b], None, "none", [], "")
+        sims = partial if sims is None else sims.add_(partial)
+    return sims
+
+
 def _blocked_knn(
     features: np.ndarray,
     k: int,
@@ -239,18 +266,28 @@ def _blocked_knn(
     dev: torch.device,
     *,
     screen: bool,
+    onednn: bool,
     workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact kNN over blocks of rows.
 
     ``screen`` merges only the entries that can still enter a top k (:func:`_screen`) instead of
-    every block's top k; ``workers`` above 1 multiplies that many blocks at once
-    (:func:`_run_tasks`).
+    every block's top k; ``onednn`` computes the CPU products with oneDNN (:func:`_product`);
+    ``workers`` above 1 multiplies that many blocks at once (:func:`_run_tasks`).
     """
     n = features.shape[0]
     with torch.inference_mode():
         x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=dev)
-        unit = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+        # PyTorch's bundled MKL runs its AVX2 kernel on AMD CPUs, where oneDNN uses AVX-512.
+        # oneDNN sums each dot product in one running total, with a larger rounding error than
+        # MKL's; summing products over parts of _ONEDNN_DEPTH columns brings it back to MKL's
+        # level.
+        # Each part is normalised on its own, so no whole normalised copy is made besides them.
+        width = max(x.shape[1], 1)
+        onednn = onednn and x.shape[1] > 0
+        depth = _ONEDNN_DEPTH if onednn else width
+        parts = [(x[:, s:s + depth] / norms).contiguous() for s in range(0, width, depth)]
         del x
         best_vals = torch.full((n, k), -math.inf, device=dev)
         best_idx = torch.full((n, k), -1, dtype=torch.int64, device=dev)
@@ -260,7 +297,7 @@ def _blocked_knn(
 
     def diagonal(rows: slice) -> None:
         with torch.inference_mode():
-            sims = unit[rows] @ unit[rows].T
+            sims = _product(parts, rows, rows, onednn)
             sims.fill_diagonal_(-math.inf)
             with merging:
                 _merge_block(best_vals, best_idx, rows.start, sims, rows.start, k, screen=False)
@@ -269,7 +306,7 @@ def _blocked_knn(
         with torch.inference_mode():
             # One product serves both blocks' queries: rows of sims for one block, its columns
             # (the transposed view) for the other.
-            sims = unit[rows] @ unit[cols].T
+            sims = _product(parts, rows, cols, onednn)
             with merging:
                 _merge_block(best_vals, best_idx, rows.start, sims, cols.start, k, screen=screen)
                 _merge_block(best_vals, best_idx, cols.start, sims.T, rows.start, k, screen=screen)
