@@ -16,7 +16,10 @@ import dagster as dg
 import pandas as pd
 
 from animal_assets.assets import balanced_train, clean_labels, raw_images, val_split
-from animal_assets.core import review, steps
+from animal_assets.core import review
+from animal_assets.core.export import Split
+from animal_assets.core.stages.balanced_train import BalancedTrain
+from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
 from animal_assets.core.formats import RULE_GROUPS, validate_ds801_folder
 from animal_assets.core.ingest import RawImages
 from animal_assets.resources import DatasetResource
@@ -95,14 +98,14 @@ def _export_result(folder: str, what: str) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=val_split, blocking=True)
-def val_split_export_follows_format(val_split: steps.Split) -> dg.AssetCheckResult:
+def val_split_export_follows_format(val_split: Split) -> dg.AssetCheckResult:
     """The exported validation folder passes every DS801 rule."""
     return _export_result(val_split.dir, "val_split export follows the DS801 rules")
 
 
 @dg.asset_check(asset=balanced_train, blocking=True)
 def balanced_train_export_follows_format(
-    balanced_train: steps.BalancedTrain,
+    balanced_train: BalancedTrain,
 ) -> dg.AssetCheckResult:
     """The exported train folder passes every DS801 rule, and the zip holds exactly train/ and
     val/ as exported."""
@@ -136,7 +139,7 @@ def _content_hashes(folder: str) -> dict[str, str]:
 
 @dg.asset_check(asset=balanced_train, blocking=True, additional_ins={"val_split": dg.AssetIn()})
 def balanced_train_shares_nothing_with_val_split(
-    balanced_train: steps.BalancedTrain, val_split: steps.Split,
+    balanced_train: BalancedTrain, val_split: Split,
 ) -> dg.AssetCheckResult:
     """No image is in both exports (by id, by source image and by content), and no uuid is
     used twice."""
@@ -165,11 +168,11 @@ def balanced_train_shares_nothing_with_val_split(
 
 @dg.asset_check(asset=clean_labels)
 def clean_labels_follow_the_review(
-    clean_labels: steps.CleanLabels, dataset: DatasetResource,
+    clean_labels: CleanLabels, dataset: DatasetResource,
 ) -> dg.AssetCheckResult:
     """Every decision of the review file is in the final decisions, marked ``source = review``,
     and no other row is; a review file edited since the materialization is reported (WARN)."""
-    d = steps.read_decisions(clean_labels)
+    d = read_decisions(clean_labels)
     applied = clean_labels.summary.get("review_version", review.NO_REVIEW)
     current = review.review_version(dataset.review_path or None)
     if current != applied:

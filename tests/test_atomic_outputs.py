@@ -38,7 +38,8 @@ def stop_here(where):
     Path(ready).write_text(str(where))
     time.sleep(3600)
 
-from animal_assets.core import ds801, steps
+from animal_assets.core import ds801
+from animal_assets.core.stages import balanced_train
 if point == "images":
     real_write = ds801.write_ds801
     def write_ds801(out_dir, items, *, num_classes):
@@ -52,7 +53,7 @@ if point == "images":
 elif point == "zip":
     def _zip_tree(path, folders):
         stop_here(path)
-    steps._zip_tree = _zip_tree
+    balanced_train.zip_tree = _zip_tree
 else:
     raise SystemExit(f"unknown stop point {point!r}")
 

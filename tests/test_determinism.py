@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from animal_assets import runner
-from animal_assets.core.steps import ZIP_DATE_TIME
+from animal_assets.core.export import ZIP_DATE_TIME
 from tests.fixtures import tree_hashes
 from tests.graph import TINY, make_defs, sqlite_instance
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animal_assets.core import steps
-from animal_assets.core.config import EmbeddingsParams
+from animal_assets.core.stages.embeddings import EmbeddingsParams, compute_embeddings
 from animal_assets.core.feature_cache import FeatureCache
 from animal_assets.core.ingest import read_dataset
 from tests.fixtures import make_dataset
@@ -41,8 +40,8 @@ def test_embeddings_stage_embeds_only_new_images(tmp_path):
     params = EmbeddingsParams(image_size=64, batch_size=8, stages=False, precision="fp32")
     cache = tmp_path / "cache"
     first = read_dataset(make_dataset(tmp_path, n=10, k=2, seed=0, name="a"), tmp_path / "out-a")
-    fresh = steps.compute_embeddings(first, tmp_path / "emb-a", params, device="cpu")
-    cold = steps.compute_embeddings(first, tmp_path / "emb-a2", params, device="cpu", cache_dir=cache)
+    fresh = compute_embeddings(first, tmp_path / "emb-a", params, device="cpu")
+    cold = compute_embeddings(first, tmp_path / "emb-a2", params, device="cpu", cache_dir=cache)
     assert cold.n_cached == 0
     np.testing.assert_allclose(np.load(cold.path), np.load(fresh.path), rtol=0, atol=1e-5)
     # a second dataset: the first one's 10 images plus 6 others
@@ -55,8 +54,8 @@ def test_embeddings_stage_embeds_only_new_images(tmp_path):
     labels.update(json.loads((first_root / "data-labels.json").read_text()))
     (second_dir / "data-labels.json").write_text(json.dumps(labels))
     second = read_dataset(second_dir, tmp_path / "out-b")
-    warm = steps.compute_embeddings(second, tmp_path / "emb-b", params, device="cpu", cache_dir=cache)
+    warm = compute_embeddings(second, tmp_path / "emb-b", params, device="cpu", cache_dir=cache)
     assert (warm.n, warm.n_cached) == (16, 10)
-    again = steps.compute_embeddings(second, tmp_path / "emb-b2", params, device="cpu", cache_dir=cache)
+    again = compute_embeddings(second, tmp_path / "emb-b2", params, device="cpu", cache_dir=cache)
     assert again.n_cached == 16
     np.testing.assert_array_equal(np.load(again.path), np.load(warm.path))

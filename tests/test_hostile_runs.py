@@ -25,7 +25,11 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from animal_assets.core import steps
+from animal_assets.core.stages.balanced_train import BalancedTrain, make_balanced_train
+from animal_assets.core.stages.clean_labels import clean_label_decisions
+from animal_assets.core.stages.embeddings import compute_embeddings
+from animal_assets.core.stages.ood_scores import score_outliers
+from animal_assets.core.stages.val_split import make_val_split
 from animal_assets.core.atomic import (
     DiskFullError, OutputBusyError, atomic_dir, output_lock, save_npy,
 )
@@ -632,17 +636,17 @@ def test_a_tilde_in_a_path_is_the_home_folder(tmp_path):
 # the graph on its own deliverable
 
 
-def _chain(dataset: Path, out: Path) -> steps.BalancedTrain:
+def _chain(dataset: Path, out: Path) -> BalancedTrain:
     params = params_from_run_config({"ops": {
         **TINY["ops"], "balanced_train": {"config": {"max_factor": 2.0}},
         "ood_scores": {"config": {"fraction": 0.05, "refine_rounds": 0}},
     }})
     raw = read_dataset(dataset, out / "raw_images")
-    emb = steps.compute_embeddings(raw, out / "embeddings", params["embeddings"], device="cpu")
-    ood = steps.score_outliers(raw, emb, out / "ood_scores", params["ood_scores"])
-    clean = steps.clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
-    val = steps.make_val_split(raw, clean, out / "val_split", params["val_split"])
-    return steps.make_balanced_train(raw, clean, val, out / "balanced_train", params["balanced_train"])
+    emb = compute_embeddings(raw, out / "embeddings", params["embeddings"], device="cpu")
+    ood = score_outliers(raw, emb, out / "ood_scores", params["ood_scores"])
+    clean = clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
+    val = make_val_split(raw, clean, out / "val_split", params["val_split"])
+    return make_balanced_train(raw, clean, val, out / "balanced_train", params["balanced_train"])
 
 
 @pytest.mark.slow

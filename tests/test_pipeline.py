@@ -1,4 +1,5 @@
-"""The dagster-free runner: same steps, same summary, on a machine without dagster."""
+"""The dagster-free runner: the same stage table as the graph, the same outputs, on a machine
+without dagster."""
 import json
 import subprocess
 import sys
@@ -26,50 +27,95 @@ def test_core_modules_import_without_dagster():
     assert int(out.stdout) >= 15
 
 
-def test_core_pipeline_runs_the_graph_and_writes_the_summary(tmp_path):
-    demo = make_demo_dataset(tmp_path / "demo", seed=1, size="tiny")
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_the_dagster_free_runner_makes_what_the_graph_made(tiny_graph, tmp_path):
+    """Both runners run the stage table: on the graph's input and run config (its ablation
+    section included) the dagster-free runner writes the same decisions, the same exports, the
+    same pictures and the same report figures."""
+    graph_out = tiny_graph.tmp / "out"
+    truth = next((tiny_graph.tmp / "demo").rglob("truth.json"))
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     summary_path = tmp_path / "run.json"
+    out = tmp_path / "out"
+    code = main([
+        str(tiny_graph.dataset), "--out", str(out), "--config", str(config), "--device", "cpu",
+        "--truth", str(truth), "--test-set", str(tiny_graph.dataset), "--json", str(summary_path),
+        "--ablation",
+    ])
+    assert code == 0
+    for name in ("clean_labels/decisions.csv", "clean_labels/auto/decisions.csv",
+                 "clean_labels/review_template.csv", "ood_scores/ood_scores.csv",
+                 "balanced_train/ds801-clean.zip"):
+        assert (out / name).read_bytes() == (graph_out / name).read_bytes(), name
+    assert _files(out / "val_split" / "ds801") == _files(graph_out / "val_split" / "ds801")
+    def pictures(folder: Path) -> set[str]:
+        return {str(f.relative_to(folder)) for f in folder.glob("*/*") if f.suffix in (".png", ".jpg")}
+
+    # the same pictures beside each stage's outputs, and those of the test set
+    test_set = {"eval_report/confusion_test_set.png", "ablation_report/test_balanced_accuracy.png"}
+    assert pictures(out) - test_set == pictures(graph_out) and len(pictures(graph_out)) >= 8
+    ours = json.loads((out / "eval_report" / "report.json").read_text())
+    theirs = json.loads((graph_out / "eval_report" / "report.json").read_text())
+    assert ours["val_split"] == theirs["val_split"] and ours["cleaning"]["label_issues"]
+    assert {k: v for k, v in ours["cleaning"].items() if k != "truth_path"} == \
+        {k: v for k, v in theirs["cleaning"].items() if k != "truth_path"}
+    ablation = json.loads((out / "ablation_report" / "ablation.json").read_text())
+    graph_ablation = json.loads((graph_out / "ablation_report" / "ablation.json").read_text())
+    assert list(ablation["recipes"]) == TINY["ops"]["ablation_report"]["config"]["recipes"]
+    for recipe, figures in graph_ablation["recipes"].items():
+        assert ablation["recipes"][recipe]["val_balanced_accuracy"] == figures["val_balanced_accuracy"]
+
+    summary = json.loads(summary_path.read_text())
+    assert list(summary["assets"]) == NAMES
+    for figures in summary["assets"].values():
+        assert figures["seconds"] >= 0 and figures["peak_rss_mb"] > 0
+    assert summary["val_balanced_accuracy"] == theirs["val_split"]["balanced_accuracy"]
+    assert 0 <= summary["test_balanced_accuracy"] <= 1
+    assert summary["cleaning"]["n_scored"] > 0 and summary["cleaning"]["n_missing"] == 0
+    for name in summary["assets"]:  # every folder a stage wrote is marked as the tool's
+        assert (out / name / ".animal-assets").is_file(), name
+    assert ours["test_set"]["n"] == len(json.loads((tiny_graph.dataset / "data-labels.json").read_text()))
+
+
+def test_the_label_stage_applies_the_review_for_every_runner(tmp_path):
+    """The review is part of the label stage, so the stage table applies it wherever it runs."""
+    import pandas as pd
+
+    from animal_assets.core.config import params_from_run_config
+    from animal_assets.core.pipeline import run_stages
+    from animal_assets.core.stages import RunContext, upto
+
+    demo = make_demo_dataset(tmp_path / "demo", seed=1, size="tiny")
     dropped = sorted(json.loads((demo.dataset_dir / "data-labels.json").read_text()))[0]
     review = tmp_path / "review.csv"
     review.write_text(f"id,action,label,note\n{dropped},drop,,a reviewer's call\n")
-    code = main([
-        str(demo.dataset_dir), "--out", str(tmp_path / "out"), "--config", str(config),
-        "--device", "cpu", "--truth", str(demo.truth_path), "--test-set",
-        str(demo.dataset_dir), "--json", str(summary_path), "--review", str(review),
-    ])
-    assert code == 0
-    import pandas as pd
-
+    ctx = RunContext(output=tmp_path / "out", dataset=str(demo.dataset_dir), review=str(review),
+                     log=lambda _: None, warn=lambda _: None)
+    results = run_stages(ctx, params_from_run_config(TINY), stages=upto("clean_labels"),
+                         describe=False)
+    assert list(results) == ["raw_images", "embeddings", "ood_scores", "clean_labels"]
     decisions = pd.read_csv(tmp_path / "out" / "clean_labels" / "decisions.csv").set_index("id")
     assert decisions.loc[dropped, "action"] == "drop" and decisions.loc[dropped, "source"] == "review"
-    assert (tmp_path / "out" / "clean_labels" / "auto" / "decisions.csv").is_file()
-    summary = json.loads(summary_path.read_text())
-    # the headless runner trains the ablation only when asked (--ablation)
-    assert list(summary["assets"]) == [n for n in NAMES if n != "ablation_report"]
-    for figures in summary["assets"].values():
-        assert figures["seconds"] >= 0 and figures["peak_rss_mb"] > 0
-    assert 0 <= summary["val_balanced_accuracy"] <= 1
-    assert 0 <= summary["test_balanced_accuracy"] <= 1
-    assert summary["cleaning"]["n_scored"] > 0 and summary["cleaning"]["n_missing"] == 0
-    for name in summary["assets"]:  # every folder a step wrote is marked as the tool's
-        assert (tmp_path / "out" / name / ".animal-assets").is_file(), name
-    report = json.loads(Path(summary["report_path"]).read_text())
-    assert report["test_set"]["n"] == len(json.loads((demo.dataset_dir / "data-labels.json").read_text()))
+    assert results["clean_labels"].summary["by_source"]["review"] == 1
+    auto = pd.read_csv(tmp_path / "out" / "clean_labels" / "auto" / "decisions.csv")
+    assert "source" not in auto.columns and len(auto) == len(decisions)
 
 
 def test_label_entropy_outlier_scores_through_the_steps(tmp_path):
     import pandas as pd
 
-    from animal_assets.core import steps
-    from animal_assets.core.config import EmbeddingsParams, OodParams
+    from animal_assets.core.stages.embeddings import EmbeddingsParams, compute_embeddings
+    from animal_assets.core.stages.ood_scores import OodParams, score_outliers
     from animal_assets.core.ingest import read_dataset
 
     demo = make_demo_dataset(tmp_path / "demo", seed=2, size="tiny")
     raw = read_dataset(demo.dataset_dir, tmp_path / "raw")
-    emb = steps.compute_embeddings(raw, tmp_path / "emb", EmbeddingsParams(image_size=32), device="cpu")
-    scores = steps.score_outliers(raw, emb, tmp_path / "ood",
+    emb = compute_embeddings(raw, tmp_path / "emb", EmbeddingsParams(image_size=32), device="cpu")
+    scores = score_outliers(raw, emb, tmp_path / "ood",
                                   OodParams(method="label_entropy", label_k=10, fraction=0.1,
                                             refine_rounds=0))
     table = pd.read_csv(scores.path)
@@ -80,23 +126,23 @@ def test_label_entropy_outlier_scores_through_the_steps(tmp_path):
 def test_knn_scores_compare_the_head_features_only(tmp_path):
     import pandas as pd
 
-    from animal_assets.core import steps
-    from animal_assets.core.config import EmbeddingsParams, OodParams
+    from animal_assets.core.stages.embeddings import EmbeddingsParams, compute_embeddings
+    from animal_assets.core.stages.ood_scores import OodParams, score_outliers
     from animal_assets.core.ingest import read_dataset
 
     demo = make_demo_dataset(tmp_path / "demo", seed=3, size="tiny")
     raw = read_dataset(demo.dataset_dir, tmp_path / "raw")
-    full = steps.compute_embeddings(raw, tmp_path / "full", EmbeddingsParams(image_size=32), device="cpu")
-    head = steps.compute_embeddings(raw, tmp_path / "head", EmbeddingsParams(image_size=32, stages=False),
+    full = compute_embeddings(raw, tmp_path / "full", EmbeddingsParams(image_size=32), device="cpu")
+    head = compute_embeddings(raw, tmp_path / "head", EmbeddingsParams(image_size=32, stages=False),
                                     device="cpu")
     assert (full.head_dim, head.head_dim, head.dim) == (1280, 1280, 1280) and full.dim > 1280
     for method in ("knn_distance", "label_entropy"):
         params = OodParams(method=method, label_k=10, refine_rounds=0)
-        a = pd.read_csv(steps.score_outliers(raw, full, tmp_path / f"a_{method}", params).path)
-        b = pd.read_csv(steps.score_outliers(raw, head, tmp_path / f"b_{method}", params).path)
+        a = pd.read_csv(score_outliers(raw, full, tmp_path / f"a_{method}", params).path)
+        b = pd.read_csv(score_outliers(raw, head, tmp_path / f"b_{method}", params).path)
         np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6, atol=1e-7)
     # The refinement reads every column, so with it the extra columns change the scores.
     params = OodParams(method="knn_distance", refine_rounds=1, refine_share=0.05)
-    a = pd.read_csv(steps.score_outliers(raw, full, tmp_path / "ra", params).path)
-    b = pd.read_csv(steps.score_outliers(raw, head, tmp_path / "rb", params).path)
+    a = pd.read_csv(score_outliers(raw, full, tmp_path / "ra", params).path)
+    b = pd.read_csv(score_outliers(raw, head, tmp_path / "rb", params).path)
     assert not np.allclose(a["score"], b["score"])

@@ -12,7 +12,7 @@ import pytest
 
 from animal_assets import runner
 from animal_assets.core import review
-from animal_assets.core.steps import CleanLabels
+from animal_assets.core.stages.clean_labels import CleanLabels, reviewed_clean_labels
 from animal_assets.definitions import build_defs
 from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
 from tests.graph import TINY, sqlite_instance
@@ -148,7 +148,7 @@ def test_the_final_table_template_and_summary_are_written(tmp_path):
     automatic().to_csv(auto_dir / "decisions.csv", index=False)
     handle = CleanLabels(path=str(auto_dir / "decisions.csv"), raw_version="abc", summary={})
     path = write(tmp_path, f"id,action,label,note\n{IDS[0]},drop,,\n")
-    clean, final, version = review.reviewed_clean_labels(
+    clean, final, version = reviewed_clean_labels(
         handle, path, tmp_path / "out", num_classes=K, class_names=NAMES)
     assert version == review.review_version(path)
     assert clean.path == str(tmp_path / "out" / "decisions.csv") and clean.raw_version == "abc"

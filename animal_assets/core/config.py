@@ -1,95 +1,22 @@
-"""Parameters of every pipeline step, in one place, with their defaults (the full recipe).
+"""Run configs: the shipped ones, and the config dataclass of every stage read from one.
 
-The Dagster ``Config`` classes are built from these dataclasses (:mod:`animal_assets.configs`),
-and the dagster-free runner reads the same run-config YAML into them, so a value means the same
-thing in the UI, on the command line and on a machine without dagster.
+Each stage owns its config dataclass (:data:`animal_assets.core.stages.STAGES`). The Dagster
+``Config`` classes are built from them (:mod:`animal_assets.configs`), and the dagster-free
+runner reads the same run-config YAML into them, so a value means the same thing in the UI, on
+the command line and on a machine without dagster.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from animal_assets.core.precision import Precision
-
-
-@dataclass(frozen=True)
-class RawImagesParams:
-    # strict: a broken file name or label stops the graph; quarantine: the file is set aside.
-    format_policy: Literal["strict", "quarantine"] = "strict"
-    # quarantine: an image that is not a 64x64 RGB JPEG is set aside; strict: it stops the graph.
-    decode_policy: Literal["strict", "quarantine"] = "quarantine"
-
-
-@dataclass(frozen=True)
-class EmbeddingsParams:
-    image_size: int = 128  # encoder input; the 64x64 images are upsampled on the device
-    batch_size: int = 256
-    # Append every encoder block's pooled mean (and, for the deeper blocks, std) to the 1,280
-    # head features: 4,592 values per image. The kNN scores use the head; the outlier
-    # refinement and the label probe use all of them (see core/embed.py for what it buys).
-    stages: bool = True
-    # "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles, float32 elsewhere.
-    precision: Precision = "auto"
-
-
-@dataclass(frozen=True)
-class OodParams:
-    k: int = 10  # neighbours in the mean cosine kNN distance
-    # Share of images flagged as out of distribution; None estimates it from the refined
-    # scores (ood.estimate_outlier_share: a 3- or 4-component mixture, its upper components flagged).
-    # A fixed 0.10 drops clean images when there is less junk and keeps junk when there is more.
-    fraction: float | None = None
-    # "knn_distance": mean cosine distance to the k nearest neighbours; "label_entropy": entropy
-    # of the given labels of the label_k nearest neighbours (catches dense clusters of junk that
-    # carry random labels, which are near each other and so look ordinary to the distance).
-    # "auto": label_entropy when every class has at least 2 * label_k given images (enough for
-    # a neighbourhood's labels to mean something), else knn_distance (with fewer, a neighbourhood
-    # mixes classes and label entropy ranks the OOD images worse than the distance).
-    method: Literal["auto", "knn_distance", "label_entropy"] = "auto"
-    label_k: int = 50
-    # Self-training rounds that sharpen the score (ood_refine.py): a linear model learns to tell
-    # the top refine_share of the ranking from its bottom refine_in_share. 0 keeps the raw score.
-    refine_rounds: int = 3
-    # Small: a pseudo-OOD set larger than the true OOD share is partly clean images, and where
-    # more of the set is OOD a small share loses nothing.
-    refine_share: float = 0.025
-    refine_in_share: float = 0.7  # wide: most of a set is in distribution
-
-
-@dataclass(frozen=True)
-class ValSplitParams:
-    per_class: int = 100  # validation images per class, as the course's validation sets had
-    max_fraction: float = 0.2  # never more than this share of a class's trustworthy images
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class BalanceParams:
-    max_factor: float = 3.0  # a class grows by oversampling to at most this multiple of itself
-    rotate_deg: float = 10.0  # augmentation of the generated copies
-    translate: int = 4
-    seed: int = 0
 
 
 def step_params() -> dict[str, type]:
-    """The parameter dataclass of each configurable asset, by asset name."""
-    from animal_assets.core.ablation import AblationParams
-    from animal_assets.core.cleaning import CleaningConfig
-    from animal_assets.core.train import TrainConfig
+    """The config dataclass of each configurable stage, by stage name, in the stage table's order."""
+    from animal_assets.core.stages import STAGES
 
-    return {
-        "raw_images": RawImagesParams,
-        "embeddings": EmbeddingsParams,
-        "ood_scores": OodParams,
-        "clean_labels": CleaningConfig,
-        "val_split": ValSplitParams,
-        "balanced_train": BalanceParams,
-        "resnet34_model": TrainConfig,
-        "ablation_report": AblationParams,
-    }
+    return {stage.name: stage.config for stage in STAGES if stage.config is not None}
 
 
 def params_from_run_config(run_config: dict) -> dict[str, object]:

@@ -129,11 +129,14 @@ def bars(row: dict, cell: Cell) -> dict:
 
 def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, params: dict,
              cache_dir: str | Path, device: str = "cpu", keep: bool = False) -> dict:
-    """Build one benchmark, run the cleaning stages on it and score them; returns the row."""
-    from animal_assets.core import steps
+    """Build one benchmark, run the stage table up to ``clean_labels`` on it (the Dagster
+    graph's stages and defaults, its pictures left out) and score them; returns the row."""
     from animal_assets.core.benchmark import build_benchmark, settings_from_dict
-    from animal_assets.core.ingest import read_dataset
     from animal_assets.core.noise import read_truth
+    from animal_assets.core.pipeline import run_stages
+    from animal_assets.core.stages import RunContext, upto
+    from animal_assets.core.stages.clean_labels import read_decisions
+    from animal_assets.core.stages.ood_scores import read_flags
 
     start = time.perf_counter()
     settings, cap = settings_from_dict(cell.spec, seed=seed, where=f"cell {cell.name}")
@@ -142,32 +145,34 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
                             ood_classes=settings.ood_classes, spec=settings.spec, seed=seed,
                             max_per_class=cap)
     built = time.perf_counter()
-    out = run_dir / "outputs"
-    raw = read_dataset(bench.dataset_dir, out / "raw_images")
-    emb = steps.compute_embeddings(raw, out / "embeddings", params["embeddings"], device=device,
-                                   cache_dir=cache_dir)
-    embedded = time.perf_counter()
-    ood = steps.score_outliers(raw, emb, out / "ood_scores", params["ood_scores"])
-    scored = time.perf_counter()
-    clean = steps.clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
-    cleaned = time.perf_counter()
-    flags = pd.read_csv(ood.path)["flag"].to_numpy(dtype=bool)
+    ctx = RunContext(output=run_dir / "outputs", dataset=bench.dataset_dir, device=device,
+                     cache_dir=None if cache_dir is None else str(cache_dir), log=_quiet, warn=_quiet)
+    timings: dict = {}
+    results = run_stages(ctx, params, stages=upto("clean_labels"), describe=False, timings=timings)
+    raw, emb, clean = results["raw_images"], results["embeddings"], results["clean_labels"]
     truth = read_truth(bench.truth_path, num_classes=raw.num_classes)
-    row = score_cell(steps.read_decisions(clean), flags, truth, num_classes=raw.num_classes)
+    row = score_cell(read_decisions(clean), read_flags(results["ood_scores"]), truth,
+                     num_classes=raw.num_classes)
+    seconds = {name: t["seconds"] for name, t in timings.items()}
     row.update({
         "cell": cell.name, "seed": seed, "n": raw.n_usable, "class_names": list(bench.class_names),
         "spec": json.loads(json.dumps(cell.spec)),
         "estimated": {k: clean.summary[k] for k in ("prior", "transition") if k in clean.summary},
         "seconds": {"build": round(built - start, 1), "embed": round(emb.seconds, 1),
-                    "n_embedded": emb.n - emb.n_cached, "read_and_embed": round(embedded - built, 1),
-                    "ood_scores": round(scored - embedded, 1),
-                    "clean_labels": round(cleaned - scored, 1),
+                    "n_embedded": emb.n - emb.n_cached,
+                    "read_and_embed": round(seconds["raw_images"] + seconds["embeddings"], 1),
+                    "ood_scores": round(seconds["ood_scores"], 1),
+                    "clean_labels": round(seconds["clean_labels"], 1),
                     "total": round(time.perf_counter() - start, 1)},
     })
     row["bars"] = bars(row, cell)
     if not keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
+
+
+def _quiet(_: str) -> None:
+    return None
 
 
 def _f(x: float) -> str:

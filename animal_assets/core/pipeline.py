@@ -1,4 +1,4 @@
-"""Run the whole pipeline without dagster: the same steps, in the same order, on one machine.
+"""Run the whole pipeline without dagster: the stage table's stages, in its order, on one machine.
 
 For a machine that offers only Python with torch, torchvision, scikit-learn, pandas and pillow
 (plus cleanlab and the encoder wheel). The Dagster graph is the primary interface; this runner
@@ -16,15 +16,15 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from animal_assets.core import steps
+from animal_assets.core.atomic import OutputBusyError, output_lock, write_json
 from animal_assets.core.config import load_run_config, params_from_run_config
 from animal_assets.core.precision import PRECISIONS
-from animal_assets.core.atomic import OutputBusyError, output_lock, write_json
-from animal_assets.core.ingest import MIN_USABLE_IMAGES, DatasetError, read_dataset
 from animal_assets.core.preflight import claim_asset_folder, expand, preflight
 from animal_assets.core.profiling import measure
+from animal_assets.core.stages import STAGES, RunContext, Stage
 
 def with_precision(run_config: dict, precision: str) -> dict:
     """``run_config`` with ``precision`` set for the encoder and the trainer."""
@@ -49,86 +49,57 @@ def machine_description(device: str) -> str:
 def run_pipeline(
     dataset: str, out_dir: str | Path, *, run_config: dict, device: str = "auto",
     truth_path: str | None = None, test_set: str | None = None,
-    class_names: list[str] | None = None, log=print, ablation=None,
+    class_names: list[str] | None = None, log=print, ablation: bool = False,
     summary_json: str | None = None, review: str | None = None,
 ) -> dict:
-    """Run every step and return the summary (per-step wall time and peak memory, accuracies).
+    """Run every stage of the table and return the summary (per-stage wall time and peak
+    memory, accuracies); the ablation only with ``ablation``.
 
     Every input is validated first (:func:`animal_assets.core.preflight.preflight`, the same
-    rules as the Dagster graph's) and the steps run under the output folder's lock.
+    rules as the Dagster graph's) and the stages run under the output folder's lock.
     """
     out = expand(out_dir)
     params = params_from_run_config(run_config)
     preflight(dataset, out, test_set=test_set, truth=truth_path, class_names=class_names,
               summary_json=summary_json, review=review)
-    with output_lock(out, holder=f"the dagster-free runner (pid {os.getpid()})"):
-        return _run_steps(dataset, out, params=params, device=device, truth_path=truth_path,
-                          test_set=test_set, class_names=class_names, log=log, ablation=ablation,
-                          review=review)
-
-
-def _reviewed_clean_labels(raw, emb, ood, out_dir: Path, config, *, review, class_names):
-    """The automatic decisions (``out_dir/auto``), then the review applied over them
-    (``out_dir/decisions.csv``), as the ``clean_labels`` asset does."""
-    from animal_assets.core.review import reviewed_clean_labels
-
-    auto = steps.clean_label_decisions(raw, emb, ood, out_dir / "auto", config)
-    clean, _, _ = reviewed_clean_labels(auto, review, out_dir, num_classes=raw.num_classes,
-                                        class_names=class_names or ())
-    return clean
-
-
-def _run_steps(dataset, out: Path, *, params, device, truth_path, test_set, class_names, log,
-               ablation, review) -> dict:
+    ctx = RunContext(output=out, dataset=str(dataset), device=device,
+                     class_names=tuple(class_names or ()), test_set=test_set,
+                     truth_path=truth_path, review=review, log=log, warn=log,
+                     training_progress=lambda epochs: (
+                         lambda row: log(f"  epoch {row['epoch']}: {row}"), None))
+    stages = [s for s in STAGES if ablation or not s.optional]
     timings: dict[str, dict] = {}
-
-    def step(name, fn, *args, **kwargs):
-        log(f"[{name}] running")  # the preflight checked every asset folder is the tool's
-        with measure() as stats:
-            result = fn(*args, **kwargs)
-        claim_asset_folder(out, name)  # written by the step: marked as the tool's
-        timings[name] = {"seconds": round(stats.seconds, 2), "peak_rss_mb": round(stats.peak_rss_mb, 1)}
-        log(f"[{name}] {stats.seconds:.1f} s, peak {stats.peak_rss_mb:.0f} MiB")
-        return result
-
-    rp = params["raw_images"]
-    raw = step("raw_images", read_dataset, dataset, out / "raw_images",
-               format_policy=rp.format_policy, decode_policy=rp.decode_policy,
-               minimum=MIN_USABLE_IMAGES)
-    if raw.blocking:
-        raise DatasetError(f"{dataset}: breaks the format rules; see {raw.violations_path}")
-    emb = step("embeddings", steps.compute_embeddings, raw, out / "embeddings",
-               params["embeddings"], device=device)
-    ood = step("ood_scores", steps.score_outliers, raw, emb, out / "ood_scores",
-               params["ood_scores"])
-    clean = step("clean_labels", _reviewed_clean_labels, raw, emb, ood, out / "clean_labels",
-                 params["clean_labels"], review=review, class_names=class_names)
-    val = step("val_split", steps.make_val_split, raw, clean, out / "val_split",
-               params["val_split"])
-    bal = step("balanced_train", steps.make_balanced_train, raw, clean, val,
-               out / "balanced_train", params["balanced_train"])
-    train_config = _with_device(params["resnet34_model"], device)
-    model = step("resnet34_model", steps.train_model, bal, val, out / "resnet34_model",
-                 train_config, num_classes=raw.num_classes,
-                 on_epoch=lambda row: log(f"  epoch {row['epoch']}: {row}"))
-    report = step("eval_report", steps.evaluate, model, val, clean, ood, out / "eval_report",
-                  device=device, class_names=class_names, test_set=test_set,
-                  truth_path=truth_path)
-    result = None
-    if ablation is not None:
-        result = step("ablation_report", steps.ablate, raw, clean, val, bal, out / "ablation_report",
-                      ablation, train_config, test_set=test_set, model=model, log=log)
-        log(result["markdown"])
-    summary = summarise_run(report, timings, dataset=dataset, device=device)
-    if result is not None:
+    with output_lock(out, holder=f"the dagster-free runner (pid {os.getpid()})"):
+        results = run_stages(ctx, params, stages=stages, timings=timings)
+    summary = summarise_run(results["eval_report"], timings, dataset=dataset, device=device)
+    if "ablation_report" in results:
+        result = results["ablation_report"]
         summary["ablation"] = {"recipes": result["recipes"], "path": result["path"]}
     return summary
 
 
-def _with_device(config, device: str):
-    import dataclasses
-
-    return dataclasses.replace(config, device=device)
+def run_stages(ctx: RunContext, params: dict, *, stages: Sequence[Stage] = STAGES,
+               describe: bool = True, timings: dict | None = None) -> dict:
+    """Run ``stages`` in order on what the earlier ones returned; returns the handles by stage
+    name. With ``describe``, each stage's pictures are written and its warnings logged as in the
+    Dagster graph; ``timings`` gains each stage's wall time and peak memory."""
+    results: dict = {}
+    for stage in stages:
+        inputs = {name: results[name] for name in stage.inputs}
+        ctx.log(f"[{stage.name}] running")
+        with measure() as stats:
+            handle = stage.run(params.get(stage.name), ctx, **inputs)
+        claim_asset_folder(ctx.output, stage.name)  # written by the stage: marked as the tool's
+        if stage.gate is not None:
+            stage.gate(handle)
+        if timings is not None:
+            timings[stage.name] = {"seconds": round(stats.seconds, 2),
+                                   "peak_rss_mb": round(stats.peak_rss_mb, 1)}
+        ctx.log(f"[{stage.name}] {stats.seconds:.1f} s, peak {stats.peak_rss_mb:.0f} MiB")
+        if describe:
+            stage.describe(handle, ctx, **inputs)
+        results[stage.name] = handle
+    return results
 
 
 def summarise_run(report: dict, timings: dict, *, dataset: str, device: str) -> dict:
@@ -163,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-set", help="an external clean test set, same format and classes")
     parser.add_argument("--class-names", help="comma-separated class names")
     parser.add_argument("--json", help="write the run summary here")
-    parser.add_argument("--ablation", help="also train on these recipes (comma-separated, or 'all'): "
-                        "raw, ood_removed, labels_corrected, full")
-    parser.add_argument("--ablation-seeds", default="0", help="comma-separated seeds per recipe")
-    parser.add_argument("--ablation-epochs", type=int, help="epochs per ablation run (default: the trainer's)")
+    parser.add_argument("--ablation", nargs="?", const="config",
+                        help="also run the ablation: on the run config's recipes, or on these "
+                        "(comma-separated, or 'all'): raw, ood_removed, labels_corrected, full")
+    parser.add_argument("--ablation-seeds", help="comma-separated seeds per recipe "
+                        "(default: the run config's)")
+    parser.add_argument("--ablation-epochs", type=int,
+                        help="epochs per ablation run (default: the run config's)")
     args = parser.parse_args(argv)
     try:
         return _main(args)
@@ -177,26 +151,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    ablation = None
-    if args.ablation:
-        from animal_assets.core.ablation import RECIPES, AblationParams
-
-        recipes = RECIPES if args.ablation == "all" else tuple(args.ablation.split(","))
-        ablation = AblationParams(recipes=list(recipes), epochs=args.ablation_epochs,
-                                  seeds=[int(s) for s in args.ablation_seeds.split(",")])
     run_config = load_run_config(args.config)
     if args.precision:
         run_config = with_precision(run_config, args.precision)
+    if args.ablation:
+        run_config = with_ablation(run_config, recipes=args.ablation, seeds=args.ablation_seeds,
+                                   epochs=args.ablation_epochs)
     summary = run_pipeline(
         args.dataset, args.out, run_config=run_config, device=args.device,
         truth_path=args.truth, test_set=args.test_set, review=args.review,
-        class_names=args.class_names.split(",") if args.class_names else None, ablation=ablation,
-        summary_json=args.json,
+        class_names=args.class_names.split(",") if args.class_names else None,
+        ablation=bool(args.ablation), summary_json=args.json,
     )
     if args.json:
         write_json(expand(args.json), summary)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def with_ablation(run_config: dict, *, recipes: str, seeds: str | None,
+                  epochs: int | None) -> dict:
+    """``run_config`` with the ablation's recipes (comma-separated, "all", or "config": the run
+    config's own), seeds and epochs set where given."""
+    from animal_assets.core.ablation import RECIPES
+
+    entry = dict((run_config.get("ops", {}) or {}).get("ablation_report") or {})
+    config = dict(entry.get("config") or {})
+    if recipes != "config":
+        config["recipes"] = list(RECIPES) if recipes == "all" else recipes.split(",")
+    if seeds:
+        config["seeds"] = [int(s) for s in seeds.split(",")]
+    if epochs is not None:
+        config["epochs"] = epochs
+    ops = {**(run_config.get("ops", {}) or {}), "ablation_report": {**entry, "config": config}}
+    return {**run_config, "ops": ops}
 
 
 if __name__ == "__main__":

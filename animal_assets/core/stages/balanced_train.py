@@ -1,0 +1,117 @@
+"""Stage ``balanced_train``: the cleaned training set with minority classes oversampled by
+augmented copies, exported as DS801 ``train/`` plus ``val/`` and one zip of both (the plan and
+the augmentation are :mod:`animal_assets.core.split`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from animal_assets.core import ds801
+from animal_assets.core.atomic import atomic_dir
+from animal_assets.core.export import Split, export_split, relocate, zip_tree
+from animal_assets.core.ingest import RawImages, load_raw_images, read_manifest
+from animal_assets.core.stages.base import FileRef, Json, Pictures, RunContext
+from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
+from animal_assets.core.stages.raw_images import check_aligned
+from animal_assets.core.stages.val_split import original_jpeg
+
+NAME = "balanced_train"
+
+
+@dataclass(frozen=True)
+class BalanceParams:
+    max_factor: float = 3.0  # a class grows by oversampling to at most this multiple of itself
+    rotate_deg: float = 10.0  # augmentation of the generated copies
+    translate: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BalancedTrain:
+    train: Split
+    val_dir: str
+    zip_path: str  # train/ and val/ in one archive, the deliverable
+    n_generated: int
+    counts_before: tuple[int, ...]
+
+
+def run(config: BalanceParams, ctx: RunContext, *, raw_images: RawImages,
+        clean_labels: CleanLabels, val_split: Split) -> BalancedTrain:
+    return make_balanced_train(raw_images, clean_labels, val_split, ctx.folder(NAME), config)
+
+
+def make_balanced_train(
+    raw: RawImages, clean: CleanLabels, val: Split, out_dir: str | Path, params: BalanceParams,
+) -> BalancedTrain:
+    """Export the cleaned training set with minority classes oversampled by augmented copies."""
+    from animal_assets.core import split
+
+    check_aligned(raw, clean)
+    decisions = read_decisions(clean)
+    val_ids = set(pd.read_csv(val.ids_path)["id"])
+    train_mask = (decisions["label"].to_numpy() >= 0) & ~decisions["id"].isin(val_ids).to_numpy()
+    train_labels = np.where(train_mask, decisions["label"].to_numpy(), -1).astype(np.int64)
+    counts_before = tuple(
+        int(c) for c in np.bincount(train_labels[train_mask], minlength=raw.num_classes)
+    )
+    source_idx, generated = split.balance_plan(
+        train_labels, num_classes=raw.num_classes, max_factor=params.max_factor,
+        seed=params.seed,
+    )
+    images, _ = load_raw_images(raw)
+    pixels = split.make_balanced_images(
+        images, source_idx, generated, seed=params.seed, rotate_deg=params.rotate_deg,
+        translate=params.translate,
+    )
+    all_ids = decisions["id"].to_numpy()
+    # every id of the input (quarantined files included) and of the validation set is taken, so
+    # the graph can run on its own exported deliverable
+    taken = set(read_manifest(raw.manifest_path)["id"].astype(str)) | {str(i) for i in val_ids}
+    copies: dict[str, int] = {}
+    ids, jpegs = [], []
+    for j, (i, gen) in enumerate(zip(source_idx, generated)):
+        if gen:
+            source = str(all_ids[i])
+            copies[source] = copies.get(source, -1) + 1
+            ids.append(ds801.derived_image_id(source, copies[source], seed=params.seed, taken=taken))
+            jpegs.append(ds801.encode_jpeg(pixels[j]))
+        else:
+            ids.append(str(all_ids[i]))
+            jpegs.append(original_jpeg(raw, str(all_ids[i])))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        train = export_split(
+            tmp / "train", ids=ids, labels=train_labels[source_idx].tolist(), jpegs=jpegs,
+            source_ids=[str(all_ids[i]) for i in source_idx], generated=list(map(bool, generated)),
+            num_classes=raw.num_classes,
+        )
+        zip_tree(tmp / "ds801-clean.zip", {"train": Path(train.dir), "val": Path(val.dir)})
+    train = relocate(train, tmp, out_dir)
+    return BalancedTrain(
+        train=train, val_dir=val.dir, zip_path=str(out_dir / "ds801-clean.zip"),
+        n_generated=int(np.sum(generated)), counts_before=counts_before,
+    )
+
+
+def describe(bal: BalancedTrain, ctx: RunContext, *, raw_images: RawImages, **_) -> dict:
+    from animal_assets.core import media
+
+    names = ctx.names(raw_images.num_classes)
+    pictures = Pictures(Path(bal.zip_path).parent)
+    pictures.add("gallery_generated", "generated.jpg", media.generated_gallery(
+        np.load(bal.train.images_path, mmap_mode="r"), pd.read_csv(bal.train.ids_path), names,
+    ), alt="generated training images", caption="augmented copies of minority-class images")
+    pictures.add("plot_class_counts", "class_counts.png", media.class_counts_plot({
+        "cleaned (train part)": list(bal.counts_before), "after balancing": list(bal.train.counts),
+    }, names, title="training images per class"), alt="training images per class")
+    return {
+        "n": sum(bal.train.counts), "n_generated": bal.n_generated,
+        "counts_before": Json(list(bal.counts_before)),
+        "counts_after": Json(list(bal.train.counts)),
+        **pictures.entries(),
+        "export": FileRef(bal.train.dir),
+        "zip": FileRef(bal.zip_path),
+    }
