@@ -1,4 +1,5 @@
-"""Dagster run config of each asset, built from the core parameter dataclasses.
+"""Dagster run config of each asset, built from the stages' config dataclasses, each field
+described by the comment beside it there.
 
 The defaults are the full recipe; ``run_configs/demo.yaml`` is the small one. Dagster does not
 track run config in staleness: after changing a value, rematerialize the asset together with its
@@ -12,7 +13,7 @@ import typing
 import dagster as dg
 import pydantic
 
-from animal_assets.core.config import step_params
+from animal_assets.core.config import field_docs, step_params
 
 # Chosen by the DeviceResource, not per asset.
 _NOT_RUN_CONFIG = {"device"}
@@ -20,14 +21,16 @@ _NOT_RUN_CONFIG = {"device"}
 
 def _config_class(name: str, params: type) -> type[dg.Config]:
     hints = typing.get_type_hints(params)
+    docs = field_docs(params)
     fields = {
-        f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
-                 else pydantic.Field(default_factory=f.default_factory))
+        f.name: (hints[f.name], pydantic.Field(default=f.default, description=docs[f.name])
+                 if f.default is not dataclasses.MISSING
+                 else pydantic.Field(default_factory=f.default_factory, description=docs[f.name]))
         for f in dataclasses.fields(params)
         if f.name not in _NOT_RUN_CONFIG
     }
     cls = pydantic.create_model(name, __base__=dg.Config, __module__=__name__, **fields)
-    cls.__doc__ = f"Run config of the step, mirroring :class:`{params.__module__}.{params.__name__}`."
+    cls.__doc__ = f"Run config of the stage, mirroring :class:`{params.__module__}.{params.__name__}`."
 
     def to_core(self, **extra):
         return params(**self.model_dump(), **extra)

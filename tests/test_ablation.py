@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from animal_assets.core.ablation import RECIPES, AblationParams, markdown, recipe_rows
+from animal_assets.core.ablation import RECIPES, AblationConfig, markdown, recipe_rows
 from animal_assets.core.demo import make_demo_dataset
 from animal_assets.core.pipeline import main
 from tests.graph import TINY
@@ -37,7 +37,7 @@ def test_recipes_follow_the_decisions_and_leave_out_validation_images():
                                  {"epochs": 0}])
 def test_params_reject_bad_values(bad):
     with pytest.raises(ValueError, match="ablation.py"):
-        AblationParams(**bad)
+        AblationConfig(**bad)
 
 
 def test_markdown_has_one_row_per_recipe():
@@ -93,7 +93,7 @@ def test_ablation_logs_every_epoch_of_every_run():
         images=images, decisions=decisions, val_sources={"i0", "i1"}, val_images=images[:2],
         val_labels=np.array([0, 1]), full_images=images[2:], full_labels=np.arange(22) % 2,
         num_classes=2, train_config=TrainConfig(epochs=2, batch_size=8, device="cpu"),
-        params=AblationParams(recipes=["raw", "full"]), log=lines.append,
+        params=AblationConfig(recipes=["raw", "full"]), log=lines.append,
     )
     assert [r["n_train"] for r in result["runs"]] == [22, 22]
     assert sum("epoch 2/2, loss" in line for line in lines) == 2, lines
@@ -112,7 +112,7 @@ def test_full_recipe_at_the_trainer_seed_is_the_given_model_not_a_new_run():
     result = run_ablation(
         images=images, decisions=decisions, val_sources={"i0", "i1"}, val_images=images[:2],
         val_labels=np.array([0, 1]), full_images=full_x, full_labels=full_y, num_classes=2,
-        train_config=config, params=AblationParams(recipes=["full"], seeds=[0, 1]),
+        train_config=config, params=AblationConfig(recipes=["full"], seeds=[0, 1]),
         full_model=main_model, log=lines.append,
     )
     seed0, seed1 = result["runs"]
@@ -125,7 +125,7 @@ def test_full_recipe_at_the_trainer_seed_is_the_given_model_not_a_new_run():
     again = run_ablation(
         images=images, decisions=decisions, val_sources={"i0", "i1"}, val_images=images[:2],
         val_labels=np.array([0, 1]), full_images=full_x, full_labels=full_y, num_classes=2,
-        train_config=config, params=AblationParams(recipes=["full"], seeds=[0], epochs=2),
+        train_config=config, params=AblationConfig(recipes=["full"], seeds=[0], epochs=2),
         full_model=main_model, log=lambda line: None,
     )
     assert again["runs"][0]["reused"] is False

@@ -13,10 +13,10 @@ from animal_assets.core.cleaning import (
     CleaningConfig,
     decide,
     duplicate_groups,
-    out_of_sample_probs,
     summarise,
 )
 from animal_assets.core.noise_model import noise_posteriors
+from animal_assets.core.probe import out_of_sample_probs
 
 K = 6
 PAIRS = np.array([1, 0, 3, 2, 5, 4])  # look-alike partner of each class
@@ -143,7 +143,7 @@ def test_config_rejects_bad_values(bad):
 
 def test_the_config_holds_the_settings_of_the_probe_the_noise_model_and_the_floor():
     assert [f.name for f in dataclasses.fields(CleaningConfig)] == [
-        "n_folds", "probe_c", "probe_max_iter", "class_weight", "probe_threads", "probe_jobs",
+        "n_folds", "probe_c", "probe_max_iter", "class_weight",
         "em_rounds", "min_noise_rate", "noise_prior_images", "min_class_keep", "seed",
     ]
 
@@ -318,7 +318,6 @@ def test_summarise_counts(noisy):
 
 
 def test_out_of_sample_probs_do_not_depend_on_the_number_of_fold_threads():
-    from animal_assets.core.cleaning import out_of_sample_probs
 
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 3, 240)
@@ -342,7 +341,7 @@ def test_map_folds_holds_the_blas_cap_while_any_fold_still_runs():
 
     from threadpoolctl import threadpool_info
 
-    from animal_assets.core.cleaning import map_folds
+    from animal_assets.core.probe import map_folds
 
     def blas_threads():
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
@@ -358,3 +357,18 @@ def test_map_folds_holds_the_blas_cap_while_any_fold_still_runs():
 
     seen = map_folds(fit, 2, n_jobs=2, n_threads=1)
     assert seen == [[1] * len(seen[0]), [1] * len(seen[1])], seen
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), (" 1 ", 1), ("0", None), ("two", None)])
+def test_the_number_of_fold_threads_comes_from_the_environment(monkeypatch, value, expected):
+    from animal_assets.core.probe import JOBS_VARIABLE, default_jobs, map_folds
+
+    monkeypatch.setenv(JOBS_VARIABLE, value)
+    if expected is None:
+        with pytest.raises(ValueError, match=JOBS_VARIABLE):
+            default_jobs()
+        return
+    assert default_jobs() == expected
+    assert map_folds(lambda fold: fold * 2, 4, n_jobs=None, n_threads=1) == [0, 2, 4, 6]
+    monkeypatch.delenv(JOBS_VARIABLE)
+    assert default_jobs() >= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animal_assets.core.stages.embeddings import EmbeddingsParams, compute_embeddings
+from animal_assets.core.stages.embeddings import EmbeddingsConfig, compute_embeddings
 from animal_assets.core.feature_cache import FeatureCache
 from animal_assets.core.ingest import read_dataset
 from tests.fixtures import make_dataset
@@ -37,7 +37,7 @@ def test_width_mismatch_is_refused(tmp_path):
 
 
 def test_embeddings_stage_embeds_only_new_images(tmp_path):
-    params = EmbeddingsParams(image_size=64, batch_size=8, stages=False, precision="fp32")
+    params = EmbeddingsConfig(image_size=64, batch_size=8, stages=False, precision="fp32")
     cache = tmp_path / "cache"
     first = read_dataset(make_dataset(tmp_path, n=10, k=2, seed=0, name="a"), tmp_path / "out-a")
     fresh = compute_embeddings(first, tmp_path / "emb-a", params, device="cpu")

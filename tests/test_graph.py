@@ -219,3 +219,23 @@ def test_every_shipped_run_config_fits_the_pipeline_job(tmp_path, name):
     params_from_run_config(config)
     job = make_defs(tmp_path).resolve_job_def("pipeline")
     assert dg.validate_run_config(job, config)
+
+
+def test_every_config_field_of_every_asset_says_what_it_does():
+    """The launchpad shows each field's description: the comment beside it in the stage's config
+    dataclass."""
+    from animal_assets import configs
+    from animal_assets.core.config import field_docs
+    from animal_assets.core.stages import STAGES
+
+    configured = [stage for stage in STAGES if stage.config is not None]
+    assert len(configured) == 8
+    for stage in configured:
+        assets_def = next(a for a in PIPELINE_ASSETS if a.key.to_user_string() == stage.name)
+        fields = assets_def.op.config_schema.config_type.fields
+        docs = field_docs(stage.config)
+        assert set(fields) <= set(docs) and fields, stage.name
+        for name, field in fields.items():
+            assert field.description == docs[name] and len(field.description) >= 15, (stage.name, name)
+    assert configs.OodScoresConfig.model_fields["k"].description == \
+        "neighbours in the mean cosine kNN distance"

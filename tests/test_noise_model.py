@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animal_assets.core.cleaning import out_of_sample_probs, select_probe_c
+from animal_assets.core.probe import out_of_sample_probs, select_probe_c
 from animal_assets.core.noise_model import (
     BACKGROUND_TOP_SHARE,
     MIN_ROW_IMAGES,

@@ -101,6 +101,12 @@ def test_the_label_stage_applies_the_review_for_every_runner(tmp_path):
     decisions = pd.read_csv(tmp_path / "out" / "clean_labels" / "decisions.csv").set_index("id")
     assert decisions.loc[dropped, "action"] == "drop" and decisions.loc[dropped, "source"] == "review"
     assert results["clean_labels"].summary["by_source"]["review"] == 1
+    # the final summary keeps what the automatic decisions were made under
+    from animal_assets.core.probe import PROBE_C_GRID
+
+    summary, k = results["clean_labels"].summary, results["raw_images"].num_classes
+    assert summary["probe_c"] in PROBE_C_GRID and np.shape(summary["transition"]) == (k, k)
+    assert len(summary["prior"]) == k and abs(sum(summary["prior"]) - 1) < 1e-3
     auto = pd.read_csv(tmp_path / "out" / "clean_labels" / "auto" / "decisions.csv")
     assert "source" not in auto.columns and len(auto) == len(decisions)
 
@@ -108,15 +114,15 @@ def test_the_label_stage_applies_the_review_for_every_runner(tmp_path):
 def test_label_entropy_outlier_scores_through_the_steps(tmp_path):
     import pandas as pd
 
-    from animal_assets.core.stages.embeddings import EmbeddingsParams, compute_embeddings
-    from animal_assets.core.stages.ood_scores import OodParams, score_outliers
+    from animal_assets.core.stages.embeddings import EmbeddingsConfig, compute_embeddings
+    from animal_assets.core.stages.ood_scores import OodScoresConfig, score_outliers
     from animal_assets.core.ingest import read_dataset
 
     demo = make_demo_dataset(tmp_path / "demo", seed=2, size="tiny")
     raw = read_dataset(demo.dataset_dir, tmp_path / "raw")
-    emb = compute_embeddings(raw, tmp_path / "emb", EmbeddingsParams(image_size=32), device="cpu")
+    emb = compute_embeddings(raw, tmp_path / "emb", EmbeddingsConfig(image_size=32), device="cpu")
     scores = score_outliers(raw, emb, tmp_path / "ood",
-                                  OodParams(method="label_entropy", label_k=10, fraction=0.1,
+                                  OodScoresConfig(method="label_entropy", label_k=10, fraction=0.1,
                                             refine_rounds=0))
     table = pd.read_csv(scores.path)
     assert len(table) == raw.n_usable and table["flag"].sum() == scores.n_flagged == int(0.1 * raw.n_usable)
@@ -126,23 +132,23 @@ def test_label_entropy_outlier_scores_through_the_steps(tmp_path):
 def test_knn_scores_compare_the_head_features_only(tmp_path):
     import pandas as pd
 
-    from animal_assets.core.stages.embeddings import EmbeddingsParams, compute_embeddings
-    from animal_assets.core.stages.ood_scores import OodParams, score_outliers
+    from animal_assets.core.stages.embeddings import EmbeddingsConfig, compute_embeddings
+    from animal_assets.core.stages.ood_scores import OodScoresConfig, score_outliers
     from animal_assets.core.ingest import read_dataset
 
     demo = make_demo_dataset(tmp_path / "demo", seed=3, size="tiny")
     raw = read_dataset(demo.dataset_dir, tmp_path / "raw")
-    full = compute_embeddings(raw, tmp_path / "full", EmbeddingsParams(image_size=32), device="cpu")
-    head = compute_embeddings(raw, tmp_path / "head", EmbeddingsParams(image_size=32, stages=False),
+    full = compute_embeddings(raw, tmp_path / "full", EmbeddingsConfig(image_size=32), device="cpu")
+    head = compute_embeddings(raw, tmp_path / "head", EmbeddingsConfig(image_size=32, stages=False),
                                     device="cpu")
     assert (full.head_dim, head.head_dim, head.dim) == (1280, 1280, 1280) and full.dim > 1280
     for method in ("knn_distance", "label_entropy"):
-        params = OodParams(method=method, label_k=10, refine_rounds=0)
+        params = OodScoresConfig(method=method, label_k=10, refine_rounds=0)
         a = pd.read_csv(score_outliers(raw, full, tmp_path / f"a_{method}", params).path)
         b = pd.read_csv(score_outliers(raw, head, tmp_path / f"b_{method}", params).path)
         np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6, atol=1e-7)
     # The refinement reads every column, so with it the extra columns change the scores.
-    params = OodParams(method="knn_distance", refine_rounds=1, refine_share=0.05)
+    params = OodScoresConfig(method="knn_distance", refine_rounds=1, refine_share=0.05)
     a = pd.read_csv(score_outliers(raw, full, tmp_path / "ra", params).path)
     b = pd.read_csv(score_outliers(raw, head, tmp_path / "rb", params).path)
     assert not np.allclose(a["score"], b["score"])

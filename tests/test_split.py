@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from animal_assets.core.cleaning import decide, duplicate_groups, out_of_sample_probs
+from animal_assets.core.cleaning import decide, duplicate_groups
+from animal_assets.core.probe import out_of_sample_probs
 from animal_assets.core.split import balance_plan, make_balanced_images, select_val
 
 

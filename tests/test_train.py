@@ -159,19 +159,6 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained, tmp_path):
     assert np.array_equal(before, after)
 
 
-def test_max_threads_applies_during_training_only():
-    images, labels = make_shapes(2, 2, seed=6)
-    seen = []
-    torch.set_num_threads(2)
-    try:
-        train_resnet34(images, labels, num_classes=2, config=tiny_config(batch_size=4, max_threads=1),
-                       on_epoch=lambda row: seen.append(torch.get_num_threads()))
-        assert seen == [1]
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(1)
-
-
 def test_on_batch_reports_progress_to_the_end():
     images, labels = make_shapes(2, 6, seed=4)
     calls = []
@@ -196,7 +183,7 @@ def test_config_dict_round_trip_and_demo():
 
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("max_lr", -1.0),
-                                         ("label_smoothing", 1.0), ("translate", -1), ("max_threads", 0),
+                                         ("label_smoothing", 1.0), ("translate", -1),
                                          ("precision", "fp16")])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

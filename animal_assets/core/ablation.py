@@ -27,10 +27,10 @@ RECIPES = ("raw", "ood_removed", "labels_corrected", "full")
 
 
 @dataclass(frozen=True)
-class AblationParams:
+class AblationConfig:
     recipes: list[str] = field(default_factory=lambda: list(RECIPES))  # training sets, in order
     seeds: list[int] = field(default_factory=lambda: [0])  # one model per recipe and seed
-    epochs: int | None = None  # None: the trainer config's epochs
+    epochs: int | None = None  # epochs of each ablation model; None: the trainer config's
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.recipes if r not in RECIPES]
@@ -82,7 +82,7 @@ def run_ablation(
     full_labels: np.ndarray,
     num_classes: int,
     train_config,
-    params: AblationParams = AblationParams(),
+    params: AblationConfig = AblationConfig(),
     test_images: np.ndarray | None = None,
     test_labels: np.ndarray | None = None,
     full_model=None,
@@ -107,7 +107,7 @@ def run_ablation(
     train_config : TrainConfig
         The trainer's settings; ``seed`` (and ``epochs`` when ``params.epochs`` is set) are
         replaced per run.
-    params : AblationParams
+    params : AblationConfig
     test_images, test_labels : np.ndarray, optional
         An external clean test set.
     full_model : torch.nn.Module, optional

@@ -8,7 +8,11 @@ the command line and on a machine without dagster.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 from pathlib import Path
 
 
@@ -17,6 +21,33 @@ def step_params() -> dict[str, type]:
     from animal_assets.core.stages import STAGES
 
     return {stage.name: stage.config for stage in STAGES if stage.config is not None}
+
+
+def field_docs(config: type) -> dict[str, str]:
+    """Each field's description, read from the comments beside it in the dataclass's source: the
+    comment lines right above the field, then the comment on its own line, joined in one line."""
+    source = textwrap.dedent(inspect.getsource(config))
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(tok.start[0])
+    lines = source.splitlines()
+    names = {f.name for f in dataclasses.fields(config)}
+    docs: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip().split(":", 1)[0]
+        if name not in names or name in docs or not line.startswith("    ") or line.startswith("     "):
+            continue
+        above, row = [], number - 1
+        while row in comments and row not in code_lines:
+            above.insert(0, comments[row])
+            row -= 1
+        parts = above + ([comments[number]] if number in comments else [])
+        docs[name] = " ".join(parts)
+    return docs
 
 
 def params_from_run_config(run_config: dict) -> dict[str, object]:

@@ -6,7 +6,7 @@ module models that with a K x K transition matrix ``T[j, i] = P(given = i | true
 returns, for every image, ``P(true = j | image, given label)``:
 
 1. A class-weighted probe trained on the given labels estimates ``P(given | image)`` out of
-   sample (:func:`animal_assets.core.cleaning.out_of_sample_probs`). Class weighting keeps the
+   sample (:func:`animal_assets.core.probe.out_of_sample_probs`). Class weighting keeps the
    probe from ignoring small classes, but it answers as if every class were equally common;
    :func:`unweight` puts the given labels' real frequencies back.
 2. ``T`` is estimated from the probe's most confident images: row ``j`` holds the given labels
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from animal_assets.core.cleaning import out_of_sample_probs
+from animal_assets.core.probe import out_of_sample_probs
 
 _EPS = 1e-6
 PRIOR_IMAGES = 30.0  # shrinkage of the transition estimate toward the identity, see below

@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 
-from animal_assets.core.cleaning import map_folds
+from animal_assets.core.probe import map_folds
 from animal_assets.core.scaling import ChunkedStandardScaler
 
 
@@ -62,7 +62,7 @@ def self_train(
         Cross-fitting folds and their shuffling seed.
     n_threads, n_jobs : int or None
         BLAS thread cap while fitting and folds fitted at once (see
-        ``cleaning.out_of_sample_probs``); the result does not depend on ``n_jobs``.
+        ``probe.out_of_sample_probs``); the result does not depend on ``n_jobs``.
 
     Returns
     -------

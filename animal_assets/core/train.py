@@ -41,27 +41,27 @@ CHECKPOINT_FORMAT = 1
 class TrainConfig:
     """Recipe for :func:`train_resnet34`. The defaults are the full GPU recipe."""
 
-    epochs: int = 30
-    batch_size: int = 512
+    epochs: int = 30  # passes over balanced_train
+    batch_size: int = 512  # images per optimiser step
     max_lr: float = 0.4  # linear scaling of the classic 0.1 per 128 images
     pct_start: float = 0.25  # fraction of all steps spent warming up to max_lr before annealing
     div_factor: float = 25.0  # OneCycle starts at max_lr / div_factor
     final_div_factor: float = 1e4  # and ends at that start value / final_div_factor
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # momentum of the SGD optimiser
+    nesterov: bool = True  # Nesterov momentum instead of the classic kind
+    weight_decay: float = 5e-4  # L2 penalty of SGD
     label_smoothing: float = 0.1  # softens targets; helps with the label noise left after cleaning
-    flip: bool = True
+    flip: bool = True  # random horizontal flips
     translate: int = 4  # pixels, random shift with reflect fill (= pad 4 + random crop)
-    rotate_deg: float = 0.0
+    rotate_deg: float = 0.0  # largest random rotation, in degrees; 0: none
     mixup_alpha: float = 0.0  # 0 disables Mixup; 0.2 is a common value
-    seed: int = 0
+    seed: int = 0  # weight initialisation, batch order and augmentation
     device: str = "auto"  # "auto" picks CUDA when available, else the CPU
-    # "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles, float32 elsewhere.
+    # Training arithmetic. "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles,
+    # float32 elsewhere.
     precision: Precision = "auto"
     channels_last: bool = True  # NHWC memory layout with bf16 (tensor cores, AMX); fp32 keeps NCHW
-    eval_batch_size: int = 1024
-    max_threads: int | None = None  # CPU threads for torch during training; None keeps torch's setting
+    eval_batch_size: int = 1024  # images per forward pass when scoring val_split
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -75,8 +75,6 @@ class TrainConfig:
             raise ValueError(f"train.TrainConfig: label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.TrainConfig: precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.max_threads is not None and self.max_threads < 1:
-            raise ValueError(f"train.TrainConfig: max_threads must be >= 1 or None, got {self.max_threads}")
 
     @classmethod
     def demo(cls, **overrides: Any) -> TrainConfig:
@@ -91,6 +89,7 @@ class TrainConfig:
         values = dict(values)
         if "bf16" in values and "precision" not in values:  # checkpoints before ``precision``
             values["precision"] = "auto" if values.pop("bf16") else "fp32"
+        values.pop("max_threads", None)  # checkpoints from before torch's threads were the environment's
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -227,9 +226,6 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
     on_cuda = device.type == "cuda"
     precision = resolve_precision(config.precision, device)
     channels_last = config.channels_last and precision == "bf16"
-    old_threads = torch.get_num_threads()
-    if config.max_threads is not None:
-        torch.set_num_threads(config.max_threads)
     old_benchmark = torch.backends.cudnn.benchmark
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # fixed input shapes, so autotuning pays off
@@ -324,7 +320,6 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
         return TrainResult(model=model, history=history, seconds=time.perf_counter() - t_start,
                            device=str(device), config=config, precision=precision)
     finally:
-        torch.set_num_threads(old_threads)
         torch.backends.cudnn.benchmark = old_benchmark
 
 

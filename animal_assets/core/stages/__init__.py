@@ -17,7 +17,7 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 """
 from __future__ import annotations
 
-from animal_assets.core.ablation import AblationParams
+from animal_assets.core.ablation import AblationConfig
 from animal_assets.core.cleaning import CleaningConfig
 from animal_assets.core.stages import (
     ablation_report,
@@ -34,25 +34,25 @@ from animal_assets.core.stages.base import RunContext, Stage
 from animal_assets.core.train import TrainConfig
 
 STAGES: tuple[Stage, ...] = (
-    Stage("raw_images", (), raw_images.RawImagesParams, raw_images.run, raw_images.describe,
+    Stage("raw_images", (), raw_images.RawImagesConfig, raw_images.run, raw_images.describe,
           gate=raw_images.require_conforming),
-    Stage("embeddings", ("raw_images",), embeddings.EmbeddingsParams, embeddings.run,
+    Stage("embeddings", ("raw_images",), embeddings.EmbeddingsConfig, embeddings.run,
           embeddings.describe),
-    Stage("ood_scores", ("raw_images", "embeddings"), ood_scores.OodParams, ood_scores.run,
+    Stage("ood_scores", ("raw_images", "embeddings"), ood_scores.OodScoresConfig, ood_scores.run,
           ood_scores.describe),
     Stage("clean_labels", ("raw_images", "embeddings", "ood_scores"), CleaningConfig,
           clean_labels.run, clean_labels.describe),
-    Stage("val_split", ("raw_images", "clean_labels"), val_split.ValSplitParams, val_split.run,
+    Stage("val_split", ("raw_images", "clean_labels"), val_split.ValSplitConfig, val_split.run,
           val_split.describe),
     Stage("balanced_train", ("raw_images", "clean_labels", "val_split"),
-          balanced_train.BalanceParams, balanced_train.run, balanced_train.describe),
+          balanced_train.BalancedTrainConfig, balanced_train.run, balanced_train.describe),
     Stage("resnet34_model", ("raw_images", "balanced_train", "val_split"), TrainConfig,
           resnet34_model.run, resnet34_model.describe),
     Stage("eval_report", ("resnet34_model", "val_split", "clean_labels", "ood_scores"), None,
           eval_report.run, eval_report.describe),
     Stage("ablation_report",
           ("raw_images", "clean_labels", "val_split", "balanced_train", "resnet34_model"),
-          AblationParams, ablation_report.run, ablation_report.describe, optional=True),
+          AblationConfig, ablation_report.run, ablation_report.describe, optional=True),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

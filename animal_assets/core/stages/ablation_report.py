@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from animal_assets.core.ablation import AblationParams
+from animal_assets.core.ablation import AblationConfig
 from animal_assets.core.atomic import write_json
 from animal_assets.core.export import Split
 from animal_assets.core.ingest import RawImages, load_raw_images
@@ -22,7 +22,7 @@ from animal_assets.core.stages.resnet34_model import Resnet34Model, trainer_of
 NAME = "ablation_report"
 
 
-def run(config: AblationParams, ctx: RunContext, *, raw_images: RawImages,
+def run(config: AblationConfig, ctx: RunContext, *, raw_images: RawImages,
         clean_labels: CleanLabels, val_split: Split, balanced_train: BalancedTrain,
         resnet34_model: Resnet34Model) -> dict:
     """Every recipe trained with the trainer config ``resnet34_model`` was trained with."""
@@ -33,7 +33,7 @@ def run(config: AblationParams, ctx: RunContext, *, raw_images: RawImages,
 
 def ablate(
     raw: RawImages, clean: CleanLabels, val: Split, balanced: BalancedTrain, out_dir: str | Path,
-    params: AblationParams, train_config, *, test_set: str | None = None,
+    params: AblationConfig, train_config, *, test_set: str | None = None,
     model: Resnet34Model | None = None, log=print,
 ) -> dict:
     """Train the same trainer on every recipe of :mod:`animal_assets.core.ablation`; write

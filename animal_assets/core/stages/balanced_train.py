@@ -22,11 +22,11 @@ NAME = "balanced_train"
 
 
 @dataclass(frozen=True)
-class BalanceParams:
+class BalancedTrainConfig:
     max_factor: float = 3.0  # a class grows by oversampling to at most this multiple of itself
-    rotate_deg: float = 10.0  # augmentation of the generated copies
-    translate: int = 4
-    seed: int = 0
+    rotate_deg: float = 10.0  # largest rotation of a generated copy, in degrees
+    translate: int = 4  # largest shift of a generated copy, in pixels
+    seed: int = 0  # which images are copied and how each copy is augmented
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,13 @@ class BalancedTrain:
     counts_before: tuple[int, ...]
 
 
-def run(config: BalanceParams, ctx: RunContext, *, raw_images: RawImages,
+def run(config: BalancedTrainConfig, ctx: RunContext, *, raw_images: RawImages,
         clean_labels: CleanLabels, val_split: Split) -> BalancedTrain:
     return make_balanced_train(raw_images, clean_labels, val_split, ctx.folder(NAME), config)
 
 
 def make_balanced_train(
-    raw: RawImages, clean: CleanLabels, val: Split, out_dir: str | Path, params: BalanceParams,
+    raw: RawImages, clean: CleanLabels, val: Split, out_dir: str | Path, params: BalancedTrainConfig,
 ) -> BalancedTrain:
     """Export the cleaned training set with minority classes oversampled by augmented copies."""
     from animal_assets.core import split

@@ -1,7 +1,9 @@
 """Stage ``clean_labels``: keep, relabel or drop each image, then a person's review over the
-automatic decisions. The probe, the noise model and the decision rules live in
-:mod:`animal_assets.core.cleaning` and :mod:`animal_assets.core.noise_model`; the review file's
-rules in :mod:`animal_assets.core.review`."""
+automatic decisions.
+
+The probe is :mod:`animal_assets.core.probe`, the noise model
+:mod:`animal_assets.core.noise_model`, the decision rules :mod:`animal_assets.core.cleaning` and
+the review file's rules :mod:`animal_assets.core.review`."""
 from __future__ import annotations
 
 import os
@@ -57,6 +59,7 @@ def clean_label_decisions(
 ) -> CleanLabels:
     """Decide keep / relabel / drop for every usable image (see :mod:`animal_assets.core.cleaning`)."""
     from animal_assets.core import cleaning, noise_model
+    from animal_assets.core.probe import select_probe_c
 
     check_aligned(raw, embeddings, ood_scores)
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only
@@ -67,10 +70,9 @@ def clean_label_decisions(
     groups = cleaning.duplicate_groups(manifest["sha256"].tolist())
     probe_kwargs = config.probe_kwargs()
     if probe_kwargs["c"] is None:
-        probe_kwargs["c"] = cleaning.select_probe_c(
+        probe_kwargs["c"] = select_probe_c(
             features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, seed=config.seed,
-            class_weight=config.class_weight, n_threads=config.probe_threads,
-            n_jobs=config.probe_jobs,
+            class_weight=config.class_weight,
         )
     result = noise_model.noise_posteriors(
         features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
@@ -142,6 +144,9 @@ def reviewed_clean_labels(
     with atomic_path(out_dir / "review_template.csv") as tmp:
         review.template(decisions, class_names=class_names).to_csv(tmp, index=False)
     summary = summarise(final, num_classes=num_classes)
+    # what the automatic decisions were made under: the probe's strength and the noise model
+    summary.update({key: auto.summary[key] for key in ("probe_c", "transition", "prior")
+                    if key in auto.summary})
     summary["by_source"] = {s: int((final["source"] == s).sum()) for s in ("auto", "review")}
     summary["review_version"] = version
     return CleanLabels(path=str(path), raw_version=auto.raw_version, summary=summary), final, version

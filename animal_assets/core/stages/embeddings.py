@@ -18,14 +18,15 @@ NAME = "embeddings"
 
 
 @dataclass(frozen=True)
-class EmbeddingsParams:
+class EmbeddingsConfig:
     image_size: int = 128  # encoder input; the 64x64 images are upsampled on the device
-    batch_size: int = 256
+    batch_size: int = 256  # images per encoder forward pass
     # Append every encoder block's pooled mean (and, for the deeper blocks, std) to the 1,280
     # head features: 4,592 values per image. The kNN scores use the head; the outlier
-    # refinement and the label probe use all of them.
+    # refinement and the label probe read all of them.
     stages: bool = True
-    # "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles, float32 elsewhere.
+    # Encoder arithmetic. "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles,
+    # float32 elsewhere.
     precision: Precision = "auto"
 
 
@@ -50,14 +51,14 @@ def head_features(features: np.ndarray, embeddings: Embeddings) -> np.ndarray:
     return np.ascontiguousarray(features[:, : embeddings.head_dim])
 
 
-def run(config: EmbeddingsParams, ctx: RunContext, *, raw_images: RawImages) -> Embeddings:
+def run(config: EmbeddingsConfig, ctx: RunContext, *, raw_images: RawImages) -> Embeddings:
     return compute_embeddings(raw_images, ctx.folder(NAME), config, device=ctx.device,
                               on_progress=ctx.progress_of("embedded images"),
                               cache_dir=ctx.cache_dir)
 
 
 def compute_embeddings(
-    raw: RawImages, out_dir: str | Path, params: EmbeddingsParams, *, device: str,
+    raw: RawImages, out_dir: str | Path, params: EmbeddingsConfig, *, device: str,
     on_progress=None, cache_dir: str | Path | None = None,
 ) -> Embeddings:
     """Embed every usable image with the pretrained encoder and store the (N, D) matrix.

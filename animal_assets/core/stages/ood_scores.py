@@ -23,27 +23,29 @@ DEFAULT_OOD_FRACTION = 0.10
 
 
 @dataclass(frozen=True)
-class OodParams:
+class OodScoresConfig:
     k: int = 10  # neighbours in the mean cosine kNN distance
     # Share of images flagged as out of distribution; None estimates it from the refined
-    # scores (ood.estimate_outlier_share: a 3- or 4-component mixture, its upper components flagged).
-    # A fixed 0.10 drops clean images when there is less junk and keeps junk when there is more.
+    # scores (a 3- or 4-component mixture, its upper components flagged). A fixed share drops
+    # clean images when there is less junk and keeps junk when there is more.
     fraction: float | None = None
-    # "knn_distance": mean cosine distance to the k nearest neighbours; "label_entropy": entropy
-    # of the given labels of the label_k nearest neighbours (catches dense clusters of junk that
-    # carry random labels, which are near each other and so look ordinary to the distance).
+    # The seed score. "knn_distance": mean cosine distance to the k nearest neighbours;
+    # "label_entropy": entropy of the given labels of the label_k nearest neighbours (catches
+    # dense clusters of junk that carry random labels, which are near each other and so look
+    # ordinary to the distance).
     # "auto": label_entropy when every class has at least 2 * label_k given images (enough for
     # a neighbourhood's labels to mean something), else knn_distance (with fewer, a neighbourhood
     # mixes classes and label entropy ranks the OOD images worse than the distance).
     method: Literal["auto", "knn_distance", "label_entropy"] = "auto"
-    label_k: int = 50
-    # Self-training rounds that sharpen the score (ood_refine.py): a linear model learns to tell
-    # the top refine_share of the ranking from its bottom refine_in_share. 0 keeps the raw score.
+    label_k: int = 50  # neighbours whose given labels the label entropy reads
+    # Self-training rounds that sharpen the score: a linear model learns to tell the top
+    # refine_share of the ranking from its bottom refine_in_share. 0 keeps the seed score.
     refine_rounds: int = 3
-    # Small: a pseudo-OOD set larger than the true OOD share is partly clean images, and where
-    # more of the set is OOD a small share loses nothing.
+    # Share of the ranking's top taken as out of distribution in each round. Small: a larger
+    # set than the true OOD share is partly clean images, and where there is more junk a small
+    # share loses nothing.
     refine_share: float = 0.025
-    refine_in_share: float = 0.7  # wide: most of a set is in distribution
+    refine_in_share: float = 0.7  # share of the ranking's bottom taken as in distribution; wide, as most of a set is
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,13 @@ class OodScores:
     estimated: bool = False  # whether that share was estimated from the scores
 
 
-def run(config: OodParams, ctx: RunContext, *, raw_images: RawImages,
+def run(config: OodScoresConfig, ctx: RunContext, *, raw_images: RawImages,
         embeddings: Embeddings) -> OodScores:
     return score_outliers(raw_images, embeddings, ctx.folder(NAME), config)
 
 
 def score_outliers(
-    raw: RawImages, embeddings: Embeddings, out_dir: str | Path, params: OodParams,
+    raw: RawImages, embeddings: Embeddings, out_dir: str | Path, params: OodScoresConfig,
 ) -> OodScores:
     """Score each image (kNN distance or neighbour-label entropy, then self-training); flag the top."""
     from animal_assets.core import ood

@@ -23,14 +23,14 @@ NAME = "raw_images"
 
 
 @dataclass(frozen=True)
-class RawImagesParams:
+class RawImagesConfig:
     # strict: a broken file name or label stops the graph; quarantine: the file is set aside.
     format_policy: Literal["strict", "quarantine"] = "strict"
     # quarantine: an image that is not a 64x64 RGB JPEG is set aside; strict: it stops the graph.
     decode_policy: Literal["strict", "quarantine"] = "quarantine"
 
 
-def run(config: RawImagesParams, ctx: RunContext) -> RawImages:
+def run(config: RawImagesConfig, ctx: RunContext) -> RawImages:
     """Read and check ``ctx.dataset``; too few usable images stop the stage before the previous
     result is replaced. A broken format rule does not raise here: the checks report it and
     :func:`require_conforming` keeps the stages below from running."""

@@ -16,10 +16,10 @@ NAME = "val_split"
 
 
 @dataclass(frozen=True)
-class ValSplitParams:
+class ValSplitConfig:
     per_class: int = 100  # validation images per class, as the course's validation sets had
     max_fraction: float = 0.2  # never more than this share of a class's trustworthy images
-    seed: int = 0
+    seed: int = 0  # tie-break among equally trustworthy images
 
 
 def original_jpeg(raw: RawImages, image_id: str) -> bytes:
@@ -27,13 +27,13 @@ def original_jpeg(raw: RawImages, image_id: str) -> bytes:
     return (Path(raw.files_dir) / f"{image_id}.jpg").read_bytes()
 
 
-def run(config: ValSplitParams, ctx: RunContext, *, raw_images: RawImages,
+def run(config: ValSplitConfig, ctx: RunContext, *, raw_images: RawImages,
         clean_labels: CleanLabels) -> Split:
     return make_val_split(raw_images, clean_labels, ctx.folder(NAME), config)
 
 
 def make_val_split(
-    raw: RawImages, clean: CleanLabels, out_dir: str | Path, params: ValSplitParams,
+    raw: RawImages, clean: CleanLabels, out_dir: str | Path, params: ValSplitConfig,
 ) -> Split:
     """Hold out a clean, class-balanced validation set from the most trustworthy originals."""
     from animal_assets.core import split
