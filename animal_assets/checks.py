@@ -17,10 +17,10 @@ import pandas as pd
 
 from animal_assets.assets import balanced_train, clean_labels, raw_images, val_split
 from animal_assets.core import review
-from animal_assets.core.export import Split
+from animal_assets.core.export import Split, validate_ds801_folder
 from animal_assets.core.stages.balanced_train import BalancedTrain
 from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
-from animal_assets.core.formats import RULE_GROUPS, validate_ds801_folder
+from animal_assets.core.formats import RULE_GROUPS
 from animal_assets.core.ingest import RawImages
 from animal_assets.resources import DatasetResource
 

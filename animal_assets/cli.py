@@ -253,6 +253,7 @@ def _main(args: argparse.Namespace) -> int:
 
     # Imported after the environment is set: the definitions read it.
     from animal_assets import runner
+    from animal_assets.progress import ProgressBar
 
     if args.command == "observe":
         for name, version in runner.observe().items():
@@ -266,7 +267,7 @@ def _main(args: argparse.Namespace) -> int:
         config=run_config,
         select=args.select.split(",") if args.select else None,
         unsynced=args.unsynced, precision=args.precision,
-        progress=None if args.no_progress else runner.ProgressBar(sys.stderr),
+        progress=None if args.no_progress else ProgressBar(sys.stderr),
         summary_json=str(expand(args.json)) if args.json else None,
         console_errors=args.verbose,
     )

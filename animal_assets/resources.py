@@ -56,8 +56,8 @@ class DatasetResource(dg.ConfigurableResource):
         """Return (dataset path, truth path or None), generating the demo dataset if needed."""
         if not self.is_demo():
             return str(expand(self.path)), str(expand(self.truth_path)) if self.truth_path else None
-        from animal_assets.core.demo import make_demo_dataset
-        from animal_assets.core.noise import DATASET_DIRNAME, TRUTH_FILE
+        from animal_assets.core.synthetic.demo import make_demo_dataset
+        from animal_assets.core.truth import DATASET_DIRNAME, TRUTH_FILE
 
         folder = storage.path("demo_dataset", f"{self.demo_size}-seed{self.demo_seed}")
         dataset, truth = folder / DATASET_DIRNAME, folder / TRUTH_FILE

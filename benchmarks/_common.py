@@ -160,3 +160,68 @@ def pick_device(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_dims(dims: int | None, n_features: int) -> None:
+    if dims is None:
+        return
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= n_features:
+        raise ValueError(
+            f"project_features: dims must be None or an int in 1..D={n_features}, got {dims!r}"
+        )
+
+
+def project_features(features, dims: int, *, device="auto"):
+    """Unit-normalised rows projected onto their top ``dims`` principal axes, re-normalised.
+
+    The axes are the leading eigenvectors (``torch.linalg.eigh``, float64) of the D x D
+    second-moment matrix ``X.T @ X / N`` of the unit rows ``X``: the uncentred covariance. Cosine
+    similarity is an uncentred inner product, and these axes give the best rank-``dims``
+    approximation of the cosine matrix ``X @ X.T``; centring would instead compare directions
+    around the mean, which on EfficientNet features ruins the ranking of the demo's outliers.
+    Each axis's sign is fixed so that its largest-magnitude entry is positive, which makes the
+    output independent of the eigen-solver's sign choice. All-zero rows stay all-zero.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, D)
+        One embedding per row.
+    dims : int
+        Number of axes kept, 1..D.
+    device : str or torch.device
+        ``"auto"`` picks CUDA when available.
+
+    Returns
+    -------
+    np.ndarray, float32, shape (N, dims)
+        Rows of unit length (or zero).
+    """
+    import numpy as np
+    import torch
+
+    from animal_assets.core.device import resolve_device
+
+    if not isinstance(features, np.ndarray) or features.ndim != 2:
+        raise ValueError(
+            f"ood.py: features must be a 2-D numpy array (N, D), got {getattr(features, 'shape', type(features))}"
+        )
+    if not np.isfinite(features).all():
+        raise ValueError("ood.py: features contain NaN or infinity")
+    _check_dims(dims, features.shape[1])
+    dev = resolve_device(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=dev)
+            x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+            second_moment = (x.T @ x).double() / max(len(x), 1)
+            _, vectors = torch.linalg.eigh(second_moment)
+            axes = vectors[:, -dims:].flip(1)
+            peak = axes.abs().argmax(dim=0)
+            axes = axes * torch.sign(axes[peak, torch.arange(dims, device=dev)])
+            y = x @ axes.float()
+            y = y / torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min(1e-12)
+            return y.cpu().numpy()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32

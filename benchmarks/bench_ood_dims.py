@@ -7,7 +7,7 @@ score on ``dims`` axes, "baseline" the exact score on all 1,280 dimensions. The 
 comes with a paired bootstrap 95 % interval (1,000 resamples of the images, seeded).
 
     python benchmarks/bench_ood_dims.py                       # the demo (1,466 images), 128 px
-    python benchmarks/bench_ood_dims.py --dataset cifar_bench  # from python -m animal_assets.core.benchmark
+    python benchmarks/bench_ood_dims.py --dataset cifar_bench  # from python -m animal_assets.core.synthetic.benchmark
     python benchmarks/bench_ood_dims.py --quick               # the tiny demo at 64 px
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
         if args.dataset:
             root, source = Path(args.dataset), Path(args.dataset).name
         else:
-            from animal_assets.core.demo import make_demo_dataset
+            from animal_assets.core.synthetic.demo import make_demo_dataset
 
             size = "tiny" if args.quick else "demo"
             root, source = Path(tmp) / "demo", f"demo ({size})"
@@ -85,10 +85,14 @@ def main() -> None:
     _common.print_header(f"OOD AUROC and kNN time per dims, {source}: {len(images):,} images, "
                          f"{int(is_ood.sum())} OOD, embedded at {image_size} px, k={args.k}")
 
+    def search(part, dims, k):
+        projected = part if dims is None else _common.project_features(part, dims, device=device)
+        return knn_ood_scores(projected, k=k, device=device)
+
     def score(dims):
-        knn_ood_scores(features[:64], k=min(args.k, 10), dims=dims, device=device)  # warm-up
+        search(features[:64], dims, min(args.k, 10))  # warm-up
         t0 = time.perf_counter()
-        scores = knn_ood_scores(features, k=args.k, dims=dims, device=device)
+        scores = search(features, dims, args.k)
         return scores, time.perf_counter() - t0
 
     exact, exact_s = score(None)

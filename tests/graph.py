@@ -11,7 +11,7 @@ import dagster as dg
 
 from animal_assets import runner
 from animal_assets.assets import PIPELINE_ASSETS
-from animal_assets.core.demo import make_demo_dataset
+from animal_assets.core.synthetic.demo import make_demo_dataset
 from animal_assets.definitions import build_defs
 from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
 

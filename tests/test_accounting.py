@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from animal_assets import runner
-from animal_assets.core.demo import make_demo_dataset
+from animal_assets.core.synthetic.demo import make_demo_dataset
 from animal_assets.core.ds801 import LABELS_FILE, new_image_id
 from animal_assets.core.ingest import read_manifest
-from animal_assets.core.noise import read_truth
+from animal_assets.core.truth import read_truth
 from tests.fixtures import image_bytes, tree_hashes
 from tests.graph import TINY, make_defs, sqlite_instance
 

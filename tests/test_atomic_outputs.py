@@ -18,7 +18,7 @@ import pytest
 
 from animal_assets import runner
 from animal_assets.core.atomic import atomic_dir, write_json
-from animal_assets.core.formats import validate_ds801_folder
+from animal_assets.core.export import validate_ds801_folder
 from tests.fixtures import tree_hashes
 from tests.graph import TINY, fork, make_defs, sqlite_instance
 

@@ -1,4 +1,4 @@
-"""Tests for animal_assets.core.benchmark: a known-truth benchmark from a clean class-folder tree."""
+"""Tests for animal_assets.core.synthetic.benchmark: a known-truth benchmark from a clean class-folder tree."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animal_assets.core.benchmark import CIFAR_STANDARD, BenchmarkSettings, build_benchmark, load_spec, main
-from animal_assets.core.noise import NoiseSpec, n_ood_for, read_truth
+from animal_assets.core.synthetic.benchmark import build_benchmark, main
+from animal_assets.core.synthetic.spec import CIFAR_STANDARD, BenchmarkSettings, load_spec
+from animal_assets.core.synthetic.noise import NoiseSpec, n_ood_for
+from animal_assets.core.truth import read_truth
 
 NAME_RE = re.compile(r"^img_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jpg$")
 TRAIN = {"a": 30, "b": 25, "c": 20, "d": 15, "x": 12, "y": 12, "z": 3}  # x, y OOD; z never asked for
@@ -124,7 +126,7 @@ def test_test_split_is_clean_and_in_class_order(tree, tmp_path):
 
 
 def test_written_sets_pass_format_validation(tree, tmp_path):
-    from animal_assets.core.formats import validate_ds801_folder
+    from animal_assets.core.export import validate_ds801_folder
 
     bench = build(tree, tmp_path / "out")
     assert validate_ds801_folder(bench.dataset_dir) == []

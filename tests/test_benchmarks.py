@@ -4,7 +4,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from animal_assets.core.knn import knn
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 COLUMNS = ["figure", "ours", "baseline", "ratio", "machine"]
@@ -58,3 +61,61 @@ def test_quick_mode_prints_a_table_with_numeric_ratios(script, figure, tmp_path,
 def test_every_benchmark_script_is_covered():
     scripts = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
     assert scripts == sorted(script for script, _ in SCRIPTS)
+
+
+# --------------------------------------------------------------------------------------------
+# the projection onto principal axes that bench_knn.py and bench_ood_dims.py measure
+
+
+@pytest.fixture()
+def project_features(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+
+    return _common.project_features
+
+
+@pytest.mark.parametrize("dims", [1, 5, 20])
+def test_project_features_gives_unit_rows_and_keeps_a_subspace_exactly(project_features, dims):
+    rng = np.random.default_rng(dims)
+    # Rows spanning only `dims` directions of a 20-d space: the top `dims` axes span them, so
+    # the projection keeps every cosine similarity.
+    basis = np.linalg.qr(rng.standard_normal((20, dims)))[0]
+    features = (rng.standard_normal((400, dims)) @ basis.T).astype(np.float32)
+    features[7] = 0.0
+    projected = project_features(features, dims, device="cpu")
+    assert projected.shape == (400, dims) and projected.dtype == np.float32
+    np.testing.assert_allclose(np.delete(np.linalg.norm(projected, axis=1), 7), 1.0, atol=1e-5)
+    assert not projected[7].any(), "an all-zero row stays all-zero"
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(projected @ projected.T, unit @ unit.T, atol=1e-4)
+    np.testing.assert_array_equal(projected, project_features(features, dims, device="cpu"))
+
+
+def test_project_features_at_full_dims_keeps_cosine_distances(project_features):
+    rng = np.random.default_rng(11)
+    features = rng.standard_normal((150, 12)).astype(np.float32)
+    full = knn(features, k=6, device="cpu")
+    rotated = knn(project_features(features, 12, device="cpu"), k=6, device="cpu")
+    np.testing.assert_allclose(rotated[0], full[0], atol=1e-5)
+    assert (rotated[1] != full[1]).mean() < 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_outlier_scores_on_projected_features_still_rank_planted_outliers_first(project_features, seed):
+    from sklearn.metrics import roc_auc_score
+
+    from animal_assets.core.ood import knn_ood_scores
+    from tests.test_ood import planted_outlier_set
+
+    features, is_outlier = planted_outlier_set(seed)
+    projected = project_features(features, 32, device="cpu")
+    scores = knn_ood_scores(projected, k=10, block_size=128, device="cpu")
+    assert roc_auc_score(is_outlier, scores) >= 0.95
+
+
+@pytest.mark.parametrize("dims", [0, 9, -1, True, 2.5, "4"])
+def test_project_features_rejects_bad_dims(project_features, dims):
+    features = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="dims must be None or an int"):
+        project_features(features, dims, device="cpu")

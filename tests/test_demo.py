@@ -1,4 +1,4 @@
-"""Tests for animal_assets.core.demo: the offline noisy-digits demo dataset."""
+"""Tests for animal_assets.core.synthetic.demo: the offline noisy-digits demo dataset."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animal_assets.core.demo import (
+from animal_assets.core.synthetic.demo import (
     DEMO_CLASS_KEEP,
     DEMO_PAIRS,
     demo_spec,
@@ -20,7 +20,7 @@ from animal_assets.core.demo import (
     photo_crops,
     render_digits,
 )
-from animal_assets.core.noise import read_truth
+from animal_assets.core.truth import read_truth
 
 NAME_RE = re.compile(r"^img_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.jpg$")
 PARTNER = {a: b for pair in DEMO_PAIRS for a, b in (pair, pair[::-1])}
@@ -58,7 +58,7 @@ def test_tiny_demo_is_a_valid_ds801_folder_matching_its_truth(tiny):
 
 
 def test_tiny_demo_passes_format_validation(tiny):
-    from animal_assets.core.formats import validate_ds801_folder
+    from animal_assets.core.export import validate_ds801_folder
 
     assert validate_ds801_folder(tiny.dataset_dir) == []
 

@@ -9,9 +9,10 @@ import os
 import pytest
 
 from animal_assets.core import formats
+from animal_assets.core.export import validate_ds801_folder
 from animal_assets.core.formats import (
     FORMAT_RULES, IMAGE_RULES, Rule, Violation, blocking_rules, check_label,
-    filename_violation, label_violation, parse_labels, read_labels, validate_ds801_folder,
+    filename_violation, label_violation, parse_labels, read_labels,
 )
 from tests.fixtures import image_bytes, image_paths, labels_of, make_dataset
 

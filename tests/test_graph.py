@@ -13,7 +13,7 @@ import pytest
 
 from animal_assets import runner
 from animal_assets.assets import PIPELINE_ASSETS, resnet34_model
-from animal_assets.core.formats import validate_ds801_folder
+from animal_assets.core.export import validate_ds801_folder
 from tests.fixtures import REAL_DS801, image_bytes, make_dataset
 from tests.graph import NAMES, TINY, fork, make_defs, sqlite_instance
 

@@ -736,11 +736,11 @@ def _set_encrypted_flags(path: Path) -> None:
 
 
 def test_a_huge_tar_member_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
-    from animal_assets.core import ingest
+    from animal_assets.core import archive
 
     folder = make_dataset(tmp_path, n=3, k=2)
     size = 64 << 20
-    monkeypatch.setattr(ingest, "MAX_SKIP_BYTES", 16 << 20)
+    monkeypatch.setattr(archive, "MAX_SKIP_BYTES", 16 << 20)
     archive = _tgz_with_member(tmp_path / "bomb.tgz", folder, size=size)
     assert archive.stat().st_size < 1 << 20
     start = time.perf_counter()
@@ -751,14 +751,14 @@ def test_a_huge_tar_member_is_refused_before_it_is_decompressed(tmp_path, monkey
 
 
 def test_the_total_size_cap_is_checked_as_members_are_read(tmp_path, monkeypatch):
-    from animal_assets.core import ingest
+    from animal_assets.core import archive
 
     folder = make_dataset(tmp_path, n=20, k=2)
     one = len(image_paths(folder)[0].read_bytes())
-    monkeypatch.setattr(ingest, "MAX_TOTAL_BYTES", 3 * one)
+    monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", 3 * one)
     read = []
-    real = ingest.read_regular
-    monkeypatch.setattr(ingest, "read_regular", lambda *a: read.append(a) or real(*a))
+    real = archive.read_regular
+    monkeypatch.setattr(archive, "read_regular", lambda *a: read.append(a) or real(*a))
     with pytest.raises(DatasetError, match="expands to more than"):
         read_dataset(folder, tmp_path / "out")
     assert len(read) < 10  # stopped early, not after reading all 21 files

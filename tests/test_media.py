@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from animal_assets.core import media
+from animal_assets.core import media, plots
 
 NAMES = ["cat", "lynx", "wolf"]
 RED, GREEN, BLUE = (220, 20, 20), (20, 200, 20), (20, 20, 220)
@@ -97,18 +97,18 @@ def test_captions_wrap_to_at_most_three_lines_that_fit(caption, n_lines):
 
 
 PLOTS = {
-    "class_counts": lambda: media.class_counts_plot(
+    "class_counts": lambda: plots.class_counts_plot(
         {"given": [10, 20, 5], "after cleaning": [8, 15, 5]}, NAMES, title="images per class"),
-    "confusion": lambda: media.confusion_plot([[5, 1, 0], [2, 3, 1], [0, 0, 6]], NAMES,
+    "confusion": lambda: plots.confusion_plot([[5, 1, 0], [2, 3, 1], [0, 0, 6]], NAMES,
                                               title="confusion"),
-    "training_curves": lambda: media.training_curves([
+    "training_curves": lambda: plots.training_curves([
         {"epoch": 1, "train_loss": 2.0, "val_loss": None, "val_balanced_acc": None},
         {"epoch": 2, "train_loss": 1.5, "val_loss": 1.6, "val_balanced_acc": 0.4},
     ]),
-    "score_histogram": lambda: media.score_histogram(np.linspace(0, 1, 200), 0.9, title="scores"),
-    "score_histogram_nothing_flagged": lambda: media.score_histogram(
+    "score_histogram": lambda: plots.score_histogram(np.linspace(0, 1, 200), 0.9, title="scores"),
+    "score_histogram_nothing_flagged": lambda: plots.score_histogram(
         np.linspace(0, 1, 200), float("inf"), title="scores"),
-    "comparison": lambda: media.comparison_plot(["full", "no cleaning"], [0.84, 0.79],
+    "comparison": lambda: plots.comparison_plot(["full", "no cleaning"], [0.84, 0.79],
                                                 [0.01, 0.02], metric="balanced accuracy",
                                                 title="ablation"),
 }
@@ -124,10 +124,10 @@ def test_plots_are_small_deterministic_pngs(name):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: media.class_counts_plot({"given": [1, 2]}, NAMES, title="t"), "2 counts for 3"),
-    (lambda: media.confusion_plot(np.zeros((2, 2)), NAMES, title="t"), r"\(3, 3\)"),
-    (lambda: media.training_curves([]), "at least one epoch"),
-    (lambda: media.comparison_plot(["a"], [0.1, 0.2], metric="m", title="t"), "same length"),
+    (lambda: plots.class_counts_plot({"given": [1, 2]}, NAMES, title="t"), "2 counts for 3"),
+    (lambda: plots.confusion_plot(np.zeros((2, 2)), NAMES, title="t"), r"\(3, 3\)"),
+    (lambda: plots.training_curves([]), "at least one epoch"),
+    (lambda: plots.comparison_plot(["a"], [0.1, 0.2], metric="m", title="t"), "same length"),
 ])
 def test_plots_refuse_bad_input(call, message):
     with pytest.raises(ValueError, match=message):

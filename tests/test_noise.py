@@ -1,4 +1,4 @@
-"""Tests for animal_assets.core.noise: injected noise matches its spec and its written truth."""
+"""Tests for animal_assets.core.synthetic.noise: injected noise matches its spec and its written truth."""
 from __future__ import annotations
 
 import hashlib
@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animal_assets.core.noise import (
-    KINDS,
-    NoiseSpec,
-    inject_noise,
-    n_ood_for,
-    read_truth,
-    write_noisy_dataset,
-)
+from animal_assets.core.synthetic.noise import NoiseSpec, inject_noise, n_ood_for, write_noisy_dataset
+from animal_assets.core.truth import KINDS, read_truth
 
 K = 6
 PAIRS = ((0, 1), (2, 3))  # classes 4 and 5 stay unpaired
@@ -282,7 +276,7 @@ def test_written_dataset_and_truth_agree(tmp_path, small_noisy):
 
 
 def test_written_dataset_passes_format_validation(tmp_path, small_noisy):
-    from animal_assets.core.formats import validate_ds801_folder
+    from animal_assets.core.export import validate_ds801_folder
 
     dataset_dir, _ = write_noisy_dataset(tmp_path, small_noisy, num_classes=K, seed=9)
     assert validate_ds801_folder(dataset_dir) == []

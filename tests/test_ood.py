@@ -8,8 +8,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from animal_assets.core import ood
-from animal_assets.core.ood import flag_outliers, knn, knn_ood_scores, neighbour_label_entropy, project_features
+from animal_assets.core import knn as knn_module
+from animal_assets.core.knn import knn
+from animal_assets.core.ood import estimate_outlier_share, flag_outliers, knn_ood_scores, neighbour_label_entropy
 
 
 def brute_force_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,68 +196,6 @@ def test_flag_outliers_rejects_bad_arguments(kwargs, message):
         flag_outliers(np.zeros(4), **kwargs)
 
 
-@pytest.mark.parametrize(
-    "n, dim, dims, k, block_size",
-    [
-        (120, 32, 8, 5, 4096),
-        (97, 16, 16, 3, 10),  # dims = D: a rotation of the unit rows
-        (300, 64, 12, 10, 64),
-        (60, 24, 1, 4, 7),  # one axis: neighbours lie on a line
-    ],
-)
-def test_knn_with_dims_is_exact_on_the_projected_features(n, dim, dims, k, block_size):
-    rng = np.random.default_rng(dim * 100 + dims)
-    features = (rng.standard_normal((n, dim)) + rng.standard_normal(dim)).astype(np.float32)
-    projected = project_features(features, dims, device="cpu")
-    dist, idx = knn(features, k=k, block_size=block_size, device="cpu", dims=dims)
-    assert dist.shape == idx.shape == (n, k)
-    assert_same_neighbours(dist, idx, *brute_force_knn(projected, k))
-    scores = knn_ood_scores(features, k=k, block_size=block_size, device="cpu", dims=dims)
-    np.testing.assert_allclose(scores, dist.mean(axis=1), atol=1e-6)
-
-
-@pytest.mark.parametrize("dims", [1, 5, 20])
-def test_project_features_gives_unit_rows_and_keeps_a_subspace_exactly(dims):
-    rng = np.random.default_rng(dims)
-    # Rows spanning only `dims` directions of a 20-d space: the top `dims` axes span them, so
-    # the projection keeps every cosine similarity.
-    basis = np.linalg.qr(rng.standard_normal((20, dims)))[0]
-    features = (rng.standard_normal((400, dims)) @ basis.T).astype(np.float32)
-    features[7] = 0.0
-    projected = project_features(features, dims, device="cpu")
-    assert projected.shape == (400, dims) and projected.dtype == np.float32
-    np.testing.assert_allclose(np.delete(np.linalg.norm(projected, axis=1), 7), 1.0, atol=1e-5)
-    assert not projected[7].any(), "an all-zero row stays all-zero"
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    np.testing.assert_allclose(projected @ projected.T, unit @ unit.T, atol=1e-4)
-    np.testing.assert_array_equal(projected, project_features(features, dims, device="cpu"))
-
-
-def test_project_features_at_full_dims_keeps_cosine_distances():
-    rng = np.random.default_rng(11)
-    features = rng.standard_normal((150, 12)).astype(np.float32)
-    full = knn(features, k=6, device="cpu")
-    rotated = knn(features, k=6, device="cpu", dims=12)
-    np.testing.assert_allclose(rotated[0], full[0], atol=1e-5)
-    assert (rotated[1] != full[1]).mean() < 0.01
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_knn_ood_score_with_dims_still_ranks_planted_outliers_first(seed):
-    features, is_outlier = planted_outlier_set(seed)
-    scores = knn_ood_scores(features, k=10, block_size=128, device="cpu", dims=32)
-    assert roc_auc_score(is_outlier, scores) >= 0.95
-
-
-@pytest.mark.parametrize("dims", [0, 9, -1, True, 2.5, "4"])
-def test_dims_rejects_bad_values(dims):
-    features = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
-    with pytest.raises(ValueError, match="dims must be None or an int"):
-        knn(features, k=2, device="cpu", dims=dims)
-    with pytest.raises(ValueError, match="dims must be None or an int"):
-        project_features(features, dims, device="cpu")
-
-
 def test_neighbour_label_entropy_finds_a_dense_junk_cluster_with_random_labels():
     rng = np.random.default_rng(7)
     k_classes, per_class, n_junk = 4, 150, 60
@@ -293,10 +232,10 @@ KNN_PATHS = [
 
 
 def run_path(features, k, block_size, screen, onednn, workers=1):
-    if onednn and not ood._onednn_available():
+    if onednn and not knn_module._onednn_available():
         pytest.skip("this PyTorch build has no oneDNN linear op")
-    with ood._full_float32():
-        return ood._blocked_knn(features, k, block_size, torch.device("cpu"), screen=screen,
+    with knn_module._full_float32():
+        return knn_module._blocked_knn(features, k, block_size, torch.device("cpu"), screen=screen,
                                 onednn=onednn, workers=workers)
 
 
@@ -352,14 +291,14 @@ def test_every_knn_path_matches_brute_force_on_float_data(n, dim, k, block_size,
 
 def test_screened_path_merges_few_entries_and_falls_back_on_mass_ties(monkeypatch):
     calls = {"sparse": 0, "entries": 0}
-    merge_sparse = ood._merge_sparse
+    merge_sparse = knn_module._merge_sparse
 
     def counting(best_vals, best_idx, rows, vals, idx, k):
         calls["sparse"] += 1
         calls["entries"] += rows.numel()
         merge_sparse(best_vals, best_idx, rows, vals, idx, k)
 
-    monkeypatch.setattr(ood, "_merge_sparse", counting)
+    monkeypatch.setattr(knn_module, "_merge_sparse", counting)
     rng = np.random.default_rng(5)
     features = (rng.standard_normal((8, 32))[rng.integers(0, 8, 1024)]
                 + 0.5 * rng.standard_normal((1024, 32))).astype(np.float32)
@@ -387,17 +326,17 @@ def test_screen_returns_every_entry_at_or_above_the_floor(shape, transposed):
     block = torch.from_numpy(np.round(rng.standard_normal(shape) * 4).astype(np.float32) / 8)
     sims = block.T if transposed else block
     floor = sims.amax(dim=1) - 0.125 * (torch.arange(sims.shape[0]) % 3 == 0)
-    rows, cols, vals = ood._screen(sims, floor) or pytest.fail("screen fell back on a sparse block")
+    rows, cols, vals = knn_module._screen(sims, floor) or pytest.fail("screen fell back on a sparse block")
     expected = np.argwhere(sims.numpy() >= floor.numpy()[:, None])
     got = np.stack([rows.numpy(), cols.numpy()], axis=1)
     np.testing.assert_array_equal(got[np.lexsort(got.T[::-1])], expected)
     np.testing.assert_array_equal(vals.numpy(), sims.numpy()[rows.numpy(), cols.numpy()])
     # With no floor yet every entry passes: whole groups pass and the dense merge takes over.
     no_floor = torch.full_like(floor, -math.inf)
-    if sims.shape[1] >= ood._FOLD:
-        assert ood._screen(sims, no_floor) is None
+    if sims.shape[1] >= knn_module._FOLD:
+        assert knn_module._screen(sims, no_floor) is None
     else:
-        assert len(ood._screen(sims, no_floor)[0]) == sims.numel()
+        assert len(knn_module._screen(sims, no_floor)[0]) == sims.numel()
 
 
 def test_knn_keeps_full_float32_and_restores_matmul_settings():
@@ -443,9 +382,9 @@ def skewed_bulk_and_spread_junk(seed: int, n: int = 8000):
 def test_outlier_share_counts_junk_spread_over_two_components(seed):
     # Counting only the top component gave 0.06-0.08 here against a true 0.15.
     scores, share = skewed_bulk_and_spread_junk(seed)
-    assert abs(ood.estimate_outlier_share(scores) - share) <= 0.02
+    assert abs(estimate_outlier_share(scores) - share) <= 0.02
 
 
 def test_outlier_share_rejects_a_one_component_mixture():
     with pytest.raises(ValueError, match="components"):
-        ood.estimate_outlier_share(np.arange(100.0), components=(1, 3))
+        estimate_outlier_share(np.arange(100.0), components=(1, 3))

@@ -76,11 +76,12 @@ def clusters_with_junk(seed: int, share: float, n_in: int = 2400, k: int = 4, d:
 @pytest.mark.parametrize("share", [0.05, 0.15])
 def test_the_outlier_share_is_estimated_within_three_points(seed, share):
     from animal_assets.core import ood
+    from animal_assets.core.knn import knn
     from animal_assets.core.stages.ood_scores import OodScoresConfig
 
     features, given, is_junk = clusters_with_junk(seed, share)
     params = OodScoresConfig()
-    _, neighbours = ood.knn(features, k=20)
+    _, neighbours = knn(features, k=20)
     seed_score = ood.neighbour_label_entropy(neighbours, given, num_classes=4)
     refined = self_train(features, seed_score, rounds=params.refine_rounds,
                          out_share=params.refine_share, in_share=params.refine_in_share)

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from animal_assets.core.demo import make_demo_dataset
+from animal_assets.core.synthetic.demo import make_demo_dataset
+from animal_assets.core.ablation import RECIPES
 from animal_assets.core.pipeline import main
 from tests.graph import NAMES, TINY
 
@@ -32,9 +34,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_the_dagster_free_runner_makes_what_the_graph_made(tiny_graph, tmp_path):
-    """Both runners run the stage table: on the graph's input and run config (its ablation
-    section included) the dagster-free runner writes the same decisions, the same exports, the
-    same pictures and the same report figures."""
+    """Both runners run the stage table: on the graph's input and run config the dagster-free
+    runner writes the same decisions, the same exports, the same pictures and the same report
+    figures; its ablation trains every recipe, scored on the same validation images."""
     graph_out = tiny_graph.tmp / "out"
     truth = next((tiny_graph.tmp / "demo").rglob("truth.json"))
     config = tmp_path / "tiny.json"
@@ -44,7 +46,7 @@ def test_the_dagster_free_runner_makes_what_the_graph_made(tiny_graph, tmp_path)
     code = main([
         str(tiny_graph.dataset), "--out", str(out), "--config", str(config), "--device", "cpu",
         "--truth", str(truth), "--test-set", str(tiny_graph.dataset), "--json", str(summary_path),
-        "--ablation",
+        "--ablation", "all", "--ablation-seeds", "0", "--ablation-epochs", "1",
     ])
     assert code == 0
     for name in ("clean_labels/decisions.csv", "clean_labels/auto/decisions.csv",
@@ -65,12 +67,19 @@ def test_the_dagster_free_runner_makes_what_the_graph_made(tiny_graph, tmp_path)
         {k: v for k, v in theirs["cleaning"].items() if k != "truth_path"}
     ablation = json.loads((out / "ablation_report" / "ablation.json").read_text())
     graph_ablation = json.loads((graph_out / "ablation_report" / "ablation.json").read_text())
-    assert list(ablation["recipes"]) == TINY["ops"]["ablation_report"]["config"]["recipes"]
-    for recipe, figures in graph_ablation["recipes"].items():
+    for recipe, figures in graph_ablation["recipes"].items():  # the graph's: raw and full, 1 epoch
         assert ablation["recipes"][recipe]["val_balanced_accuracy"] == figures["val_balanced_accuracy"]
+    assert list(ablation["recipes"]) == list(RECIPES) and len(ablation["runs"]) == len(RECIPES)
+    n = {r: e["n_train"] for r, e in ablation["recipes"].items()}
+    assert n["raw"] > n["ood_removed"] > n["labels_corrected"]
+    val_ids = pd.read_csv(out / "val_split" / "ids.csv")
+    n_images = len(json.loads((tiny_graph.dataset / "data-labels.json").read_text()))
+    assert n["raw"] <= n_images - len(val_ids)  # validation images and their copies left out
+    for run in ablation["runs"]:
+        assert 0.0 <= run["val_balanced_accuracy"] <= 1.0 and 0.0 <= run["test_balanced_accuracy"] <= 1.0
 
     summary = json.loads(summary_path.read_text())
-    assert list(summary["assets"]) == NAMES
+    assert list(summary["assets"]) == NAMES and summary["ablation"]["recipes"]["full"]["seeds"] == 1
     for figures in summary["assets"].values():
         assert figures["seconds"] >= 0 and figures["peak_rss_mb"] > 0
     assert summary["val_balanced_accuracy"] == theirs["val_split"]["balanced_accuracy"]
@@ -79,6 +88,22 @@ def test_the_dagster_free_runner_makes_what_the_graph_made(tiny_graph, tmp_path)
     for name in summary["assets"]:  # every folder a stage wrote is marked as the tool's
         assert (out / name / ".animal-assets").is_file(), name
     assert ours["test_set"]["n"] == len(json.loads((tiny_graph.dataset / "data-labels.json").read_text()))
+
+
+def test_the_ablation_flags_override_the_run_config_and_leave_the_rest():
+    from animal_assets.core.config import params_from_run_config
+    from animal_assets.core.pipeline import with_ablation
+
+    base = {"ops": {"ablation_report": {"config": {"recipes": ["raw", "full"], "seeds": [3]}},
+                    "val_split": {"config": {"per_class": 5}}}}
+    assert with_ablation(base, recipes="config", seeds=None, epochs=None) == base
+    changed = with_ablation(base, recipes="all", seeds="0,1", epochs=2)
+    params = params_from_run_config(changed)["ablation_report"]
+    assert (params.recipes, params.seeds, params.epochs) == (list(RECIPES), [0, 1], 2)
+    assert changed["ops"]["val_split"] == base["ops"]["val_split"]
+    assert base["ops"]["ablation_report"]["config"]["seeds"] == [3]  # the given config is not changed
+    only_seeds = params_from_run_config(with_ablation(base, recipes="config", seeds="4", epochs=None))
+    assert (only_seeds["ablation_report"].recipes, only_seeds["ablation_report"].seeds) == (["raw", "full"], [4])
 
 
 def test_the_label_stage_applies_the_review_for_every_runner(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 
 from animal_assets import runner
 from animal_assets.assets import _progress, _training_progress
-from animal_assets.core.demo import make_demo_dataset
+from animal_assets.core.synthetic.demo import make_demo_dataset
+from animal_assets.progress import ProgressBar
 from tests.graph import TINY, make_defs, sqlite_instance
 
 
@@ -89,7 +90,7 @@ EVENTS = [
 @pytest.mark.parametrize("tty", [True, False])
 def test_the_progress_line_counts_assets_and_follows_the_running_one(tty):
     stream = io.StringIO()
-    bar = runner.ProgressBar(stream, tty=tty, width=10)
+    bar = ProgressBar(stream, tty=tty, width=10)
     bar.begin(["raw_images", "embeddings", "ood_scores", "clean_labels"])
     for event in EVENTS[:6]:
         bar(event)
@@ -120,7 +121,7 @@ def test_a_run_reports_its_progress_from_the_real_events(tmp_path):
     stream = io.StringIO()
     summary = runner.run(config=TINY, instance=sqlite_instance(tmp_path),
                          defs=make_defs(tmp_path, str(dataset)), select=["raw_images", "embeddings"],
-                         progress=runner.ProgressBar(stream, tty=False))
+                         progress=ProgressBar(stream, tty=False))
     assert sorted(summary["assets"]) == ["embeddings", "raw_images"]
     lines = stream.getvalue().splitlines()
     assert any("| embeddings " in line and "embedded images" in line for line in lines), lines

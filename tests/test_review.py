@@ -185,7 +185,7 @@ def test_every_asset_a_review_changes_has_the_review_as_a_direct_upstream():
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     """The tiny demo materialized up to clean_labels with an empty review file configured."""
-    from animal_assets.core.demo import make_demo_dataset
+    from animal_assets.core.synthetic.demo import make_demo_dataset
 
     tmp = tmp_path_factory.mktemp("review")
     demo = make_demo_dataset(tmp / "demo", seed=0, size="tiny")

@@ -61,7 +61,7 @@ def test_bars_and_table(scored):
 
 
 def test_the_grid_has_sixteen_distinct_cells_within_the_noise_cap():
-    from animal_assets.core.benchmark import settings_from_dict
+    from animal_assets.core.synthetic.spec import settings_from_dict
 
     assert len(GRID) == 16 and len({c.name for c in GRID}) == 16 and len(EXTRA) == 2
     for cell in GRID + EXTRA:

@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from animal_assets.core.device import resolve_device
-from animal_assets.core.train import (TrainConfig, TrainResult, load_checkpoint, predict, predict_proba,
-                                      save_checkpoint, train_resnet34)
+from animal_assets.core.checkpoint import load_checkpoint, save_checkpoint
+from animal_assets.core.train import TrainConfig, TrainResult, predict, predict_proba, train_resnet34
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [0, 0, 128]])
@@ -113,6 +113,12 @@ def test_predict_proba_rows_are_distributions(trained):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     assert np.array_equal(predict(result.model, val_images, device="cpu"), probs.argmax(1))
     assert predict_proba(result.model, val_images[:0], device="cpu").shape == (0, 10)
+    # on the CPU the scores are float32 whatever the model was trained in
+    for precision in ("bf16", "fp32"):
+        assert np.array_equal(predict_proba(result.model, val_images, batch_size=7, device="cpu",
+                                            precision=precision), probs)
+    with pytest.raises(ValueError, match="precision"):
+        predict_proba(result.model, val_images, device="cpu", precision="fp16")
 
 
 @pytest.mark.parametrize("overrides", [

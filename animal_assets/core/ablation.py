@@ -151,7 +151,7 @@ def run_ablation(
             for name, xs, ys in (("val", val_images, val_labels), ("test", test_images, test_labels)):
                 if xs is None:
                     continue
-                pred = train.predict(model, xs, device=config.device)
+                pred = train.predict(model, xs, device=config.device, precision=config.precision)
                 row[f"{name}_balanced_accuracy"] = metrics.classification_report(
                     np.asarray(ys, dtype=np.int64), pred, num_classes=num_classes,
                 )["balanced_accuracy"]

@@ -131,8 +131,9 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
              cache_dir: str | Path, device: str = "cpu", keep: bool = False) -> dict:
     """Build one benchmark, run the stage table up to ``clean_labels`` on it (the Dagster
     graph's stages and defaults, its pictures left out) and score them; returns the row."""
-    from animal_assets.core.benchmark import build_benchmark, settings_from_dict
-    from animal_assets.core.noise import read_truth
+    from animal_assets.core.synthetic.benchmark import build_benchmark
+    from animal_assets.core.synthetic.spec import settings_from_dict
+    from animal_assets.core.truth import read_truth
     from animal_assets.core.pipeline import run_stages
     from animal_assets.core.stages import RunContext, upto
     from animal_assets.core.stages.clean_labels import read_decisions

@@ -4,7 +4,8 @@ Every rule has a stable snake_case name (:class:`Rule`) so a broken input is rep
 :class:`Violation` records, one clear sentence each, instead of an exception. Format rules (names,
 labels, pairing, paths) block a run under the default strict policy; the image rule
 (``image_decodes``) quarantines the single image by default. Nothing here writes files; the only
-I/O is reading, in :func:`validate_ds801_folder`, which checks a folder the project exported.
+I/O is reading one file without following links (:func:`read_regular`); checking a whole
+exported folder is :func:`animal_assets.core.export.validate_ds801_folder`.
 """
 from __future__ import annotations
 
@@ -17,12 +18,11 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from animal_assets.core.ds801 import IMAGE_ID, IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
+from animal_assets.core.ds801 import IMAGE_ID, IMAGE_SIZE, LABELS_FILE
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of the orientation
 MAX_IMAGE_BYTES = 1 << 20  # a 64x64 JPEG is a few KiB; anything past 1 MiB is not one
@@ -338,21 +338,6 @@ def decode_image(data: bytes, *, name: str) -> tuple[np.ndarray | None, str | No
     return array, None, info
 
 
-def _regular_entries(folder: Path, rel: str, violations: list[Violation]) -> dict[str, os.DirEntry]:
-    """List a folder without following symlinks; report anything not a regular file or folder."""
-    kept: dict[str, os.DirEntry] = {}
-    with os.scandir(folder) as it:
-        for entry in sorted(it, key=lambda e: e.name):
-            path = f"{rel}{entry.name}"
-            if entry.is_symlink():
-                violations.append(Violation.of(path, Rule.SAFE_PATH, "symbolic link, never followed"))
-            elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
-                kept[entry.name] = entry
-            else:
-                violations.append(Violation.of(path, Rule.SAFE_PATH, "not a regular file"))
-    return kept
-
-
 def read_regular(path: str | os.PathLike, limit: int) -> bytes | None:
     """Read a file without following a symlink swapped in after listing; None when over ``limit``."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -361,59 +346,3 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes | None:
             return None
         data = f.read(limit + 1)
     return None if len(data) > limit else data
-
-
-def validate_ds801_folder(path: str | os.PathLike) -> list[Violation]:
-    """Check a DS801 folder (``imgs/`` + ``data-labels.json`` at its top) against every rule.
-
-    Parameters
-    ----------
-    path : path
-        The folder, e.g. one the project exported.
-
-    Returns
-    -------
-    list of Violation
-        Empty when the folder is a valid DS801 dataset.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise ValueError(f"{root}: not a folder, so it cannot be checked as a DS801 dataset")
-    violations: list[Violation] = []
-    top = _regular_entries(root, "", violations)
-    for name, entry in top.items():
-        if name not in (IMAGES_DIR, LABELS_FILE) or entry.is_dir() != (name == IMAGES_DIR):
-            violations.append(Violation.of(name, Rule.UNEXPECTED_FILE, "not part of a DS801 dataset"))
-    table = LabelTable({}, {}, {}, 0, (), False)
-    if LABELS_FILE in top and top[LABELS_FILE].is_file(follow_symlinks=False):
-        data = read_regular(top[LABELS_FILE].path, MAX_LABELS_BYTES)
-        if data is None:
-            violations.append(Violation.of(LABELS_FILE, Rule.LABELS_JSON, "labels file is too large"))
-        else:
-            table = read_labels(data, source=LABELS_FILE)
-            violations.extend(table.violations)
-    else:
-        violations.append(Violation.of(LABELS_FILE, Rule.LABELS_JSON, "labels file is missing"))
-    stems: set[str] = set()
-    if IMAGES_DIR in top and top[IMAGES_DIR].is_dir(follow_symlinks=False):
-        for name, entry in _regular_entries(root / IMAGES_DIR, f"{IMAGES_DIR}/", violations).items():
-            rel = f"{IMAGES_DIR}/{name}"
-            if entry.is_dir(follow_symlinks=False):
-                violations.append(Violation.of(rel, Rule.UNEXPECTED_FILE, "sub-folder inside imgs/"))
-                continue
-            problem = filename_violation(name)
-            if problem:
-                violations.append(Violation.of(rel, Rule.FILENAME, problem))
-            stem = image_stem(name)
-            stems.add(stem)
-            if table.readable and stem not in table.values:
-                violations.append(Violation.of(rel, Rule.IMAGE_HAS_LABEL, f"image has no entry in {LABELS_FILE}"))
-            data = read_regular(entry.path, MAX_IMAGE_BYTES)
-            reason = decode_image(data, name=rel)[1] if data is not None else (
-                f"{rel} is larger than the {MAX_IMAGE_BYTES}-byte limit")
-            if reason:
-                violations.append(Violation.of(rel, Rule.IMAGE_DECODES, reason))
-    for key in sorted(set(table.values) - stems):
-        violations.append(Violation.of(label_entry_name(LABELS_FILE, key), Rule.LABEL_HAS_IMAGE,
-                                       f"no image {IMAGES_DIR}/{key}.jpg for this entry"))
-    return violations

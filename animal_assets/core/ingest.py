@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 import stat
 import tarfile
 import zipfile
@@ -24,6 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from animal_assets.core.archive import (
+    ARCHIVE_MAGIC, MAX_SKIP_BYTES, DatasetError, Member, archive_format, find_root, read_members,
+)
 from animal_assets.core.atomic import atomic_dir, ensure_free_space
 from animal_assets.core.ds801 import IMAGE_SIZE, IMAGES_DIR, LABELS_FILE
 from animal_assets.core.formats import (
@@ -35,21 +37,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MANIFEST_COLUMNS = ("id", "file", "given", "sha256", "status", "reason", "width", "height", "mode", "index")
-MAX_TOTAL_BYTES = 4 << 30  # refuse archives that would expand to more than this in memory
-ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
-#: The first bytes of each archive format, and its name.
-_FORMATS = ((b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x1f\x8b", "tar.gz"), (b"BZh", "bzip2"),
-            (b"\xfd7zXZ", "xz"), (b"7z\xbc\xaf", "7z"), (b"Rar!", "rar"))
-_ARCHIVE_MAGIC = tuple(magic for magic, _ in _FORMATS)
-#: A tar member larger than this is refused before it is read or skipped: no DS801 file comes
-#: near it (the labels file may be MAX_LABELS_BYTES), and skipping costs a full decompression.
-MAX_SKIP_BYTES = 2 * MAX_LABELS_BYTES
-
-
-class DatasetError(ValueError):
-    """The input cannot be read as a dataset at all (missing, unsupported, no labels file...)."""
-
-
 @dataclass(frozen=True)
 class RawImages:
     """Where :func:`read_dataset` put its outputs, and the counts that describe them."""
@@ -72,188 +59,7 @@ class RawImages:
     n_exif_transposed: int = 0
 
 
-@dataclass
-class _Member:
-    path: str  # cleaned path inside the input, or the escaped raw name when unsafe
-    kind: str  # file, dir, symlink, hardlink, other, encrypted
-    size: int
-    data: bytes | None  # content of a regular file within its size limit
-    unsafe: str | None = None
-
-
-def _printable(name: str) -> str:
-    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
-
-
-def _clean(raw: str) -> tuple[str, str | None]:
-    """Return the normalised member path and, when it could escape the output, why."""
-    shown = _printable(raw)
-    if "\\" in raw:
-        return shown, "member name holds a backslash"
-    if raw.startswith("/") or re.match(r"[A-Za-z]:", raw):
-        return shown, "member name is an absolute path"
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        return shown, "member name climbs out with '..'"
-    if shown != raw:
-        return shown, "member name holds control or undecodable characters"
-    return "/".join(parts), None
-
-
-def _limit(path: str) -> int:
-    return MAX_LABELS_BYTES if path.rsplit("/", 1)[-1] == LABELS_FILE else MAX_IMAGE_BYTES
-
-
-def _tar_members(path: Path) -> list[_Member]:
-    members, total = [], 0
-    # stream mode reads the gzip once, front to back, and never seeks
-    with tarfile.open(path, mode="r|gz") as tf:
-        for ti in tf:
-            name, unsafe = _clean(ti.name)
-            if ti.isdir():
-                kind = "dir"
-            elif ti.issym():
-                kind = "symlink"
-            elif ti.islnk():
-                kind = "hardlink"
-            elif ti.isreg():
-                kind = "file"
-            else:
-                kind = "other"
-            if kind == "file" and ti.size > MAX_SKIP_BYTES:
-                # a compressed stream cannot seek: skipping the member means decompressing it all
-                raise DatasetError(
-                    f"{path}: member {_printable(ti.name)} declares {ti.size} bytes, more than the "
-                    f"{MAX_SKIP_BYTES} bytes any file of a DS801 dataset can need; refused before "
-                    "decompressing it")
-            data = None
-            if kind == "file" and unsafe is None and ti.size <= _limit(name):
-                data = tf.extractfile(ti).read()
-                total = _count(path, total, len(data))
-            members.append(_Member(name, kind, ti.size, data, unsafe))
-    return members
-
-
-def _count(path: Path, total: int, size: int) -> int:
-    """Add ``size`` to the bytes held in memory so far; refuse once they pass the cap."""
-    total += size
-    if total > MAX_TOTAL_BYTES:
-        raise DatasetError(f"{path}: expands to more than {MAX_TOTAL_BYTES} bytes of file data")
-    return total
-
-
-def _zip_members(path: Path) -> list[_Member]:
-    members, total = [], 0
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            name, unsafe = _clean(info.orig_filename)
-            # the file type bits are meaningful only in zips made on Unix; 0 means a plain file
-            ftype = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
-            if info.is_dir():
-                kind = "dir"
-            elif ftype == stat.S_IFLNK:
-                kind = "symlink"
-            elif ftype not in (0, stat.S_IFREG):
-                kind = "other"
-            elif info.flag_bits & 0x1:
-                kind = "encrypted"
-            else:
-                kind = "file"
-            data = None
-            if kind == "file" and unsafe is None and info.file_size <= _limit(name):
-                with zf.open(info) as f:
-                    data = f.read(_limit(name) + 1)
-                if len(data) > _limit(name):
-                    data = None
-                else:
-                    total = _count(path, total, len(data))
-            members.append(_Member(name, kind, info.file_size, data, unsafe))
-    return members
-
-
-def _folder_members(root: Path) -> list[_Member]:
-    members, total = [], 0
-    pending = [(root, "")]
-    while pending:
-        folder, rel = pending.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                path = f"{rel}{entry.name}"
-                st = entry.stat(follow_symlinks=False)
-                if _printable(path) != path:
-                    why = "file name holds control or undecodable characters"
-                    members.append(_Member(_printable(path), "other", st.st_size, None, why))
-                elif stat.S_ISLNK(st.st_mode):
-                    members.append(_Member(path, "symlink", st.st_size, None))
-                elif stat.S_ISDIR(st.st_mode):
-                    members.append(_Member(path, "dir", 0, None))
-                    pending.append((Path(entry.path), f"{path}/"))
-                elif stat.S_ISREG(st.st_mode):
-                    data = read_regular(entry.path, _limit(path)) if st.st_size <= _limit(path) else None
-                    total = _count(root, total, len(data or b""))
-                    members.append(_Member(path, "file", st.st_size, data))
-                else:
-                    members.append(_Member(path, "other", st.st_size, None))
-    return members
-
-
-def archive_format(path: str | os.PathLike) -> str | None:
-    """The archive format of a file by its first bytes: "zip", "tar.gz", another format's name
-    (e.g. "7z"), or None when the bytes match no archive format known here.
-
-    The name of the file is not looked at: a zip named ``.tar.gz`` is a zip.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-    for magic, kind in _FORMATS:
-        if head.startswith(magic):
-            return kind
-    return None
-
-
-def _read_members(path: Path) -> list[_Member]:
-    if path.is_dir():
-        return _folder_members(path)
-    kind = archive_format(path)
-    if kind not in ("zip", "tar.gz"):
-        what = f"a {kind} archive" if kind else "neither a zip nor a gzip-compressed tar archive"
-        raise DatasetError(
-            f"{path}: unsupported input ({what}); give a folder or a "
-            f"{', '.join(ARCHIVE_SUFFIXES)} archive")
-    try:
-        members = _zip_members(path) if kind == "zip" else _tar_members(path)
-    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
-            NotImplementedError) as exc:
-        raise DatasetError(f"{path}: the {kind} archive is damaged or unreadable ({exc})") from exc
-    return members
-
-
-def _find_root(members: list[_Member], source: str) -> str:
-    """Return the prefix of the dataset root: "" or the one wrapping folder holding the labels file."""
-    labels = [m.path for m in members if m.unsafe is None and m.path.rsplit("/", 1)[-1] == LABELS_FILE
-              and m.path.count("/") <= 1 and m.kind == "file"]
-    if LABELS_FILE in labels:
-        candidates = [""]
-    else:
-        candidates = sorted({p.split("/")[0] + "/" for p in labels})
-    if not candidates:
-        encrypted = [m.path for m in members if m.kind == "encrypted"]
-        if encrypted:
-            raise DatasetError(
-                f"{source}: the archive is encrypted (password-protected members such as "
-                f"{encrypted[0]}, {len(encrypted)} in all); decrypt it first, the pipeline never "
-                "asks for a password")
-        raise DatasetError(f"{source}: no {LABELS_FILE} found at the top or inside one wrapping folder")
-    if len(candidates) > 1:
-        raise DatasetError(
-            f"{source}: more than one wrapping folder holds {LABELS_FILE}: {', '.join(candidates)}")
-    if sum(p == candidates[0] + LABELS_FILE for p in labels) > 1:
-        raise DatasetError(f"{source}: {candidates[0]}{LABELS_FILE} appears more than once")
-    return candidates[0]
-
-
-def _member_problems(m: _Member, rel: str | None, counts: Counter) -> list[tuple[Rule, str]]:
+def _member_problems(m: Member, rel: str | None, counts: Counter) -> list[tuple[Rule, str]]:
     """Path, kind and layout problems of one member (everything but labels and pixels)."""
     if m.unsafe:
         return [(Rule.SAFE_PATH, m.unsafe)]
@@ -265,7 +71,7 @@ def _member_problems(m: _Member, rel: str | None, counts: Counter) -> list[tuple
         return [(Rule.UNEXPECTED_FILE, "encrypted member, never read")]
     if counts[m.path] > 1:
         return [(Rule.SAFE_PATH, f"appears {counts[m.path]} times, so one copy would overwrite another")]
-    if m.data is not None and m.data.startswith(_ARCHIVE_MAGIC):
+    if m.data is not None and m.data.startswith(ARCHIVE_MAGIC):
         return [(Rule.UNEXPECTED_FILE, "is an archive; archives inside the dataset are never opened")]
     if rel is None:
         return [(Rule.UNEXPECTED_FILE, "lies outside the dataset folder")]
@@ -275,7 +81,7 @@ def _member_problems(m: _Member, rel: str | None, counts: Counter) -> list[tuple
     return []
 
 
-def _assess(members: list[_Member], prefix: str) -> tuple[list[dict], list[Violation], LabelTable]:
+def _assess(members: list[Member], prefix: str) -> tuple[list[dict], list[Violation], LabelTable]:
     """Build the manifest rows (unsorted, usable ones carrying pixels), violations and label table."""
     labels_path = prefix + LABELS_FILE
     labels_member = next(m for m in members if m.path == labels_path and m.unsafe is None and m.kind == "file")
@@ -422,8 +228,8 @@ def read_dataset(
     rules = blocking_rules(format_policy, decode_policy)
     src, out = Path(path).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     _check_paths(src, out)
-    members = _read_members(src)
-    prefix = _find_root(members, str(src))
+    members = read_members(src)
+    prefix = find_root(members, str(src))
     rows, violations, table = _assess(members, prefix)
     if not table.values and not any(r["file"].startswith(f"{IMAGES_DIR}/") for r in rows):
         raise DatasetError(f"{src}: holds neither images nor label entries")

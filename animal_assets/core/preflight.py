@@ -277,7 +277,7 @@ def preflight(
                          f"have K={k}; give one name per class, in label order")
     matched = None
     if truth:
-        from animal_assets.core.noise import read_truth
+        from animal_assets.core.truth import read_truth
 
         path = expand(truth)
         if not path.is_file():

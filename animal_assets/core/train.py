@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ import torch.nn.functional as F
 import torchvision
 from sklearn.metrics import balanced_accuracy_score
 
-from animal_assets.core.atomic import atomic_path
 from animal_assets.core.augment import augment_batch, mixup
 from animal_assets.core.device import resolve_device
 from animal_assets.core.precision import PRECISIONS, Precision, autocast, resolve_precision
@@ -324,7 +322,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
 
 
 def predict_proba(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 1024,
-                  device: str = "auto", amp: bool = True) -> np.ndarray:
+                  device: str = "auto", precision: Precision = "auto") -> np.ndarray:
     """Class probabilities for uint8 images.
 
     The model is moved to ``device`` for the call and back to where it was afterwards.
@@ -332,15 +330,17 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, *, batch_size: int
     Parameters
     ----------
     model : torch.nn.Module
-        A ResNet-34 from :func:`train_resnet34` or :func:`load_checkpoint`.
+        A ResNet-34 from :func:`train_resnet34` or
+        :func:`animal_assets.core.checkpoint.load_checkpoint`.
     images : np.ndarray
         uint8 images (N, H, W, 3).
     batch_size : int
         Images per forward pass.
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    amp : bool
-        Use bf16 autocast on CUDA (ignored on the CPU).
+    precision : {"auto", "fp32", "bf16"}
+        Arithmetic on CUDA (:func:`animal_assets.core.precision.resolve_precision`); on the
+        CPU the scores are always float32, so they do not depend on how the model was trained.
 
     Returns
     -------
@@ -350,6 +350,8 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, *, batch_size: int
     _check_images(images, "predict_proba")
     if batch_size < 1:
         raise ValueError(f"train.predict_proba: batch_size must be >= 1, got {batch_size}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.predict_proba: precision must be one of {PRECISIONS}, got {precision!r}")
     target = resolve_device(device)
     first = next(model.parameters())
     home = first.device
@@ -357,7 +359,7 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, *, batch_size: int
     model.eval()
     model.to(target)
     normalise = _Normaliser(target, channels_last=False)
-    precision = "bf16" if amp and target.type == "cuda" else "fp32"
+    precision = resolve_precision(precision, target) if target.type == "cuda" else "fp32"
     try:
         probs = []
         for start in range(0, len(images), batch_size):
@@ -372,53 +374,7 @@ def predict_proba(model: torch.nn.Module, images: np.ndarray, *, batch_size: int
 
 
 def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 1024, device: str = "auto",
-            amp: bool = True) -> np.ndarray:
+            precision: Precision = "auto") -> np.ndarray:
     """Predicted class (N,) int64 for uint8 images (N, H, W, 3); see :func:`predict_proba`."""
-    return predict_proba(model, images, batch_size=batch_size, device=device, amp=amp).argmax(1).astype(np.int64)
-
-
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, *, num_classes: int,
-                    config: TrainConfig, history: list[dict[str, Any]], precision: str | None = None) -> None:
-    """Write the weights and plain metadata to ``path`` atomically (loadable with ``weights_only``).
-
-    ``precision`` is what the training ran in (``"fp32"`` or ``"bf16"``), stored beside the
-    requested ``config.precision``.
-    """
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "arch": "torchvision.models.resnet34",
-        "num_classes": int(num_classes),
-        "norm_mean": list(NORM_MEAN),
-        "norm_std": list(NORM_STD),
-        "config": config.to_dict(),
-        "precision": precision,
-        "history": [dict(row) for row in history],
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
-
-    Returns
-    -------
-    model : torch.nn.Module
-        ResNet-34 in eval mode on ``device``.
-    meta : dict
-        ``num_classes``, ``config`` (dict; rebuild with ``TrainConfig.from_dict``), ``precision``
-        (what the training ran in), ``history``, ``arch``, ``format``, ``norm_mean``, ``norm_std``.
-    """
-    target = resolve_device(device)
-    payload = torch.load(path, map_location=target, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("arch") != "torchvision.models.resnet34":
-        raise ValueError(f"train.load_checkpoint: {path} is not a ResNet-34 checkpoint of this project")
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"train.load_checkpoint: {path} has format {payload.get('format')}, "
-                         f"expected {CHECKPOINT_FORMAT}")
-    model = build_model(payload["num_classes"])
-    model.load_state_dict(payload["state_dict"])
-    model.to(target).eval()
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, meta
+    probs = predict_proba(model, images, batch_size=batch_size, device=device, precision=precision)
+    return probs.argmax(1).astype(np.int64)

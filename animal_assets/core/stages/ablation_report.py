@@ -10,6 +10,7 @@ import pandas as pd
 
 from animal_assets.core.ablation import AblationConfig
 from animal_assets.core.atomic import write_json
+from animal_assets.core.checkpoint import load_checkpoint
 from animal_assets.core.export import Split
 from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.stages.balanced_train import BalancedTrain
@@ -42,7 +43,7 @@ def ablate(
     ``model``, trained with ``train_config`` on ``balanced``, is the ``full`` recipe at its own
     seed instead of a second training run.
     """
-    from animal_assets.core import ablation, train
+    from animal_assets.core import ablation
 
     check_aligned(raw, clean)
     out_dir = Path(out_dir)
@@ -58,7 +59,7 @@ def ablate(
         full_labels=np.load(balanced.train.labels_path), num_classes=raw.num_classes,
         train_config=train_config, params=params, test_images=test_images,
         test_labels=test_labels, log=log,
-        full_model=None if model is None else train.load_checkpoint(model.checkpoint_path)[0],
+        full_model=None if model is None else load_checkpoint(model.checkpoint_path)[0],
     )
     write_json(out_dir / "ablation.json", result)
     result["path"] = str(out_dir / "ablation.json")
@@ -66,14 +67,14 @@ def ablate(
 
 
 def describe(result: dict, ctx: RunContext, **_) -> dict:
-    from animal_assets.core import media
+    from animal_assets.core import plots
 
     recipes = result["recipes"]
     pictures = Pictures(Path(result["path"]).parent)
     for part, title in (("val_balanced_accuracy", "val_split"), ("test_balanced_accuracy", "test set")):
         rows = [(name, e[part]) for name, e in recipes.items() if part in e]
         if rows:
-            pictures.add(f"plot_{part}", f"{part}.png", media.comparison_plot(
+            pictures.add(f"plot_{part}", f"{part}.png", plots.comparison_plot(
                 [name for name, _ in rows], [v["mean"] for _, v in rows], [v["std"] for _, v in rows],
                 metric=f"balanced accuracy on {title}", title=f"ablation: balanced accuracy, {title}",
             ), alt=f"ablation on {title}")

@@ -97,14 +97,14 @@ def make_balanced_train(
 
 
 def describe(bal: BalancedTrain, ctx: RunContext, *, raw_images: RawImages, **_) -> dict:
-    from animal_assets.core import media
+    from animal_assets.core import media, plots
 
     names = ctx.names(raw_images.num_classes)
     pictures = Pictures(Path(bal.zip_path).parent)
     pictures.add("gallery_generated", "generated.jpg", media.generated_gallery(
         np.load(bal.train.images_path, mmap_mode="r"), pd.read_csv(bal.train.ids_path), names,
     ), alt="generated training images", caption="augmented copies of minority-class images")
-    pictures.add("plot_class_counts", "class_counts.png", media.class_counts_plot({
+    pictures.add("plot_class_counts", "class_counts.png", plots.class_counts_plot({
         "cleaned (train part)": list(bal.counts_before), "after balancing": list(bal.train.counts),
     }, names, title="training images per class"), alt="training images per class")
     return {

@@ -157,7 +157,7 @@ def read_decisions(clean: CleanLabels) -> pd.DataFrame:
 
 
 def describe(clean: CleanLabels, ctx: RunContext, *, raw_images: RawImages, **_) -> dict:
-    from animal_assets.core import media
+    from animal_assets.core import media, plots
 
     d = read_decisions(clean)
     version = clean.summary.get("review_version")
@@ -174,7 +174,7 @@ def describe(clean: CleanLabels, ctx: RunContext, *, raw_images: RawImages, **_)
                      caption=GALLERY_CAPTIONS[key])
     k = raw_images.num_classes
     label = d["label"].to_numpy()
-    pictures.add("plot_class_counts", "class_counts.png", media.class_counts_plot({
+    pictures.add("plot_class_counts", "class_counts.png", plots.class_counts_plot({
         "given": np.bincount(d["given"].to_numpy(), minlength=k).tolist(),
         "after cleaning": np.bincount(label[label >= 0], minlength=k).tolist(),
     }, names, title="images per class"), alt="images per class, given and after cleaning")

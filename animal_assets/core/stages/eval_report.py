@@ -53,7 +53,7 @@ def evaluate(
         )
         report["test_set"]["path"] = str(test_set)
     if truth_path:
-        from animal_assets.core.noise import read_truth
+        from animal_assets.core.truth import read_truth
 
         decisions = read_decisions(clean)
         decisions["flag_ood"] = pd.read_csv(ood_scores.path)["flag"].to_numpy(dtype=bool)
@@ -85,7 +85,7 @@ def read_test_set(test_set: str, out_dir: Path, num_classes: int) -> tuple[np.nd
 
 def describe(report: dict, ctx: RunContext, *, clean_labels: CleanLabels,
              resnet34_model: Resnet34Model, **_) -> dict:
-    from animal_assets.core import media
+    from animal_assets.core import plots
     from animal_assets.core.evaluate import to_markdown
     from animal_assets.core.scoring import scores_markdown
 
@@ -95,7 +95,7 @@ def describe(report: dict, ctx: RunContext, *, clean_labels: CleanLabels,
     pictures = Pictures(Path(report["path"]).parent)
     for part, title in (("val_split", "val_split"), ("test_set", "external test set")):
         if part in report:
-            pictures.add(f"plot_confusion_{part}", f"confusion_{part}.png", media.confusion_plot(
+            pictures.add(f"plot_confusion_{part}", f"confusion_{part}.png", plots.confusion_plot(
                 report[part]["confusion_matrix"], names, title=f"confusion matrix, {title}",
             ), alt=f"confusion matrix on {title}")
     if "test_set" in report:

@@ -72,6 +72,7 @@ def score_outliers(
 ) -> OodScores:
     """Score each image (kNN distance or neighbour-label entropy, then self-training); flag the top."""
     from animal_assets.core import ood
+    from animal_assets.core.knn import knn
 
     check_aligned(raw, embeddings)
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only; pixels stay on disk
@@ -83,7 +84,7 @@ def score_outliers(
         method = "label_entropy" if sizes.min() >= 2 * params.label_k else "knn_distance"
     head = head_features(features, embeddings)
     if method == "label_entropy":
-        _, neighbours = ood.knn(head, k=params.label_k)
+        _, neighbours = knn(head, k=params.label_k)
         scores = ood.neighbour_label_entropy(neighbours, given, num_classes=raw.num_classes)
     else:
         scores = ood.knn_ood_scores(head, k=params.k)
@@ -121,7 +122,7 @@ def read_flags(scores: OodScores) -> np.ndarray:
 
 
 def describe(scores: OodScores, ctx: RunContext, *, raw_images: RawImages, **_) -> dict:
-    from animal_assets.core import media
+    from animal_assets.core import media, plots
 
     table = pd.read_csv(scores.path)
     images, manifest = load_raw_images(raw_images, mmap=True)
@@ -130,7 +131,7 @@ def describe(scores: OodScores, ctx: RunContext, *, raw_images: RawImages, **_) 
     pictures.add("gallery_most_outlying", "most_outlying.jpg", media.outlier_gallery(
         images, table, manifest["given"].to_numpy(), names,
     ), alt="most outlying images", caption="rank and score, given label, id")
-    pictures.add("plot_scores", "scores.png", media.score_histogram(
+    pictures.add("plot_scores", "scores.png", plots.score_histogram(
         table["score"].to_numpy(), scores.threshold, title="outlier scores",
     ), alt="histogram of outlier scores")
     return {

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from animal_assets.core.checkpoint import load_checkpoint, save_checkpoint
 from animal_assets.core.export import Split
 from animal_assets.core.ingest import RawImages
 from animal_assets.core.stages.balanced_train import BalancedTrain
@@ -51,7 +52,7 @@ def train_model(
         val_labels=np.load(val.labels_path), on_epoch=on_epoch, on_batch=on_batch,
     )
     path = Path(out_dir) / "resnet34.pt"
-    train.save_checkpoint(
+    save_checkpoint(
         path, result.model, num_classes=num_classes, config=config, history=result.history,
         precision=result.precision,
     )
@@ -63,7 +64,6 @@ def train_model(
 
 def trainer_of(model: Resnet34Model, *, device: str) -> TrainConfig:
     """The trainer config ``model`` was trained with, on ``device``."""
-    from animal_assets.core.train import load_checkpoint
 
     _, meta = load_checkpoint(model.checkpoint_path)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -72,23 +72,23 @@ def trainer_of(model: Resnet34Model, *, device: str) -> TrainConfig:
 
 
 def predict_split(model: Resnet34Model, images: np.ndarray, *, device: str) -> np.ndarray:
-    """Class predictions (N,) of the trained model."""
+    """Class predictions (N,) of the trained model, in the arithmetic it was trained in."""
     from animal_assets.core import train
 
-    net, _ = train.load_checkpoint(model.checkpoint_path, device=device)
-    probs = train.predict_proba(net, images, batch_size=512, device=device)
+    net, _ = load_checkpoint(model.checkpoint_path, device=device)
+    probs = train.predict_proba(net, images, batch_size=512, device=device, precision=model.precision)
     return probs.argmax(axis=1)
 
 
 def describe(model: Resnet34Model, ctx: RunContext, **_) -> dict:
-    from animal_assets.core import media
+    from animal_assets.core import plots
 
     history = pd.DataFrame(list(model.history))
     last = model.history[-1] if model.history else {}
     pictures = Pictures(Path(model.checkpoint_path).parent)
     if model.history:
         pictures.add("plot_training_curves", "training_curves.png",
-                     media.training_curves(model.history), alt="training curves")
+                     plots.training_curves(model.history), alt="training curves")
     return {
         "device": model.device, "precision": model.precision, "epochs": len(model.history),
         "train_seconds": round(model.seconds, 1),

@@ -3,7 +3,7 @@
 scikit-learn ships 1,797 labelled 8x8 digit images and two photographs; both are on disk, so the
 demo needs no download. Digits are upscaled to 64x64 RGB with a seeded jitter of size, position
 and colours; the out-of-distribution images are random crops of the two photographs. Known noise
-(:mod:`animal_assets.core.noise`) is injected on top, mirroring the DS801 set: five pairs of
+(:mod:`animal_assets.core.synthetic.noise`) is injected on top, mirroring the DS801 set: five pairs of
 look-alike classes confused with each other, OOD images, imbalance and conflicting duplicates.
 """
 from __future__ import annotations
@@ -17,15 +17,8 @@ from PIL import Image
 
 from animal_assets.core.atomic import atomic_dir
 from animal_assets.core.ds801 import IMAGE_SIZE
-from animal_assets.core.noise import (
-    DATASET_DIRNAME,
-    TRUTH_FILE,
-    NoiseSpec,
-    inject_noise,
-    n_ood_for,
-    substream,
-    write_noisy_dataset,
-)
+from animal_assets.core.synthetic.noise import NoiseSpec, inject_noise, n_ood_for, substream, write_noisy_dataset
+from animal_assets.core.truth import DATASET_DIRNAME, TRUTH_FILE
 
 NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(d) for d in range(NUM_CLASSES))
