@@ -373,7 +373,7 @@ def print_summary(summary: dict) -> None:
     if "cleaning" in summary:
         from animal_assets.core.scoring import scores_markdown
 
-        print(scores_markdown(summary["cleaning"]))
+        print(scores_markdown(summary["cleaning"], estimated=summary["cleaning"].get("estimated")))
     if "ablation" in summary:
         print("ablation (val_split balanced accuracy per training recipe):")
         print(summary["ablation"]["markdown"])

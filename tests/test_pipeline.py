@@ -85,6 +85,9 @@ def test_the_dagster_free_runner_makes_what_the_graph_made(tiny_graph, tmp_path)
     assert summary["val_balanced_accuracy"] == theirs["val_split"]["balanced_accuracy"]
     assert 0 <= summary["test_balanced_accuracy"] <= 1
     assert summary["cleaning"]["n_scored"] > 0 and summary["cleaning"]["n_missing"] == 0
+    k = len(summary["cleaning"]["per_class"]["raw"])  # the noise model's estimates beside the truth
+    assert len(summary["cleaning"]["estimated"]["prior"]) == k
+    assert np.shape(summary["cleaning"]["estimated"]["transition"]) == (k, k)
     for name in summary["assets"]:  # every folder a stage wrote is marked as the tool's
         assert (out / name / ".animal-assets").is_file(), name
     assert ours["test_set"]["n"] == len(json.loads((tiny_graph.dataset / "data-labels.json").read_text()))

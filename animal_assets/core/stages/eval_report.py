@@ -63,6 +63,9 @@ def evaluate(
                              "image of the dataset; a truth file scores the dataset it was made with")
         report["cleaning"] = cleaning_scores(decisions, truth, num_classes=k)
         report["cleaning"]["truth_path"] = str(truth_path)
+        # what the noise model estimated, beside the truth
+        report["cleaning"]["estimated"] = {key: clean.summary[key] for key in ("prior", "transition")
+                                           if key in clean.summary}
     report["training"] = {"device": model.device, "seconds": model.seconds,
                           "epochs": len(model.history)}
     write_json(out_dir / "report.json", report)
@@ -108,7 +111,7 @@ def describe(report: dict, ctx: RunContext, *, clean_labels: CleanLabels,
                "they are marked `source = review` in clean_labels' decisions.csv."]
     if "cleaning" in report:
         md += ["## cleaning vs truth", scores_markdown(report["cleaning"], class_names=names,
-                                                         estimated=clean_labels.summary)]
+                                                         estimated=report["cleaning"]["estimated"])]
         if "ood" in report["cleaning"]:
             described["ood_auroc"] = float(report["cleaning"]["ood"]["auroc"])
         described["label_issue_f1"] = float(report["cleaning"]["label_issues"]["f1"])
