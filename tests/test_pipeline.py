@@ -29,6 +29,18 @@ def test_core_modules_import_without_dagster():
     assert int(out.stdout) >= 15
 
 
+def test_the_code_uses_no_private_api_of_torch_or_dagster():
+    """A private op or module (``torch.ops.*``, ``torch._x``, ``dagster._x``) breaks on the next
+    upgrade without a word."""
+    import re
+
+    private = re.compile(r"\b(?:torch\.ops\.|torch\._[a-z]|dagster\._[a-z])")
+    found = [f"{path.relative_to(REPO)}:{n}" for folder in ("animal_assets", "benchmarks", "tests")
+             for path in sorted((REPO / folder).rglob("*.py")) if path.name != Path(__file__).name
+             for n, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
+    assert found == []
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
 

@@ -152,27 +152,34 @@ def _full_float32() -> Iterator[None]:
 
 @functools.lru_cache(maxsize=None)
 def _onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN's linear op and it computes ``a @ b.T``."""
+    """Whether this PyTorch build multiplies tensors in oneDNN's layout (``Tensor.to_mkldnn``)
+    and ``linear`` there computes ``a @ b.T``."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
         a = torch.tensor([[1.0, 2.0], [3.0, -4.0], [0.5, 6.0]])
         b = torch.tensor([[1.0, 0.0], [2.0, 1.0]])
-        return torch.equal(torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), a @ b.T)
+        return torch.equal(_linear(a.to_mkldnn(), b.to_mkldnn()), a @ b.T)
     except (AttributeError, RuntimeError):
         return False
 
 
-def _product(parts: list[torch.Tensor], a: slice, b: slice, onednn: bool) -> torch.Tensor:
-    """Cosine similarities (len a, len b) between rows ``a`` and rows ``b`` of the unit rows,
-    given as column parts (N, <= D) whose products add up to the full one."""
+def _linear(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` of two tensors in oneDNN's layout (oneDNN's inner product), as a dense tensor."""
+    return torch.nn.functional.linear(a, b).to_dense()
+
+
+def _product(rows: list[torch.Tensor], cols: list[torch.Tensor], onednn: bool) -> torch.Tensor:
+    """Cosine similarities (len rows, len cols) between two blocks of unit rows, each given as
+    column parts whose products add up to the full one (in oneDNN's layout with ``onednn``,
+    where the parts' products are also summed, in order, before one conversion back)."""
     if not onednn:
-        return parts[0][a] @ parts[0][b].T
+        return rows[0] @ cols[0].T
     sims = None
-    for part in parts:
-        partial = torch.ops.mkldnn._linear_pointwise(part[a], part[b], None, "none", [], "")
+    for a, b in zip(rows, cols):
+        partial = torch.nn.functional.linear(a, b)
         sims = partial if sims is None else sims.add_(partial)
-    return sims
+    return sims.to_dense()
 
 
 def _blocked_knn(
@@ -205,33 +212,39 @@ def _blocked_knn(
         depth = _ONEDNN_DEPTH if onednn else width
         parts = [(x[:, s:s + depth] / norms).contiguous() for s in range(0, width, depth)]
         del x
+        blocks = [slice(s, min(s + block_size, n)) for s in range(0, n, block_size)]
+        # Each block's parts, converted to oneDNN's layout once for all its products.
+        pieces = [[part[rows].to_mkldnn() if onednn else part[rows] for part in parts]
+                  for rows in blocks]
+        del parts
         best_vals = torch.full((n, k), -math.inf, device=dev)
         best_idx = torch.full((n, k), -1, dtype=torch.int64, device=dev)
-    blocks = [slice(s, min(s + block_size, n)) for s in range(0, n, block_size)]
     # Products run in parallel; merges into the running best take turns.
     merging = threading.Lock()
 
-    def diagonal(rows: slice) -> None:
+    def diagonal(i: int) -> None:
+        rows = blocks[i]
         with torch.inference_mode():
-            sims = _product(parts, rows, rows, onednn)
+            sims = _product(pieces[i], pieces[i], onednn)
             sims.fill_diagonal_(-math.inf)
             with merging:
                 _merge_block(best_vals, best_idx, rows.start, sims, rows.start, k, screen=False)
 
-    def off_diagonal(rows: slice, cols: slice) -> None:
+    def off_diagonal(i: int, j: int) -> None:
+        rows, cols = blocks[i], blocks[j]
         with torch.inference_mode():
             # One product serves both blocks' queries: rows of sims for one block, its columns
             # (the transposed view) for the other.
-            sims = _product(parts, rows, cols, onednn)
+            sims = _product(pieces[i], pieces[j], onednn)
             with merging:
                 _merge_block(best_vals, best_idx, rows.start, sims, cols.start, k, screen=screen)
                 _merge_block(best_vals, best_idx, cols.start, sims.T, rows.start, k, screen=screen)
 
     # Diagonal blocks first: afterwards each row already holds k real neighbours (when its
     # block has more than k rows), whose k-th similarity screens the off-diagonal blocks.
-    _run_tasks([functools.partial(diagonal, rows) for rows in blocks], workers)
-    _run_tasks([functools.partial(off_diagonal, rows, cols)
-                for i, rows in enumerate(blocks) for cols in blocks[i + 1:]], workers)
+    _run_tasks([functools.partial(diagonal, i) for i in range(len(blocks))], workers)
+    _run_tasks([functools.partial(off_diagonal, i, j)
+                for i in range(len(blocks)) for j in range(i + 1, len(blocks))], workers)
     with torch.inference_mode():
         distances = (1.0 - best_vals).clamp_min(0.0)
         return distances.cpu().numpy(), best_idx.cpu().numpy()
