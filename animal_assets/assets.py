@@ -88,11 +88,34 @@ with warnings.catch_warnings():
 #: Upstream edges of the assets that a review changes (see the module docstring).
 REVIEWED = [input_dataset, review_file]
 
+def _column_type(dtype) -> str:
+    kind = getattr(dtype, "kind", "O")
+    return {"i": "int", "u": "int", "f": "float", "b": "bool"}.get(kind, "string")
+
+
+def _cell(value):
+    if hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value if isinstance(value, (int, float, bool, str)) or value is None else str(value)
+
+
+def _table(table: Table) -> dg.TableMetadataValue:
+    """A table the UI renders with its column schema (its first ``max_rows`` rows)."""
+    frame = table.frame.head(table.max_rows)
+    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), _column_type(frame[c].dtype))
+                                     for c in frame.columns])
+    records = [dg.TableRecord({str(c): _cell(v) for c, v in row.items()})
+               for row in frame.to_dict("records")]
+    return dg.MetadataValue.table(records, schema=schema)
+
+
 def _metadata_value(value):
     if isinstance(value, Markdown):
         return dg.MetadataValue.md(value.text)
     if isinstance(value, Table):
-        return dg.MetadataValue.md(value.markdown())
+        return _table(value)
     if isinstance(value, Json):
         return dg.MetadataValue.json(value.value)
     if isinstance(value, FileRef):

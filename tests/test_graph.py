@@ -36,6 +36,29 @@ def test_whole_graph_materializes_with_every_check_passing(tiny_graph):
         assert instance.get_latest_materialization_event(dg.AssetKey(name)) is not None
 
 
+def test_tables_show_their_columns_and_the_decisions_their_row_count(tiny_graph):
+    """Previews are Dagster tables with a column schema, so the UI renders them as tables."""
+    instance = tiny_graph.instance
+
+    def metadata(name: str) -> dict:
+        return instance.get_latest_materialization_event(dg.AssetKey(name)).asset_materialization.metadata
+
+    clean, raw = metadata("clean_labels"), metadata("raw_images")
+    decisions = pd.read_csv(tiny_graph.tmp / "out" / "clean_labels" / "decisions.csv")
+    assert clean["dagster/row_count"].value == len(decisions) == raw["n_usable"].value
+    preview = clean["changed_preview"]
+    assert isinstance(preview, dg.TableMetadataValue)
+    assert {c.name: c.type for c in preview.schema.columns} == {
+        "id": "string", "given": "int", "label": "int", "action": "string", "reason": "string",
+        "confidence": "float", "source": "string"}
+    changed = decisions[decisions["action"] != "keep"]
+    assert len(preview.records) == min(20, len(changed)) > 0
+    assert {r.data["action"] for r in preview.records} <= {"relabel", "drop"}
+    assert [c.name for c in raw["violations"].schema.columns] == ["file", "rule", "message"]
+    outlying = metadata("ood_scores")["most_outlying"]
+    assert [c.type for c in outlying.schema.columns] == ["string", "float"] and len(outlying.records) == 15
+
+
 def test_every_asset_folder_is_marked_and_holds_only_the_names_the_tool_writes(tiny_graph):
     """The names are what adopts an unmarked folder of an earlier version: they must cover all
     that the graph writes, or an earlier run's folder would be refused."""

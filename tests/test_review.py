@@ -243,7 +243,9 @@ def test_an_observed_edit_marks_only_the_reviewed_assets_unsynced_and_is_applied
     metadata = event.asset_materialization.metadata
     assert metadata["n_reviewed"].value == 2
     assert metadata["review_version"].value == versions["review_file"]
-    assert "a fine image" in metadata["review"].value
+    review_rows = [record.data for record in metadata["review"].records]  # a table with a schema
+    assert [c.name for c in metadata["review"].schema.columns] == ["id", "auto", "review", "review_note"]
+    assert "a fine image" in {row["review_note"] for row in review_rows} and len(review_rows) == 2
     assert runner.sync_status(instance, defs)["clean_labels"] == "synced"
     assert {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
             for n in UPSTREAM} == unsynced_before  # nothing upstream was recomputed

@@ -91,15 +91,10 @@ class Markdown:
 
 @dataclass(frozen=True)
 class Table:
-    """A table shown as markdown, its first ``max_rows`` rows."""
+    """A table with its columns, shown as its first ``max_rows`` rows."""
 
     frame: pd.DataFrame = field(hash=False)
     max_rows: int = 20
-
-    def markdown(self) -> str:
-        shown = self.frame.head(self.max_rows)
-        more = f"\n\n… {len(self.frame) - self.max_rows} more" if len(self.frame) > self.max_rows else ""
-        return shown.to_markdown(index=False) + more
 
 
 @dataclass(frozen=True)

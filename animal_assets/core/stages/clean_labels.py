@@ -192,5 +192,6 @@ def describe(clean: CleanLabels, ctx: RunContext, *, raw_images: RawImages, **_)
         "review": Table(review_rows[["id", "auto", "review", "review_note"]], 50),
         **pictures.entries(),
         "decisions_file": FileRef(clean.path),
+        "dagster/row_count": len(d),
         "review_template": FileRef(str(Path(clean.path).parent / "review_template.csv")),
     }
