@@ -6,10 +6,9 @@ from pathlib import Path
 import dagster as dg
 
 from animal_assets.core.preflight import (
-    DEFAULT_OUTPUT, OUTPUT_FOLDERS, RunInputs, claim_asset_folder, expand, preflight,
+    DEFAULT_OUTPUT, RunInputs, claim_asset_folder, expand, output_path, preflight,
 )
-
-DEMO_CLASS_NAMES = [str(d) for d in range(10)]
+from animal_assets.core.stages.base import class_names
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -18,13 +17,8 @@ class StorageResource(dg.ConfigurableResource):
     root: str = DEFAULT_OUTPUT
 
     def path(self, *parts: str) -> Path:
-        """``root/parts...``; an asset's folder (``parts[0]``) is checked to be the tool's
-        first (:func:`~animal_assets.core.preflight.claim_asset_folder`)."""
-        if parts and parts[0] in OUTPUT_FOLDERS:
-            claim_asset_folder(self.root, parts[0])
-        p = Path(self.root).expanduser().absolute().joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+        """``root/parts...`` (:func:`~animal_assets.core.preflight.output_path`)."""
+        return output_path(self.root, *parts)
 
     def mark(self, name: str) -> None:
         """Mark the asset ``name``'s folder as the tool's once its step has written it."""
@@ -76,16 +70,7 @@ class DatasetResource(dg.ConfigurableResource):
         )
 
     def names(self, num_classes: int) -> list[str]:
-        if self.class_names:
-            if len(self.class_names) != num_classes:
-                raise ValueError(
-                    f"class_names lists {len(self.class_names)} names, the labels have "
-                    f"K={num_classes}"
-                )
-            return list(self.class_names)
-        if self.is_demo():
-            return DEMO_CLASS_NAMES[:num_classes]
-        return [str(k) for k in range(num_classes)]
+        return class_names(self.class_names, num_classes)
 
 
 class DeviceResource(dg.ConfigurableResource):

@@ -201,6 +201,16 @@ def check_output(output: str | os.PathLike, *, summary_json: str | os.PathLike |
         _writable_folder(target.parent, "summary file's folder")
 
 
+def output_path(output: str | os.PathLike, *parts: str) -> Path:
+    """``output/parts...`` with its parent created; an asset's folder (``parts[0]``) is checked
+    to be the tool's first (:func:`claim_asset_folder`)."""
+    if parts and parts[0] in OUTPUT_FOLDERS:
+        claim_asset_folder(output, parts[0])
+    path = expand(output).joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def claim_asset_folder(output: str | os.PathLike, name: str) -> Path:
     """The asset ``name``'s folder under ``output``, checked to be the tool's and marked as such
     when it exists (:func:`~animal_assets.core.atomic.claim_folder`); both runners call this

@@ -17,13 +17,18 @@ from typing import Any
 
 import pandas as pd
 
-from animal_assets.core.preflight import OUTPUT_FOLDERS, claim_asset_folder, expand
+from animal_assets.core.preflight import output_path
 
 Progress = Callable[[int, int], None]
 
 
-def _quiet(_: str) -> None:
-    return None
+def class_names(names: Sequence[str], num_classes: int) -> list[str]:
+    """``names`` checked against K; none given: the classes are called "0", "1", ..."""
+    if names:
+        if len(names) != num_classes:
+            raise ValueError(f"class_names lists {len(names)} names, the labels have K={num_classes}")
+        return list(names)
+    return [str(k) for k in range(num_classes)]
 
 
 @dataclass(frozen=True)
@@ -46,22 +51,11 @@ class RunContext:
     training_progress: Callable[[int], tuple] | None = None
 
     def folder(self, *parts: str) -> Path:
-        """``output/parts...``, the stage folder (``parts[0]``) checked to be the tool's first
-        (:func:`~animal_assets.core.preflight.claim_asset_folder`) and its parent created."""
-        if parts and parts[0] in OUTPUT_FOLDERS:
-            claim_asset_folder(self.output, parts[0])
-        path = expand(self.output).joinpath(*parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        """``output/parts...`` (:func:`~animal_assets.core.preflight.output_path`)."""
+        return output_path(self.output, *parts)
 
     def names(self, num_classes: int) -> list[str]:
-        """The class names, checked against K."""
-        if self.class_names:
-            if len(self.class_names) != num_classes:
-                raise ValueError(f"class_names lists {len(self.class_names)} names, the labels "
-                                 f"have K={num_classes}")
-            return list(self.class_names)
-        return [str(k) for k in range(num_classes)]
+        return class_names(self.class_names, num_classes)
 
     def progress_of(self, what: str) -> Progress | None:
         return None if self.progress is None else self.progress(what)
