@@ -1,20 +1,18 @@
 """The asset graph. Each asset reads its config, calls one core step and describes what it made.
 
 input_dataset ─▶ raw_images ─▶ embeddings ─▶ ood_scores ─▶ clean_labels ─▶ val_split
-                                                                  └────────▶ balanced_train
-                                       resnet34_model ◀─ (balanced_train, val_split)
-                                       eval_report ◀─ (resnet34_model, val_split, clean_labels, ood_scores)
-                                       ablation_report ◀─ (resnet34_model's trainer on each recipe of
-                                                           raw_images, clean_labels, balanced_train; val_split)
+       raw_images ─▶ ood_scores, clean_labels, val_split, balanced_train, resnet34_model, ablation_report
+       embeddings ─▶ clean_labels          review_file ─▶ clean_labels
+       clean_labels, val_split ─▶ balanced_train ─▶ resnet34_model ─▶ eval_report, ablation_report
 
-review_file ─▶ clean_labels, val_split, balanced_train, resnet34_model, eval_report, ablation_report
-
-Every asset also depends on ``input_dataset`` directly: Dagster marks an asset unsynced only
-when a direct upstream changed, so this edge makes an observed change of the input mark the
-whole graph unsynced at once, and "Materialize unsynced" reruns it in one go. ``review_file``
-(a person's review of the cleaning decisions) is a direct upstream of ``clean_labels`` and of
-everything below it for the same reason: an observed edit of the review marks exactly those
-assets unsynced.
+Every edge means "reads the data of": ``input_dataset`` (an observable source: the input folder or
+archive) feeds ``raw_images`` alone, and ``review_file`` (a person's review of the cleaning
+decisions) feeds ``clean_labels`` alone. A change travels down the graph the Dagster way: an
+observed new data version of a source makes its one reader unsynced, and the assets from
+``raw_images`` to ``balanced_train`` carry :data:`RERUN` (declarative automation), so the
+automation sensor (:mod:`animal_assets.definitions`) reruns the part of the graph below the
+change in one run. Training, the report and the ablation take hours on a CPU on a real dataset:
+they are materialized on request only.
 
 Each asset is one row of the stage table (:data:`animal_assets.core.stages.STAGES`): its config
 in, one call of the stage's ``run()``, the stage's ``describe()`` out as metadata. Galleries and
@@ -85,8 +83,17 @@ with warnings.catch_warnings():
         ),
     )(_observe_review)
 
-#: Upstream edges of the assets that a review changes (see the module docstring).
-REVIEWED = [input_dataset, review_file]
+#: When an asset reruns by itself: once a dependency has a new data version (a new observation
+#: of a source, or a new materialization), as soon as no dependency is missing or in progress.
+#: Dagster's ``eager`` condition, with its first branch (a missing asset is materialized) left
+#: out: the first materialization of a graph is a person's choice of dataset and config.
+RERUN = (
+    dg.AutomationCondition.in_latest_time_window()
+    & dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("rerun when an upstream asset changes")
 
 def _column_type(dtype) -> str:
     kind = getattr(dtype, "kind", "O")
@@ -200,7 +207,8 @@ def _materialize(name: str, config, ctx: RunContext, storage: StorageResource, *
     })
 
 
-@dg.asset(group_name=GROUP, deps=[input_dataset], code_version="1", kinds={"python"})
+@dg.asset(group_name=GROUP, deps=[input_dataset], code_version="1", kinds={"python"},
+          automation_condition=RERUN)
 def raw_images(
     context: dg.AssetExecutionContext, config: RawImagesConfig, dataset: DatasetResource,
     storage: StorageResource,
@@ -215,7 +223,7 @@ def raw_images(
     return _materialize("raw_images", config, _run_context(context, dataset, storage), storage)
 
 
-@dg.asset(group_name=GROUP, deps=[input_dataset], code_version="2", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, code_version="2", kinds={"pytorch"}, automation_condition=RERUN)
 def embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingsConfig, raw_images: RawImages,
     dataset: DatasetResource, storage: StorageResource, compute: DeviceResource,
@@ -227,7 +235,7 @@ def embeddings(
                         storage, raw_images=raw_images)
 
 
-@dg.asset(group_name=GROUP, deps=[input_dataset], code_version="1")
+@dg.asset(group_name=GROUP, code_version="1", kinds={"python"}, automation_condition=RERUN)
 def ood_scores(
     context: dg.AssetExecutionContext, config: OodScoresConfig, raw_images: RawImages,
     embeddings: Embeddings, dataset: DatasetResource, storage: StorageResource,
@@ -238,7 +246,8 @@ def ood_scores(
                         raw_images=raw_images, embeddings=embeddings)
 
 
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="2")
+@dg.asset(group_name=GROUP, deps=[review_file], code_version="2", kinds={"python"},
+          automation_condition=RERUN)
 def clean_labels(
     context: dg.AssetExecutionContext, config: CleanLabelsConfig, raw_images: RawImages,
     embeddings: Embeddings, ood_scores: OodScores, dataset: DatasetResource,
@@ -251,7 +260,7 @@ def clean_labels(
                         raw_images=raw_images, embeddings=embeddings, ood_scores=ood_scores)
 
 
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="1")
+@dg.asset(group_name=GROUP, code_version="1", kinds={"python"}, automation_condition=RERUN)
 def val_split(
     context: dg.AssetExecutionContext, config: ValSplitConfig, raw_images: RawImages,
     clean_labels: CleanLabels, dataset: DatasetResource, storage: StorageResource,
@@ -261,7 +270,7 @@ def val_split(
                         raw_images=raw_images, clean_labels=clean_labels)
 
 
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="2")
+@dg.asset(group_name=GROUP, code_version="2", kinds={"python"}, automation_condition=RERUN)
 def balanced_train(
     context: dg.AssetExecutionContext, config: BalancedTrainConfig, raw_images: RawImages,
     clean_labels: CleanLabels, val_split: Split, dataset: DatasetResource,
@@ -273,7 +282,7 @@ def balanced_train(
                         raw_images=raw_images, clean_labels=clean_labels, val_split=val_split)
 
 
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="1", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, code_version="1", kinds={"pytorch"})
 def resnet34_model(
     context: dg.AssetExecutionContext, config: Resnet34Config, raw_images: RawImages,
     balanced_train: BalancedTrain, val_split: Split, dataset: DatasetResource,
@@ -285,7 +294,7 @@ def resnet34_model(
                         raw_images=raw_images, balanced_train=balanced_train, val_split=val_split)
 
 
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="1")
+@dg.asset(group_name=GROUP, code_version="1", kinds={"python"})
 def eval_report(
     context: dg.AssetExecutionContext, resnet34_model: Resnet34Model, val_split: Split,
     clean_labels: CleanLabels, ood_scores: OodScores, dataset: DatasetResource,
@@ -300,7 +309,7 @@ def eval_report(
 # The lowest priority among the steps ready to run (every Dagster executor orders them by the
 # dagster/priority tag): eval_report, ready at the same time, is written before the long
 # ablation starts.
-@dg.asset(group_name=GROUP, deps=REVIEWED, code_version="1", kinds={"pytorch"},
+@dg.asset(group_name=GROUP, code_version="1", kinds={"pytorch"},
           op_tags={"dagster/priority": "-1"})
 def ablation_report(
     context: dg.AssetExecutionContext, config: AblationConfig, raw_images: RawImages,

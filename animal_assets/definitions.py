@@ -9,6 +9,11 @@ from animal_assets.core.config import load_run_config
 from animal_assets.loggers import console_logger
 from animal_assets.resources import default_resources
 
+#: The code location's name, as ``workspace.yaml`` names it; the UI lists a job's runs by it.
+LOCATION = "animal_assets"
+#: The job of a run, by the name of its run config; any other config runs as ``pipeline``.
+JOB_OF_CONFIG = {"demo": "demo_pipeline"}
+
 
 def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.Definitions:
     """The Definitions, with resources from the environment unless given."""
@@ -31,6 +36,14 @@ def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.
                 description="The whole graph with the small, CPU-friendly demo config.",
             ),
         ],
+        sensors=[dg.AutomationConditionSensorDefinition(
+            "rerun_downstream", target=dg.AssetSelection.assets(*assets),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description=(
+                "Reruns raw_images to balanced_train below a change: a new observation of the "
+                "input or of the review, or a new materialization upstream. Training, the report "
+                "and the ablation are materialized on request only."),
+        )],
         resources=resources or default_resources(),
         loggers={"console": console_logger},
     )

@@ -55,8 +55,11 @@ def observe(
     source name."""
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
+    from animal_assets.definitions import LOCATION
+
     result = defs.resolve_job_def("observe_sources").execute_in_process(
         instance=instance, raise_on_error=False, run_config=_QUIET,
+        tags={REPOSITORY_TAG: f"{REPOSITORY}@{LOCATION}"},
     )
     if not result.success:
         raise RunFailed(_failure_line(result), result)
@@ -234,7 +237,7 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     if precision is not None:
         run_config = with_precision(run_config, precision)
     tags = run_tags(config, run_config, defs)
-    job = defs.resolve_job_def("pipeline")
+    job = defs.resolve_job_def(job_name(config, whole=not select))
     if select:
         job = job.get_subset(asset_selection={dg.AssetKey(n) for n in select})
         # Dagster rejects config for ops outside the subset.
@@ -259,9 +262,29 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     return _summary(result, defs)
 
 
+def job_name(config: str | dict, *, whole: bool = True) -> str:
+    """The job a run of ``config`` runs as: ``demo_pipeline`` for the whole graph on the demo
+    config, else ``pipeline``. (Dagster carries a job's own config into each of its subsets,
+    where the steps left out make it invalid, so a part of the graph runs as ``pipeline``.)"""
+    from animal_assets.definitions import JOB_OF_CONFIG
+
+    named = JOB_OF_CONFIG.get(config, "pipeline") if isinstance(config, str) else "pipeline"
+    return named if whole else "pipeline"
+
+
+#: The tag by which the UI lists a job's runs on its page: ``repository@location``. Dagster sets
+#: it on the runs it launches itself; a run executed here in process carries it explicitly.
+REPOSITORY_TAG = ".dagster/repository"
+#: The name Dagster gives the repository of a code location's ``Definitions``.
+REPOSITORY = "__repository__"
+
+
 def run_tags(config: str | dict, run_config: dict, defs: dg.Definitions) -> dict[str, str]:
-    """Tags that say what a run used: dataset, config, device and the precision of the encoder
-    and of the trainer ("auto" resolved for this machine)."""
+    """Tags that say what a run used (dataset, config, device and the precision of the encoder
+    and of the trainer, "auto" resolved for this machine), and the code location it belongs to,
+    so that the UI lists it under its job."""
+    from animal_assets.definitions import LOCATION
+
     from animal_assets.core.device import resolve_device
     from animal_assets.core.precision import resolve_precision
 
@@ -279,6 +302,7 @@ def run_tags(config: str | dict, run_config: dict, defs: dg.Definitions) -> dict
         "animal_assets/device": str(dev),
         "animal_assets/precision": f"embeddings {precision_of('embeddings')}, "
                                    f"resnet34_model {precision_of('resnet34_model')}",
+        REPOSITORY_TAG: f"{REPOSITORY}@{LOCATION}",
     }
 
 

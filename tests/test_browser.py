@@ -32,6 +32,7 @@ import dagster as dg
 import pytest
 
 from tests.graph import NAMES, fork
+from tests.test_lineage import DATA_EDGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_VAR = "ANIMAL_ASSETS_SKIP_BROWSER"
@@ -192,7 +193,7 @@ def webserver(materialized, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     binary = Path(sys.executable).with_name("dagster-webserver")
     command = [str(binary) if binary.exists() else "dagster-webserver", "-h", "127.0.0.1",
-               "-p", str(port), "-m", "animal_assets.definitions", "-d", str(ROOT)]
+               "-p", str(port), "-w", str(ROOT / "workspace.yaml")]
     log = tmp_path_factory.mktemp("webserver") / "webserver.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file,
@@ -233,12 +234,6 @@ def timings(shots):
     print(f"\nUI timings (s): {measured}")
 
 
-def _expected_edges(defs) -> set[tuple[str, str]]:
-    graph = defs.resolve_asset_graph()
-    return {(parent.to_user_string(), key.to_user_string())
-            for key in graph.get_all_asset_keys() for parent in graph.get(key).parent_keys}
-
-
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 GRAPH_JS = """(() => {
@@ -277,8 +272,7 @@ def _rendered_edges(graph: dict, names: list[str]) -> set[tuple[str, str]]:
 def test_the_asset_graph_shows_every_asset_and_its_lineage(
     webserver, browser, materialized, shots, timings,
 ):
-    defs = materialized.defs
-    expected = _expected_edges(defs)
+    expected = DATA_EDGES
     names = NAMES + EXTRAS
     start = browser.goto(f"{webserver}/asset-groups")
     graph = browser.wait_for(
@@ -293,6 +287,30 @@ def test_the_asset_graph_shows_every_asset_and_its_lineage(
     assert len(graph["nodes"]) == len(names)  # nothing else is drawn
     assert len(graph["edges"]) == len(expected)
     assert _rendered_edges(graph, names) == expected
+
+
+RUNS_OF_JOB = """{ runsOrError(filter: {pipelineName: "%s",
+    tags: [{key: ".dagster/repository", value: "__repository__@animal_assets"}]}) {
+  ... on Runs { results { runId jobName status tags { key value } } } } }"""
+
+
+def test_a_run_from_the_command_line_is_listed_on_its_job_page(
+    webserver, browser, materialized, tiny_graph, shots, timings,
+):
+    run_id = materialized.summary["run_id"]
+    # the query of the job page: runs of the job in this code location
+    runs = _graphql(webserver, RUNS_OF_JOB % "pipeline")["data"]["runsOrError"]["results"]
+    listed = {r["runId"]: r for r in runs}
+    assert run_id in listed
+    assert listed[run_id]["status"] == "SUCCESS"
+    tags = {t["key"]: t["value"] for t in listed[run_id]["tags"]}
+    assert tags["animal_assets/config"] == "custom" and tags["animal_assets/device"] == "cpu"
+    assert tags["animal_assets/dataset"] == str(tiny_graph.dataset)  # the graph it was forked from
+    start = browser.goto(f"{webserver}/locations/animal_assets/jobs/pipeline/runs")
+    browser.wait_for(f"document.body.innerText.includes({json.dumps(run_id[:8])})",
+                     "the command line's run on the page of its job")
+    timings["job_page"] = round(time.monotonic() - start, 2)
+    browser.screenshot(shots / "job_pipeline_runs.png")
 
 
 CHECKS = {

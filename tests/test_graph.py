@@ -130,7 +130,7 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(forked):
     assert set(runner.sync_status(instance, bumped).values()) == {"synced"}
 
 
-def test_changing_the_labels_file_marks_everything_unsynced(forked):
+def test_changing_the_labels_file_marks_raw_images_unsynced_and_all_below_it(forked):
     tmp, instance, _, dataset, _ = forked
     defs = _bumped_model_defs(tmp, dataset)
     runner.run(config=TINY, instance=instance, defs=defs, unsynced=True)  # no-op after the test above
@@ -142,7 +142,8 @@ def test_changing_the_labels_file_marks_everything_unsynced(forked):
     labels_file.write_text(json.dumps(labels))
     assert set(runner.sync_status(instance, defs).values()) == {"synced"}  # not observed yet
     runner.observe(instance, defs)
-    assert runner.sync_status(instance, defs) == {name: "unsynced" for name in NAMES}
+    assert runner.sync_status(instance, defs) == {
+        name: "unsynced" if name == "raw_images" else "upstream unsynced" for name in NAMES}
 
 
 def _broken_dataset(tmp_path: Path) -> Path:
