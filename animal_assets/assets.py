@@ -30,6 +30,7 @@ from animal_assets.configs import (
     BalancedTrainConfig,
     CleanLabelsConfig,
     EmbeddingsConfig,
+    EvalReportConfig,
     OodScoresConfig,
     RawImagesConfig,
     Resnet34Config,
@@ -109,8 +110,12 @@ def _cell(value):
 
 
 def _table(table: Table) -> dg.TableMetadataValue:
+    return table_metadata(table.frame, max_rows=table.max_rows)
+
+
+def table_metadata(frame, *, max_rows: int) -> dg.TableMetadataValue:
     """A table the UI renders with its column schema (its first ``max_rows`` rows)."""
-    frame = table.frame.head(table.max_rows)
+    frame = frame.head(max_rows)
     schema = dg.TableSchema(columns=[dg.TableColumn(str(c), _column_type(frame[c].dtype))
                                      for c in frame.columns])
     records = [dg.TableRecord({str(c): _cell(v) for c, v in row.items()})
@@ -296,12 +301,12 @@ def resnet34_model(
 
 @dg.asset(group_name=GROUP, code_version="1", kinds={"python"})
 def eval_report(
-    context: dg.AssetExecutionContext, resnet34_model: Resnet34Model, val_split: Split,
-    clean_labels: CleanLabels, ood_scores: OodScores, dataset: DatasetResource,
+    context: dg.AssetExecutionContext, config: EvalReportConfig, resnet34_model: Resnet34Model,
+    val_split: Split, clean_labels: CleanLabels, ood_scores: OodScores, dataset: DatasetResource,
     storage: StorageResource, compute: DeviceResource,
 ) -> dg.Output[dict]:
     """Balanced accuracy on val_split and on an external test set; cleaning scores vs truth."""
-    return _materialize("eval_report", None, _run_context(context, dataset, storage, compute),
+    return _materialize("eval_report", config, _run_context(context, dataset, storage, compute),
                         storage, resnet34_model=resnet34_model, val_split=val_split,
                         clean_labels=clean_labels, ood_scores=ood_scores)
 

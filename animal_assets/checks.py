@@ -1,10 +1,16 @@
-"""Asset checks: the DS801 format rules on the input and on everything the graph exports, and
-that a person's review is applied as written.
+"""Asset checks: the DS801 format rules on the input and on everything the graph exports, that
+a person's review is applied as written, and quality bars on what the stages made.
 
-The checks on ``raw_images`` are blocking: a failure at ERROR severity stops everything
+The format checks on ``raw_images`` are blocking: a failure at ERROR severity stops everything
 downstream in that run, and the downstream assets themselves refuse a ``raw_images`` whose
 format rules failed in any later run. Under the quarantine policies a violation is reported at
-WARN severity and the offending files are left out instead.
+WARN severity, which blocks nothing, and the offending files are left out instead.
+
+The quality checks (:mod:`animal_assets.core.quality`) report at WARN: a class the cleaning
+mostly dropped, a training set balancing could not even out, a model below its accuracy floor.
+
+A check's name does not repeat its asset's: Dagster shows it under the asset, and its step is
+``{asset}_{check}``.
 """
 
 import hashlib
@@ -13,10 +19,11 @@ import zipfile
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
-from animal_assets.assets import balanced_train, clean_labels, raw_images, val_split
-from animal_assets.core import review
+from animal_assets.assets import balanced_train, clean_labels, eval_report, raw_images, val_split
+from animal_assets.core import quality, review
 from animal_assets.core.export import Split, validate_ds801_folder
 from animal_assets.core.stages.balanced_train import BalancedTrain
 from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
@@ -58,7 +65,9 @@ def _raw_violations(raw: RawImages, rules: frozenset[str]) -> list[dict]:
 
 
 def _raw_check(name: str, rules: frozenset[str], policy_field: str, what: str):
-    @dg.asset_check(asset=raw_images, name=name, blocking=True, description=what)
+    @dg.asset_check(asset=raw_images, name=name, blocking=True, description=(
+        f"{what}. Blocks what is below under the strict policy ({policy_field}: strict, the "
+        "default); under quarantine it reports at WARN and the files are left out."))
     def _check(raw_images: RawImages) -> dg.AssetCheckResult:
         strict = getattr(raw_images, policy_field) == "strict"
         return _violations_result(
@@ -70,21 +79,21 @@ def _raw_check(name: str, rules: frozenset[str], policy_field: str, what: str):
 
 
 raw_images_filenames_follow_rule = _raw_check(
-    "raw_images_filenames_follow_rule", RULE_GROUPS["paths_and_names"], "format_policy",
+    "filenames_follow_rule", RULE_GROUPS["paths_and_names"], "format_policy",
     "every file is imgs/img_{uuid}.jpg with a canonical lower-case uuid, a regular file inside "
     "the dataset",
 )
 raw_images_labels_are_one_hot = _raw_check(
-    "raw_images_labels_are_one_hot", RULE_GROUPS["labels"], "format_policy",
+    "labels_are_one_hot", RULE_GROUPS["labels"], "format_policy",
     "data-labels.json is one object with unique img_{uuid} keys; labels are K JSON integers "
     "0/1 with exactly one 1, the same K everywhere",
 )
 raw_images_images_and_labels_pair_up = _raw_check(
-    "raw_images_images_and_labels_pair_up", RULE_GROUPS["pairing"], "format_policy",
+    "images_and_labels_pair_up", RULE_GROUPS["pairing"], "format_policy",
     "every image has a label and every label an image",
 )
 raw_images_decode_as_64x64_rgb = _raw_check(
-    "raw_images_decode_as_64x64_rgb", RULE_GROUPS["images"], "decode_policy",
+    "decode_as_64x64_rgb", RULE_GROUPS["images"], "decode_policy",
     "every image decodes as a 64x64 RGB JPEG",
 )
 
@@ -97,13 +106,13 @@ def _export_result(folder: str, what: str) -> dg.AssetCheckResult:
     return _violations_result(violations, strict=True, full_list=folder, what=what)
 
 
-@dg.asset_check(asset=val_split, blocking=True)
+@dg.asset_check(asset=val_split, name="export_follows_format", blocking=True)
 def val_split_export_follows_format(val_split: Split) -> dg.AssetCheckResult:
     """The exported validation folder passes every DS801 rule."""
     return _export_result(val_split.dir, "val_split export follows the DS801 rules")
 
 
-@dg.asset_check(asset=balanced_train, blocking=True)
+@dg.asset_check(asset=balanced_train, name="export_follows_format", blocking=True)
 def balanced_train_export_follows_format(
     balanced_train: BalancedTrain,
 ) -> dg.AssetCheckResult:
@@ -137,7 +146,8 @@ def _content_hashes(folder: str) -> dict[str, str]:
     }
 
 
-@dg.asset_check(asset=balanced_train, blocking=True, additional_ins={"val_split": dg.AssetIn()})
+@dg.asset_check(asset=balanced_train, name="shares_nothing_with_val_split", blocking=True,
+                additional_ins={"val_split": dg.AssetIn()})
 def balanced_train_shares_nothing_with_val_split(
     balanced_train: BalancedTrain, val_split: Split,
 ) -> dg.AssetCheckResult:
@@ -166,7 +176,7 @@ def balanced_train_shares_nothing_with_val_split(
     )
 
 
-@dg.asset_check(asset=clean_labels)
+@dg.asset_check(asset=clean_labels, name="follows_the_review")
 def clean_labels_follow_the_review(
     clean_labels: CleanLabels, dataset: DatasetResource,
 ) -> dg.AssetCheckResult:
@@ -202,6 +212,48 @@ def clean_labels_follow_the_review(
     )
 
 
+def _verdict(verdict: quality.Verdict, **metadata) -> dg.AssetCheckResult:
+    from animal_assets.assets import table_metadata
+
+    if not verdict.table.empty:
+        metadata["table"] = table_metadata(verdict.table, max_rows=100)
+    return dg.AssetCheckResult(passed=verdict.passed, severity=dg.AssetCheckSeverity.WARN,
+                               description=verdict.description, metadata=metadata)
+
+
+@dg.asset_check(asset=clean_labels, name="no_class_mostly_dropped", description=(
+    f"no class loses more than {quality.MAX_DROP_SHARE:.0%} of its given images to drops"))
+def clean_labels_no_class_mostly_dropped(
+    clean_labels: CleanLabels, dataset: DatasetResource,
+) -> dg.AssetCheckResult:
+    per_class = clean_labels.summary["per_class"]
+    return _verdict(quality.drop_shares(
+        [c["given"] for c in per_class], [c["dropped"] for c in per_class],
+        dataset.names(len(per_class))), max_share=quality.MAX_DROP_SHARE)
+
+
+@dg.asset_check(asset=balanced_train, name="class_sizes_within_bounds", description=(
+    f"after balancing, the largest training class holds at most {quality.MAX_CLASS_RATIO:g} "
+    "times the images of the smallest"))
+def balanced_train_class_sizes_within_bounds(
+    balanced_train: BalancedTrain, dataset: DatasetResource,
+) -> dg.AssetCheckResult:
+    k = len(balanced_train.counts_before)
+    labels = pd.read_csv(balanced_train.train.ids_path)["label"].to_numpy()
+    counts = [int(n) for n in np.bincount(labels, minlength=k)]
+    return _verdict(quality.class_size_ratio(counts, dataset.names(k)),
+                    max_ratio=quality.MAX_CLASS_RATIO)
+
+
+@dg.asset_check(asset=eval_report, name="val_accuracy_above_floor", description=(
+    "val_split's balanced accuracy is at least the report's min_val_balanced_accuracy"))
+def eval_report_val_accuracy_above_floor(eval_report: dict) -> dg.AssetCheckResult:
+    accuracy = float(eval_report["val_split"]["balanced_accuracy"])
+    floor = float(eval_report["min_val_balanced_accuracy"])
+    return _verdict(quality.accuracy_floor(accuracy, floor),
+                    val_balanced_accuracy=round(accuracy, 4), floor=floor)
+
+
 ALL_CHECKS = [
     raw_images_filenames_follow_rule,
     raw_images_labels_are_one_hot,
@@ -211,4 +263,7 @@ ALL_CHECKS = [
     balanced_train_export_follows_format,
     balanced_train_shares_nothing_with_val_split,
     clean_labels_follow_the_review,
+    clean_labels_no_class_mostly_dropped,
+    balanced_train_class_sizes_within_bounds,
+    eval_report_val_accuracy_above_floor,
 ]

@@ -306,15 +306,18 @@ def run_tags(config: str | dict, run_config: dict, defs: dg.Definitions) -> dict
     }
 
 
+def check_label(evaluation) -> str:
+    """``asset.check``: a check's name is only unique under its asset."""
+    return f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
+
+
 def _failure_line(result) -> str:
     failed_checks = [
         e for e in result.get_asset_check_evaluations()
         if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
     ]
     if failed_checks:
-        parts = [
-            f"check {c.check_name} failed: {c.description}" for c in failed_checks
-        ]
+        parts = [f"check {check_label(c)} failed: {c.description}" for c in failed_checks]
         return "; ".join(parts) + " (nothing downstream ran)"
     for event in result.all_events:
         if event.is_step_failure:
@@ -358,7 +361,7 @@ def _summary(result, defs) -> dict:
                 "seconds": md["wall_seconds"].value, "peak_rss_mb": md["peak_rss_mb"].value,
             }
     checks = {
-        e.check_name: ("passed" if e.passed else f"failed ({e.severity.value}): {e.description}")
+        check_label(e): ("passed" if e.passed else f"failed ({e.severity.value}): {e.description}")
         for e in result.get_asset_check_evaluations()
     }
     resources = defs.resources

@@ -126,11 +126,11 @@ def _outcomes(acc: dict) -> dict[str, str]:
 
 def test_the_run_quarantines_and_warns_instead_of_blocking(accounted):
     checks = accounted["summary"]["checks"]
-    for name in ["raw_images_filenames_follow_rule", "raw_images_labels_are_one_hot",
-                 "raw_images_images_and_labels_pair_up", "raw_images_decode_as_64x64_rgb"]:
+    for name in ["raw_images.filenames_follow_rule", "raw_images.labels_are_one_hot",
+                 "raw_images.images_and_labels_pair_up", "raw_images.decode_as_64x64_rgb"]:
         assert checks[name].startswith("failed (WARN)"), (name, checks[name])
-    for name in ["val_split_export_follows_format", "balanced_train_export_follows_format",
-                 "balanced_train_shares_nothing_with_val_split"]:
+    for name in ["val_split.export_follows_format", "balanced_train.export_follows_format",
+                 "balanced_train.shares_nothing_with_val_split"]:
         assert checks[name] == "passed"
 
 

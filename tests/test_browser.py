@@ -314,11 +314,11 @@ def test_a_run_from_the_command_line_is_listed_on_its_job_page(
 
 
 CHECKS = {
-    "raw_images": ["raw_images_filenames_follow_rule", "raw_images_labels_are_one_hot",
-                   "raw_images_images_and_labels_pair_up", "raw_images_decode_as_64x64_rgb"],
-    "clean_labels": ["clean_labels_follow_the_review"],
-    "balanced_train": ["balanced_train_export_follows_format",
-                       "balanced_train_shares_nothing_with_val_split"],
+    "raw_images": ["filenames_follow_rule", "labels_are_one_hot", "images_and_labels_pair_up",
+                   "decode_as_64x64_rgb"],
+    "clean_labels": ["follows_the_review", "no_class_mostly_dropped"],
+    "balanced_train": ["export_follows_format", "shares_nothing_with_val_split",
+                       "class_sizes_within_bounds"],
 }
 
 

@@ -131,7 +131,7 @@ def test_the_command_line_prints_one_line_naming_the_check_or_step_and_the_file(
     if case == "bad_name":
         folder = make_dataset(tmp_path, n=6, k=2)
         named = _rename_one_image(folder)
-        expected = ("animal-assets: check raw_images_filenames_follow_rule failed: ", named,
+        expected = ("animal-assets: check raw_images.filenames_follow_rule failed: ", named,
                     "(rule filename)")
     else:
         folder = write_ds801(tmp_path / "empty", [], num_classes=2)

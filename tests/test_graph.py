@@ -46,14 +46,32 @@ def test_tables_show_their_columns_and_the_decisions_their_row_count(tiny_graph)
     clean, raw = metadata("clean_labels"), metadata("raw_images")
     decisions = pd.read_csv(tiny_graph.tmp / "out" / "clean_labels" / "decisions.csv")
     assert clean["dagster/row_count"].value == len(decisions) == raw["n_usable"].value
-    preview = clean["changed_preview"]
+    preview = clean["decisions_preview"]
     assert isinstance(preview, dg.TableMetadataValue)
     assert {c.name: c.type for c in preview.schema.columns} == {
-        "id": "string", "given": "int", "label": "int", "action": "string", "reason": "string",
-        "confidence": "float", "source": "string"}
-    changed = decisions[decisions["action"] != "keep"]
-    assert len(preview.records) == min(20, len(changed)) > 0
-    assert {r.data["action"] for r in preview.records} <= {"relabel", "drop"}
+        "id": "string", "given": "string", "label": "string", "action": "string",
+        "reason": "string", "confidence": "float", "source": "string"}
+    rows = pd.DataFrame([r.data for r in preview.records])
+    # every kind of decision shows, at most five of each, with class names and "dropped"
+    kinds = decisions.groupby(["action", decisions["reason"].fillna("-"), "source"]).size()
+    assert len(rows) == sum(min(5, n) for n in kinds) and len(rows.groupby(
+        ["action", "reason", "source"])) == len(kinds) > 3
+    names = [str(k) for k in range(10)]  # the tiny graph names no classes
+    assert set(rows["given"]) <= set(names) and set(rows["label"]) <= {*names, "dropped"}
+    assert (rows["label"] == "dropped").sum() == (rows["action"] == "drop").sum() > 0
+    counts = clean["class_counts"]
+    assert [c.name for c in counts.schema.columns] == [
+        "class", "given", "kept", "relabelled_out", "relabelled_in", "dropped", "after"]
+    after = sum(r.data["after"] for r in counts.records)
+    assert clean["n_kept"].value + clean["n_relabelled"].value == after
+    assert clean["n_dropped"].value == (decisions["action"] == "drop").sum()
+    pairs = [r.data for r in clean["relabels_by_pair"].records]
+    assert sum(p["images"] for p in pairs) == clean["n_relabelled"].value
+    noise = clean["noise_matrix"]
+    assert [c.name for c in noise.schema.columns] == ["true", *(f"given {n}" for n in names)]
+    for record in noise.records:  # each row a distribution over the given labels
+        assert abs(sum(v for k, v in record.data.items() if k != "true") - 1) < 0.01
+    assert abs(sum(r.data["prior"] for r in clean["class_prior"].records) - 1) < 0.01
     assert [c.name for c in raw["violations"].schema.columns] == ["file", "rule", "message"]
     outlying = metadata("ood_scores")["most_outlying"]
     assert [c.type for c in outlying.schema.columns] == ["string", "float"] and len(outlying.records) == 15
@@ -166,14 +184,14 @@ def test_broken_input_fails_the_right_checks_and_blocks_downstream_across_runs(t
     with pytest.raises(runner.RunFailed) as err:
         runner.run(config=TINY, instance=instance, defs=defs)
     message = str(err.value)
-    assert "raw_images_filenames_follow_rule" in message
-    assert "raw_images_labels_are_one_hot" in message
-    assert "raw_images_images_and_labels_pair_up" in message
-    evaluations = {e.check_name: e for e in err.value.result.get_asset_check_evaluations()}
+    assert "raw_images.filenames_follow_rule" in message
+    assert "raw_images.labels_are_one_hot" in message
+    assert "raw_images.images_and_labels_pair_up" in message
+    evaluations = {runner.check_label(e): e for e in err.value.result.get_asset_check_evaluations()}
     files = {name: json.dumps(e.metadata["files"].value) for name, e in evaluations.items()}
-    assert "IMG_bad-name.jpg" in files["raw_images_filenames_follow_rule"]
-    assert ids[1] in files["raw_images_labels_are_one_hot"]
-    assert evaluations["raw_images_decode_as_64x64_rgb"].passed
+    assert "IMG_bad-name.jpg" in files["raw_images.filenames_follow_rule"]
+    assert ids[1] in files["raw_images.labels_are_one_hot"]
+    assert evaluations["raw_images.decode_as_64x64_rgb"].passed
     assert instance.get_latest_materialization_event(dg.AssetKey("raw_images")) is not None
     assert instance.get_latest_materialization_event(dg.AssetKey("embeddings")) is None
 
@@ -191,9 +209,9 @@ def test_an_odd_sized_image_is_quarantined_with_a_warning(tmp_path):
     instance = sqlite_instance(tmp_path)
     defs = make_defs(tmp_path, str(folder))
     result = runner.run(config=TINY, instance=instance, defs=defs, select=["raw_images"])
-    verdict = result["checks"]["raw_images_decode_as_64x64_rgb"]
+    verdict = result["checks"]["raw_images.decode_as_64x64_rgb"]
     assert verdict.startswith("failed (WARN)") and victim.name in verdict
-    assert result["checks"]["raw_images_filenames_follow_rule"] == "passed"
+    assert result["checks"]["raw_images.filenames_follow_rule"] == "passed"
     manifest = pd.read_csv(tmp_path / "out" / "raw_images" / "manifest.csv")
     row = manifest[manifest["file"].str.endswith(victim.name)].iloc[0]
     assert row["status"] == "quarantined" and row["index"] == -1
@@ -226,8 +244,8 @@ def test_raw_images_and_checks_on_a_ds801_sample(tmp_path):
     result = runner.run(config=TINY, instance=instance, defs=make_defs(tmp_path, str(folder)),
                         select=["raw_images"])
     assert set(result["checks"]) == {
-        "raw_images_filenames_follow_rule", "raw_images_labels_are_one_hot",
-        "raw_images_images_and_labels_pair_up", "raw_images_decode_as_64x64_rgb",
+        "raw_images.filenames_follow_rule", "raw_images.labels_are_one_hot",
+        "raw_images.images_and_labels_pair_up", "raw_images.decode_as_64x64_rgb",
     }
     assert all(v == "passed" for v in result["checks"].values()), result["checks"]
     images = np.load(tmp_path / "out" / "raw_images" / "images.npy")
@@ -253,7 +271,7 @@ def test_every_config_field_of_every_asset_says_what_it_does():
     from animal_assets.core.stages import STAGES
 
     configured = [stage for stage in STAGES if stage.config is not None]
-    assert len(configured) == 8
+    assert len(configured) == 9  # every stage
     for stage in configured:
         assets_def = next(a for a in PIPELINE_ASSETS if a.key.to_user_string() == stage.name)
         fields = assets_def.op.config_schema.config_type.fields

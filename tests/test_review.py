@@ -225,7 +225,7 @@ def test_an_observed_edit_marks_only_the_reviewed_assets_unsynced_and_is_applied
 
     summary = runner.run(config=TINY, instance=instance, defs=defs, select=["clean_labels"],
                          observe_first=False)
-    assert summary["checks"]["clean_labels_follow_the_review"] == "passed"
+    assert summary["checks"]["clean_labels.follows_the_review"] == "passed"
     after = pd.read_csv(decisions_path, keep_default_na=False).set_index("id")
     assert after.loc[dropped, "action"] == "keep" and after.loc[dropped, "source"] == "review"
     assert after.loc[dropped, "label"] == after.loc[dropped, "given"]

@@ -221,5 +221,62 @@ def comparison_plot(
     return _png(fig)
 
 
+def embedding_map(
+    xy: np.ndarray, given: Sequence[int], marks: Sequence[str], class_names: Sequence[str], *,
+    title: str,
+) -> bytes:
+    """Scatter of a 2-D map of the images, coloured by given label, with each image the
+    cleaning acted on marked by what it did.
+
+    Parameters
+    ----------
+    xy : np.ndarray, shape (n, 2)
+        Map coordinates.
+    given : sequence of int, length n
+        Given label per point (the colour).
+    marks : sequence of str, length n
+        ``""`` (kept as given), ``"relabelled"``, ``"out of distribution"`` or ``"dropped"``.
+    class_names : sequence of str, length K
+        Legend names of the colours.
+    title : str
+        Plot title.
+
+    Returns
+    -------
+    bytes
+        PNG bytes.
+    """
+    from matplotlib import colormaps
+
+    xy = np.asarray(xy, dtype=np.float64)
+    given = np.asarray(given, dtype=np.int64)
+    marks = np.asarray(marks, dtype=object)
+    if xy.shape != (len(given), 2) or len(marks) != len(given):
+        raise ValueError("plots.py: xy must be (n, 2) with one label and one mark per point")
+    k = len(class_names)
+    colours = colormaps["tab10" if k <= 10 else "tab20"]
+    fig = _figure(7.5, 6.0)
+    ax = fig.add_subplot()
+    for c in range(k):
+        at = given == c
+        if at.any():
+            ax.scatter(xy[at, 0], xy[at, 1], s=7, color=colours(c % colours.N), alpha=0.55,
+                       linewidths=0, label=str(class_names[c]))
+    styles = {"relabelled": dict(marker="^", s=26, facecolors="none", edgecolors="black"),
+              "out of distribution": dict(marker="x", s=22, color="black"),
+              "dropped": dict(marker="s", s=22, facecolors="none", edgecolors="tab:red")}
+    for mark, style in styles.items():
+        at = marks == mark
+        if at.any():
+            ax.scatter(xy[at, 0], xy[at, 1], linewidths=0.8, label=f"{mark} ({int(at.sum())})",
+                       **style)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              markerscale=1.5)
+    return _png(fig)
+
+
 # --------------------------------------------------------------------------------------------
 # what each step shows

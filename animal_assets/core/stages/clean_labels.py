@@ -156,13 +156,13 @@ def read_decisions(clean: CleanLabels) -> pd.DataFrame:
     return pd.read_csv(clean.path, keep_default_na=False)
 
 
-def describe(clean: CleanLabels, ctx: RunContext, *, raw_images: RawImages, **_) -> dict:
+def describe(clean: CleanLabels, ctx: RunContext, *, raw_images: RawImages,
+             embeddings: Embeddings | None = None, **_) -> dict:
     from animal_assets.core import media, plots
 
     d = read_decisions(clean)
     version = clean.summary.get("review_version")
     names = ctx.names(raw_images.num_classes)
-    changed = d[d["action"] != "keep"].sort_values("confidence", ascending=False)
     reviewed = d[d["source"] == "review"]
     ctx.log(f"decisions: {d['action'].value_counts().to_dict()}; {len(reviewed)} from the review "
             f"({version})")
@@ -178,15 +178,27 @@ def describe(clean: CleanLabels, ctx: RunContext, *, raw_images: RawImages, **_)
         "given": np.bincount(d["given"].to_numpy(), minlength=k).tolist(),
         "after cleaning": np.bincount(label[label >= 0], minlength=k).tolist(),
     }, names, title="images per class"), alt="images per class, given and after cleaning")
+    if embeddings is not None:
+        pictures.add("plot_embedding_map", "embedding_map.png", embedding_map(d, embeddings, names),
+                     alt="embedding map", caption=EMBEDDING_MAP_CAPTION)
     review_rows = reviewed.assign(auto=reviewed["auto_action"] + " " + reviewed["auto_label"].astype(str),
                                   review=reviewed["action"] + " " + reviewed["label"].astype(str))
+    counts = d["action"].value_counts()
     return {
-        "actions": Json(d["action"].value_counts().to_dict()),
+        "n_images": len(d),
+        "n_kept": int(counts.get("keep", 0)),
+        "n_relabelled": int(counts.get("relabel", 0)),
+        "n_dropped": int(counts.get("drop", 0)),
+        "actions": Json(counts.to_dict()),
         "reasons": Json(d[d["reason"] != ""]["reason"].value_counts().to_dict()),
         "summary": Json(clean.summary),
-        "changed_preview": Table(
-            changed[["id", "given", "label", "action", "reason", "confidence", "source"]], 20
-        ),
+        "decisions_preview": Table(decision_preview(d, names), 60),
+        "relabels_by_pair": Table(relabels_by_pair(d, names), 50),
+        "class_counts": Table(class_counts(clean.summary, names), 100),
+        **({"noise_matrix": Table(noise_matrix(clean.summary, names), 100),
+            "class_prior": Table(pd.DataFrame({"class": names, "prior": np.round(
+                clean.summary["prior"], 3)}), 100)}
+           if "transition" in clean.summary else {}),
         "n_reviewed": len(reviewed),
         "review_version": version,
         "review": Table(review_rows[["id", "auto", "review", "review_note"]], 50),
@@ -195,3 +207,76 @@ def describe(clean: CleanLabels, ctx: RunContext, *, raw_images: RawImages, **_)
         "dagster/row_count": len(d),
         "review_template": FileRef(str(Path(clean.path).parent / "review_template.csv")),
     }
+
+
+EMBEDDING_MAP_CAPTION = (
+    "t-SNE of the encoder's head features, coloured by given label; every image relabelled or "
+    "dropped is marked (up to half of the points), the rest a seeded sample of the kept ones")
+
+
+def embedding_map(d: pd.DataFrame, embeddings: Embeddings, names: Sequence[str]) -> bytes | None:
+    """The embedding map of the decisions ``d`` (rows aligned with the features), or None for
+    fewer than 5 images."""
+    from animal_assets.core import plots, projection
+
+    if len(d) < 5:
+        return None
+    action = d["action"].to_numpy()
+    rows = projection.sample_rows(action != "keep")
+    features = np.load(embeddings.path, mmap_mode="r")
+    if len(features) != len(d):
+        raise ValueError(f"clean_labels: {len(d)} decisions for {len(features)} feature rows")
+    xy = projection.tsne_map(np.asarray(features[rows, : embeddings.head_dim]))
+    picked = d.iloc[rows]
+    marks = np.select(
+        [picked["action"] == "relabel", picked["reason"] == "ood", picked["action"] == "drop"],
+        ["relabelled", "out of distribution", "dropped"], "")
+    return plots.embedding_map(xy, picked["given"].to_numpy(), marks, names, title=(
+        f"embedding map: {len(rows):,} of {len(d):,} images"))
+
+
+def _named(labels: pd.Series, names: Sequence[str]) -> pd.Series:
+    return labels.map(lambda k: "dropped" if int(k) < 0 else names[int(k)])
+
+
+def decision_preview(d: pd.DataFrame, names: Sequence[str], per_group: int = 5) -> pd.DataFrame:
+    """The ``per_group`` most confident decisions of each (action, reason, source), so every
+    kind of decision shows: labels by class name, "dropped" for a dropped image."""
+    rows = (d.sort_values(["confidence", "id"], ascending=[False, True])
+            .groupby(["action", "reason", "source"], sort=True).head(per_group))
+    order = {"relabel": 0, "drop": 1, "keep": 2}
+    rows = rows.sort_values(["action", "reason", "source", "confidence"],
+                            key=lambda c: c.map(order) if c.name == "action" else c,
+                            ascending=[True, True, True, False])
+    return pd.DataFrame({
+        "id": rows["id"], "given": _named(rows["given"], names), "label": _named(rows["label"], names),
+        "action": rows["action"], "reason": rows["reason"].replace("", "-"),
+        "confidence": rows["confidence"].astype(float).round(3), "source": rows["source"],
+    })
+
+
+def relabels_by_pair(d: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """How many images moved from each given class to each new one, most first."""
+    moved = d[d["action"] == "relabel"]
+    pairs = moved.groupby(["given", "label"]).size().rename("images").reset_index()
+    pairs = pairs.sort_values(["images", "given", "label"], ascending=[False, True, True])
+    return pd.DataFrame({"given": _named(pairs["given"], names),
+                         "relabelled_to": _named(pairs["label"], names), "images": pairs["images"]})
+
+
+def class_counts(summary: dict, names: Sequence[str]) -> pd.DataFrame:
+    """Per class: images given, kept as given, relabelled out and in, dropped, and after."""
+    rows = summary["per_class"]
+    return pd.DataFrame({
+        "class": list(names),
+        **{column: [int(r[key]) for r in rows] for column, key in (
+            ("given", "given"), ("kept", "kept_as_given"), ("relabelled_out", "relabelled_out"),
+            ("relabelled_in", "relabelled_in"), ("dropped", "dropped"), ("after", "final"))},
+    })
+
+
+def noise_matrix(summary: dict, names: Sequence[str]) -> pd.DataFrame:
+    """The estimated noise model: row = true class, column = given class, P(given | true)."""
+    matrix = np.round(np.asarray(summary["transition"], dtype=np.float64), 3)
+    return pd.DataFrame({"true": list(names),
+                         **{f"given {n}": matrix[:, i] for i, n in enumerate(names)}})

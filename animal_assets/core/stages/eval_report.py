@@ -3,6 +3,7 @@ clean test set, and the cleaning scored against a truth file when there is one (
 :mod:`animal_assets.core.evaluate` and :mod:`animal_assets.core.scoring`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,20 @@ from animal_assets.core.stages.resnet34_model import Resnet34Model, predict_spli
 NAME = "eval_report"
 
 
-def run(config: None, ctx: RunContext, *, resnet34_model: Resnet34Model,
+@dataclass(frozen=True)
+class EvalReportConfig:
+    # the report's check warns when val_split's balanced accuracy is below this
+    min_val_balanced_accuracy: float = 0.5
+
+
+def run(config: EvalReportConfig | None, ctx: RunContext, *, resnet34_model: Resnet34Model,
         val_split: Split, clean_labels: CleanLabels, ood_scores: OodScores) -> dict:
-    """The report has no settings of its own: the test set and the truth file are inputs of
-    the run (``ctx``)."""
-    return evaluate(resnet34_model, val_split, clean_labels, ood_scores, ctx.folder(NAME),
-                    device=ctx.device, class_names=ctx.names(resnet34_model.num_classes),
-                    test_set=ctx.test_set, truth_path=ctx.truth_path)
+    """The test set and the truth file are inputs of the run (``ctx``)."""
+    config = config or EvalReportConfig()
+    report = evaluate(resnet34_model, val_split, clean_labels, ood_scores, ctx.folder(NAME),
+                      device=ctx.device, class_names=ctx.names(resnet34_model.num_classes),
+                      test_set=ctx.test_set, truth_path=ctx.truth_path)
+    return {**report, "min_val_balanced_accuracy": config.min_val_balanced_accuracy}
 
 
 def evaluate(
