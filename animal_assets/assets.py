@@ -22,6 +22,7 @@ shows what each stage did.
 
 import math
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
@@ -53,10 +54,20 @@ from animal_assets.resources import DatasetResource, DeviceResource, StorageReso
 GROUP = "animal_assets"
 
 
-def _observe_input(dataset: DatasetResource, storage: StorageResource) -> dg.DataVersion:
-    """Data version = hash of the labels file and the image listing of the input."""
+def _observe_input(dataset: DatasetResource, storage: StorageResource) -> dg.ObserveResult:
+    """Data version = hash of the labels file and the image listing of the input (of the bytes
+    of an archive)."""
     path, _ = dataset.resolve(storage)
-    return dg.DataVersion(dataset_fingerprint(path))
+    path = Path(path)
+    version = dataset_fingerprint(path)
+    if path.is_file():
+        shape = {"kind": "archive", "bytes": path.stat().st_size}
+    else:
+        imgs = next((p for p in (path / "imgs", *path.glob("*/imgs")) if p.is_dir()), None)
+        shape = {"kind": "folder",
+                 "jpg_files": sum(1 for _ in imgs.glob("*.jpg")) if imgs else 0}
+    return dg.ObserveResult(data_version=dg.DataVersion(version), metadata={
+        "path": dg.MetadataValue.path(str(path)), **shape, "fingerprint": version[:16]})
 
 
 with warnings.catch_warnings():
@@ -68,9 +79,15 @@ with warnings.catch_warnings():
     )(_observe_input)
 
 
-def _observe_review(dataset: DatasetResource) -> dg.DataVersion:
+def _observe_review(dataset: DatasetResource) -> dg.ObserveResult:
     """Data version = hash of the review file's bytes, or a fixed "no-review" version."""
-    return dg.DataVersion(review.review_version(dataset.review_path or None))
+    version = review.review_version(dataset.review_path or None)
+    metadata = {"version": version}
+    if dataset.review_path:
+        path = Path(dataset.review_path).expanduser()
+        rows = max(0, len(path.read_text(encoding="utf-8", errors="replace").splitlines()) - 1)
+        metadata.update(path=dg.MetadataValue.path(str(path)), rows=rows)
+    return dg.ObserveResult(data_version=dg.DataVersion(version), metadata=metadata)
 
 
 with warnings.catch_warnings():
@@ -95,6 +112,11 @@ RERUN = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("rerun when an upstream asset changes")
+
+def _part(part: str) -> dict[str, str]:
+    """The asset's tag: which part of the work it is (select e.g. ``tag:part=cleaning``)."""
+    return {"part": part}
+
 
 def _column_type(dtype) -> str:
     kind = getattr(dtype, "kind", "O")
@@ -123,7 +145,13 @@ def table_metadata(frame, *, max_rows: int) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(records, schema=schema)
 
 
+#: Significant digits of a float shown in the UI (the files keep every digit).
+FLOAT_DIGITS = 4
+
+
 def _metadata_value(value):
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{FLOAT_DIGITS}g}")
     if isinstance(value, Markdown):
         return dg.MetadataValue.md(value.text)
     if isinstance(value, Table):
@@ -212,7 +240,8 @@ def _materialize(name: str, config, ctx: RunContext, storage: StorageResource, *
     })
 
 
-@dg.asset(group_name=GROUP, deps=[input_dataset], code_version="1", kinds={"python"},
+@dg.asset(group_name=GROUP, tags=_part("input"), deps=[input_dataset],
+          code_version="1", kinds={"python"},
           automation_condition=RERUN)
 def raw_images(
     context: dg.AssetExecutionContext, config: RawImagesConfig, dataset: DatasetResource,
@@ -228,7 +257,8 @@ def raw_images(
     return _materialize("raw_images", config, _run_context(context, dataset, storage), storage)
 
 
-@dg.asset(group_name=GROUP, code_version="2", kinds={"pytorch"}, automation_condition=RERUN)
+@dg.asset(group_name=GROUP, tags=_part("cleaning"),
+          code_version="2", kinds={"pytorch"}, automation_condition=RERUN)
 def embeddings(
     context: dg.AssetExecutionContext, config: EmbeddingsConfig, raw_images: RawImages,
     dataset: DatasetResource, storage: StorageResource, compute: DeviceResource,
@@ -240,7 +270,8 @@ def embeddings(
                         storage, raw_images=raw_images)
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"python"}, automation_condition=RERUN)
+@dg.asset(group_name=GROUP, tags=_part("cleaning"),
+          code_version="1", kinds={"python"}, automation_condition=RERUN)
 def ood_scores(
     context: dg.AssetExecutionContext, config: OodScoresConfig, raw_images: RawImages,
     embeddings: Embeddings, dataset: DatasetResource, storage: StorageResource,
@@ -251,7 +282,8 @@ def ood_scores(
                         raw_images=raw_images, embeddings=embeddings)
 
 
-@dg.asset(group_name=GROUP, deps=[review_file], code_version="2", kinds={"python"},
+@dg.asset(group_name=GROUP, tags=_part("cleaning"), deps=[review_file],
+          code_version="2", kinds={"python"},
           automation_condition=RERUN)
 def clean_labels(
     context: dg.AssetExecutionContext, config: CleanLabelsConfig, raw_images: RawImages,
@@ -265,7 +297,8 @@ def clean_labels(
                         raw_images=raw_images, embeddings=embeddings, ood_scores=ood_scores)
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"python"}, automation_condition=RERUN)
+@dg.asset(group_name=GROUP, tags=_part("export"),
+          code_version="1", kinds={"python"}, automation_condition=RERUN)
 def val_split(
     context: dg.AssetExecutionContext, config: ValSplitConfig, raw_images: RawImages,
     clean_labels: CleanLabels, dataset: DatasetResource, storage: StorageResource,
@@ -275,7 +308,8 @@ def val_split(
                         raw_images=raw_images, clean_labels=clean_labels)
 
 
-@dg.asset(group_name=GROUP, code_version="2", kinds={"python"}, automation_condition=RERUN)
+@dg.asset(group_name=GROUP, tags=_part("export"),
+          code_version="2", kinds={"python"}, automation_condition=RERUN)
 def balanced_train(
     context: dg.AssetExecutionContext, config: BalancedTrainConfig, raw_images: RawImages,
     clean_labels: CleanLabels, val_split: Split, dataset: DatasetResource,
@@ -287,7 +321,7 @@ def balanced_train(
                         raw_images=raw_images, clean_labels=clean_labels, val_split=val_split)
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"pytorch"})
+@dg.asset(group_name=GROUP, tags=_part("training"), code_version="1", kinds={"pytorch"})
 def resnet34_model(
     context: dg.AssetExecutionContext, config: Resnet34Config, raw_images: RawImages,
     balanced_train: BalancedTrain, val_split: Split, dataset: DatasetResource,
@@ -299,7 +333,7 @@ def resnet34_model(
                         raw_images=raw_images, balanced_train=balanced_train, val_split=val_split)
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"python"})
+@dg.asset(group_name=GROUP, tags=_part("evaluation"), code_version="2", kinds={"python"})
 def eval_report(
     context: dg.AssetExecutionContext, config: EvalReportConfig, resnet34_model: Resnet34Model,
     val_split: Split, clean_labels: CleanLabels, ood_scores: OodScores, dataset: DatasetResource,
@@ -314,7 +348,7 @@ def eval_report(
 # The lowest priority among the steps ready to run (every Dagster executor orders them by the
 # dagster/priority tag): eval_report, ready at the same time, is written before the long
 # ablation starts.
-@dg.asset(group_name=GROUP, code_version="1", kinds={"pytorch"},
+@dg.asset(group_name=GROUP, tags=_part("evaluation"), code_version="1", kinds={"pytorch"},
           op_tags={"dagster/priority": "-1"})
 def ablation_report(
     context: dg.AssetExecutionContext, config: AblationConfig, raw_images: RawImages,

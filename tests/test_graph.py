@@ -281,3 +281,15 @@ def test_every_config_field_of_every_asset_says_what_it_does():
             assert field.description == docs[name] and len(field.description) >= 15, (stage.name, name)
     assert configs.OodScoresConfig.model_fields["k"].description == \
         "neighbours in the mean cosine kNN distance"
+
+
+def test_the_report_summary_and_figures_show_without_a_click(tiny_graph):
+    """The UI renders a markdown entry inline below 1,000 characters, a float as it is."""
+    event = tiny_graph.instance.get_latest_materialization_event(dg.AssetKey("eval_report"))
+    metadata = event.asset_materialization.metadata
+    summary = metadata["summary"].value
+    assert len(summary) < 1000 and "| val_split |" in summary
+    assert "cleaning vs truth: label accuracy" in summary
+    accuracy = metadata["val_balanced_accuracy"].value
+    assert accuracy == float(f"{tiny_graph.summary['val_balanced_accuracy']:.4g}")
+    assert len(repr(metadata["label_issue_f1"].value)) <= 6  # 4 significant digits

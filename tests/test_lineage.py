@@ -101,6 +101,10 @@ def test_an_observed_input_change_reruns_everything_below_it_up_to_training(
     assert requested == []  # not observed yet
 
     runner.observe(instance, defs)
+    observed = instance.fetch_observations(dg.AssetKey("input_dataset"), limit=1).records[0]
+    metadata = observed.asset_observation.metadata
+    assert metadata["path"].value == str(graph.dataset) and metadata["kind"].value == "folder"
+    assert metadata["jpg_files"].value == len(labels)
     requested, cursor = _requested(defs, instance, cursor)
     assert requested == sorted(AUTOMATIC)
     assert runner.sync_status(instance, defs)["raw_images"] == "unsynced"
@@ -129,6 +133,11 @@ def test_an_observed_review_reruns_the_label_stage_and_below_only(tiny_graph, tm
     })
     instance = sqlite_instance(graph.tmp)
     _, cursor = _requested(defs, instance, None)
+    review_path.write_text("id,action,label,note\n" + "".join(
+        f"{i},drop,,blurred\n" for i in sorted(json.loads(
+            (graph.dataset / "data-labels.json").read_text()))[:2]))
     runner.observe(instance, defs)
+    observed = instance.fetch_observations(dg.AssetKey("review_file"), limit=1).records[0]
+    assert observed.asset_observation.metadata["rows"].value == 2
     requested, _ = _requested(defs, instance, cursor)
     assert requested == ["balanced_train", "clean_labels", "val_split"]

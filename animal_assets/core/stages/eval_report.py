@@ -94,6 +94,27 @@ def read_test_set(test_set: str, out_dir: Path, num_classes: int) -> tuple[np.nd
     return images, manifest["given"].to_numpy(dtype=np.int64)
 
 
+def summary_markdown(report: dict) -> str:
+    """The report at a glance, short enough for the UI to show without a click (under 1,000
+    characters): balanced accuracy and the weakest class per split, and the cleaning's headline
+    scores against the truth."""
+    rows = ["| | balanced accuracy | weakest class (recall) |", "| --- | ---: | --- |"]
+    for part, title in (("val_split", "val_split"), ("test_set", "test set")):
+        if part in report:
+            r = report[part]
+            scored = [c for c in r["per_class"] if c["recall"] is not None]
+            weakest = min(scored, key=lambda c: c["recall"]) if scored else None
+            rows.append(f"| {title} | {r['balanced_accuracy']:.3f} | "
+                        + (f"{weakest['name']} ({weakest['recall']:.2f}) |" if weakest else "- |"))
+    if "cleaning" in report:
+        c = report["cleaning"]
+        la = c["label_accuracy"]
+        rows += ["", f"cleaning vs truth: label accuracy {la['raw']:.3f} → {la['cleaned']:.3f}"
+                 + (f", OOD AUROC {c['ood']['auroc']:.3f}" if "ood" in c else "")
+                 + f", label-issue F1 {c['label_issues']['f1']:.3f}"]
+    return "\n".join(rows)
+
+
 def describe(report: dict, ctx: RunContext, *, clean_labels: CleanLabels,
              resnet34_model: Resnet34Model, **_) -> dict:
     from animal_assets.core import plots
@@ -102,7 +123,8 @@ def describe(report: dict, ctx: RunContext, *, clean_labels: CleanLabels,
 
     names = ctx.names(resnet34_model.num_classes)
     md = ["## val_split", to_markdown(report["val_split"])]
-    described: dict = {"val_balanced_accuracy": float(report["val_split"]["balanced_accuracy"])}
+    described: dict = {"summary": Markdown(summary_markdown(report)),
+                       "val_balanced_accuracy": report["val_split"]["balanced_accuracy"]}
     pictures = Pictures(Path(report["path"]).parent)
     for part, title in (("val_split", "val_split"), ("test_set", "external test set")):
         if part in report:
@@ -111,7 +133,7 @@ def describe(report: dict, ctx: RunContext, *, clean_labels: CleanLabels,
             ), alt=f"confusion matrix on {title}")
     if "test_set" in report:
         md += ["## external test set", to_markdown(report["test_set"])]
-        described["test_balanced_accuracy"] = float(report["test_set"]["balanced_accuracy"])
+        described["test_balanced_accuracy"] = report["test_set"]["balanced_accuracy"]
     by_source = clean_labels.summary.get("by_source", {})
     if by_source.get("review"):
         md += ["## review", f"{by_source['review']} decisions were made by a reviewer and "
@@ -121,8 +143,8 @@ def describe(report: dict, ctx: RunContext, *, clean_labels: CleanLabels,
         md += ["## cleaning vs truth", scores_markdown(report["cleaning"], class_names=names,
                                                          estimated=report["cleaning"]["estimated"])]
         if "ood" in report["cleaning"]:
-            described["ood_auroc"] = float(report["cleaning"]["ood"]["auroc"])
-        described["label_issue_f1"] = float(report["cleaning"]["label_issues"]["f1"])
+            described["ood_auroc"] = report["cleaning"]["ood"]["auroc"]
+        described["label_issue_f1"] = report["cleaning"]["label_issues"]["f1"]
     described["report"] = Markdown("\n\n".join(md))
     described.update(pictures.entries())
     described["report_file"] = FileRef(report["path"])
