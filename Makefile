@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# Python caches the bytecode of what it imports (__pycache__, in the venv and the project); where
+# the shell asks it not to, every process compiles torch, dagster and the rest again: about 8 s
+# before a run or a test's subprocess starts. The venv and the caches are this project's own.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install demo ablation ui test chromium clean
 

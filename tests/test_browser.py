@@ -1,12 +1,14 @@
 """The Dagster UI in a real browser, on a materialized instance.
 
 The tiny graph is materialized into a temporary Dagster home, ``dagster-webserver`` serves it on
-127.0.0.1, and Debian's headless Chromium, driven over the Chrome DevTools Protocol (a
-websocket; no browser download, no driver binary), opens the asset graph and asset pages. The
-tests assert on the rendered DOM: every asset and every lineage edge of the definitions, the
-check results, and a gallery image decoded from its ``data:`` URI. Screenshots go to the
-``screenshots`` folder under the test's temporary directory, with ``timings.json`` (page load
-times) and ``metadata_sizes.json`` (serialized metadata per asset).
+127.0.0.1 from ``workspace.yaml`` (as ``make ui`` does), and Debian's headless Chromium, driven
+over the Chrome DevTools Protocol (a websocket; no browser download, no driver binary), opens
+its pages. The tests assert on the rendered DOM: every asset and the 25 data edges of the
+lineage, a command-line run on the page of its job, the check results, tables and the report
+summary shown inline, and a gallery image decoded from its ``data:`` URI (one click away: the UI
+shows markdown inline only below 1,000 characters). Screenshots go to the ``screenshots`` folder
+under the test's temporary directory, with ``timings.json`` (page load times) and
+``metadata_sizes.json`` (serialized metadata per asset).
 
 Without Chromium the tests fail with a message saying how to install it; they are skipped only
 when ``ANIMAL_ASSETS_SKIP_BROWSER=1`` is set.
@@ -313,12 +315,47 @@ def test_a_run_from_the_command_line_is_listed_on_its_job_page(
     browser.screenshot(shots / "job_pipeline_runs.png")
 
 
+TABLE_JS = """(() => {
+  const tables = [...document.querySelectorAll('table')].map(t => ({
+    head: [...t.querySelectorAll(':scope > thead > tr > th')].map(c => c.textContent.trim()),
+    rows: [...t.querySelectorAll(':scope > tbody > tr')].map(
+      r => [...r.cells].map(c => c.textContent.trim()))
+  }));
+  const found = tables.find(t => HEAD.every(h => t.head.includes(h)));
+  return found && found.rows.length ? found : null;
+})()"""
+
+
+def test_an_asset_page_shows_its_tables_and_summary_without_a_click(
+    webserver, browser, materialized, shots, timings,
+):
+    head = ["class", "given", "kept", "relabelled_out", "relabelled_in", "dropped", "after"]
+    start = browser.goto(f"{webserver}/assets/clean_labels")
+    table = browser.wait_for(TABLE_JS.replace("HEAD", json.dumps(head)),
+                             "the class_counts table of clean_labels")
+    timings["clean_labels_table"] = round(time.monotonic() - start, 2)
+    assert table["head"] == head and len(table["rows"]) == 10
+    assert [row[0] for row in table["rows"]] == [str(k) for k in range(10)]
+    preview = browser.wait_for(TABLE_JS.replace("HEAD", json.dumps(["id", "action", "reason"])),
+                               "the decisions_preview table of clean_labels")
+    labels = {row[preview["head"].index("label")] for row in preview["rows"]}
+    assert "dropped" in labels and "-1" not in labels
+    browser.screenshot(shots / "clean_labels_tables.png")
+
+    browser.goto(f"{webserver}/assets/eval_report")
+    summary = browser.wait_for(TABLE_JS.replace("HEAD", json.dumps(["balanced accuracy"])),
+                               "the report summary of eval_report, shown inline")
+    assert summary["rows"][0][0] == "val_split"
+    browser.screenshot(shots / "eval_report_summary.png")
+
+
 CHECKS = {
     "raw_images": ["filenames_follow_rule", "labels_are_one_hot", "images_and_labels_pair_up",
                    "decode_as_64x64_rgb"],
     "clean_labels": ["follows_the_review", "no_class_mostly_dropped"],
     "balanced_train": ["export_follows_format", "shares_nothing_with_val_split",
                        "class_sizes_within_bounds"],
+    "eval_report": ["val_accuracy_above_floor"],
 }
 
 
