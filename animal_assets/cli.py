@@ -240,8 +240,7 @@ def _main(args: argparse.Namespace) -> int:
         # The inputs are checked before anything heavy is imported (torch, dagster) and before
         # the instance is touched, so a refusal answers at once; then the config.
         RunInputs.from_env().check(summary_json=args.json)
-        run_config = load_run_config(args.config)
-        params_from_run_config(run_config)
+        params_from_run_config(load_run_config(args.config))
     if not os.environ.get("DAGSTER_HOME"):
         # the project-local instance, as `make` sets it up: SQLite, no telemetry (runs offline)
         home = Path(".dagster_home").absolute()
@@ -264,7 +263,7 @@ def _main(args: argparse.Namespace) -> int:
             print(f"{name:16s} {status}")
         return 0
     summary = runner.run(
-        config=run_config,
+        config=args.config,  # by name: the run is tagged with it, and the demo runs as its job
         select=args.select.split(",") if args.select else None,
         unsynced=args.unsynced, precision=args.precision,
         progress=None if args.no_progress else ProgressBar(sys.stderr),

@@ -15,6 +15,7 @@ import pytest
 from animal_assets import runner
 from animal_assets.definitions import build_defs
 from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
+from tests.fixtures import cli_in_process, make_dataset
 from tests.graph import TINY, fork, sqlite_instance
 
 #: (upstream, downstream): downstream reads the data of upstream.
@@ -141,3 +142,25 @@ def test_an_observed_review_reruns_the_label_stage_and_below_only(tiny_graph, tm
     assert observed.asset_observation.metadata["rows"].value == 2
     requested, _ = _requested(defs, instance, cursor)
     assert requested == ["balanced_train", "clean_labels", "val_split"]
+
+
+def test_the_demo_runs_as_its_job_and_a_part_of_the_graph_as_pipeline():
+    assert runner.job_name("demo") == "demo_pipeline"
+    assert runner.job_name("demo", whole=False) == "pipeline"  # a subset drops the job's config
+    assert runner.job_name("default") == runner.job_name({"ops": {}}) == "pipeline"
+
+
+def test_a_command_line_run_is_tagged_with_its_config_and_code_location(tmp_path):
+    dataset = make_dataset(tmp_path, n=12, k=3)
+    instance = sqlite_instance(tmp_path)
+    done = cli_in_process(tmp_path, tmp_path / "dagster_home", "run", "--config", "demo",
+                          "--dataset", str(dataset), "--output", str(tmp_path / "out"),
+                          "--select", "raw_images", "--device", "cpu", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    runs = {run.job_name: run for run in instance.get_runs()}
+    assert sorted(runs) == ["observe_sources", "pipeline"]
+    for run in runs.values():  # the UI lists each on its job's page by this tag
+        assert run.tags[".dagster/repository"] == "__repository__@animal_assets"
+    tags = runs["pipeline"].tags
+    assert tags["animal_assets/config"] == "demo" and tags["animal_assets/dataset"] == str(dataset)
+    assert tags["animal_assets/device"] == "cpu"

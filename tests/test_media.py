@@ -224,3 +224,11 @@ def test_generated_gallery_only_when_images_were_generated(generated, expect_gal
     assert (data is not None) == expect_gallery
     if expect_gallery:
         assert close_to(first_thumbnail_colour(data), RED)
+
+
+def test_one_loss_spike_does_not_flatten_the_curves():
+    spiky = [40.0, 1.6, 1.3, 1.1, 2.0, 1.5, 1.2, 1.0]
+    top = plots.loss_axis_top(spiky)
+    assert top is not None and 2.0 < top < 5.0
+    assert plots.loss_axis_top([2.0, 1.6, 1.3, 1.1, 1.9, 1.5, 1.2, 1.0]) is None
+    assert plots.loss_axis_top([40.0, 1.0, float("nan")]) is None  # too few to tell

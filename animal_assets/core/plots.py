@@ -110,6 +110,18 @@ def confusion_plot(matrix: np.ndarray | Sequence[Sequence[int]], class_names: Se
     return _png(fig)
 
 
+def loss_axis_top(losses: Sequence[float]) -> float | None:
+    """Where the loss axis stops when one early spike (a validation loss of tens after the first
+    epoch) would flatten the rest: twice the 75th percentile of the losses, or None (no cut)
+    when nothing lies above it or there are fewer than 4 losses."""
+    values = np.asarray(losses, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 4:
+        return None
+    top = 2.0 * float(np.percentile(values, 75))
+    return top if values.max() > top else None
+
+
 def training_curves(history: Sequence[Mapping[str, float | None]]) -> bytes:
     """Loss (train and validation) and validation balanced accuracy per epoch.
 
@@ -138,6 +150,10 @@ def training_curves(history: Sequence[Mapping[str, float | None]]) -> bytes:
     loss_ax.plot(epochs, series("val_loss"), marker=marker, label="validation")
     loss_ax.set_title("loss", fontsize=10)
     loss_ax.legend(fontsize=8, frameon=False)
+    top = loss_axis_top(series("train_loss") + series("val_loss"))
+    if top is not None:
+        loss_ax.set_ylim(0.0, top)
+        loss_ax.set_title("loss (axis cut at twice its 75th percentile)", fontsize=10)
     acc_ax.plot(epochs, series("val_balanced_acc"), marker=marker, color="tab:green")
     acc_ax.set_ylim(0.0, 1.0)
     acc_ax.set_title("validation balanced accuracy", fontsize=10)
