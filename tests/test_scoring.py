@@ -117,6 +117,14 @@ def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
     assert set(first["bars"]) == {"accuracy", "classes", "auroc"}
     assert len(first["per_class"]["raw"]) == 4 and first["class_names"] == list(names)
     assert not (tmp_path / "work" / "tiny" / "seed0").exists()  # outputs removed unless kept
+    # the peers, scored alike; ours is the stage's own decisions
+    peers = first["peers"]
+    assert list(peers) == ["raw", "cleanlab-drop", "anchor", "ours"]
+    assert peers["ours"]["label_accuracy"] == pytest.approx(first["label_accuracy"]["cleaned"])
+    assert peers["raw"]["label_accuracy"] == pytest.approx(first["label_accuracy"]["raw"])
+    assert peers["raw"]["worst_class_change"] == 0.0 and peers["raw"]["kept"] == first["n"]
+    assert peers["anchor"]["kept"] <= round(0.85 * first["n"]) + 1  # its 15 % outliers dropped
+    assert again["peers"] == peers
 
 
 def test_per_class_lists_have_one_entry_per_class_even_when_one_is_absent(scored):

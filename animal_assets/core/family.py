@@ -152,8 +152,10 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
     results = run_stages(ctx, params, stages=upto("clean_labels"), describe=False, timings=timings)
     raw, emb, clean = results["raw_images"], results["embeddings"], results["clean_labels"]
     truth = read_truth(bench.truth_path, num_classes=raw.num_classes)
-    row = score_cell(read_decisions(clean), read_flags(results["ood_scores"]), truth,
+    decisions = read_decisions(clean)
+    row = score_cell(decisions, read_flags(results["ood_scores"]), truth,
                      num_classes=raw.num_classes)
+    row["peers"] = score_peers(decisions, clean, emb, truth, num_classes=raw.num_classes)
     seconds = {name: t["seconds"] for name, t in timings.items()}
     row.update({
         "cell": cell.name, "seed": seed, "n": raw.n_usable, "class_names": list(bench.class_names),
@@ -170,6 +172,61 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
     if not keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
+
+
+def score_peers(decisions: pd.DataFrame, clean, emb, truth: dict, *, num_classes: int) -> dict:
+    """The peers of :mod:`.synthetic.peers` and the label stage's own decisions, scored alike
+    on the images the truth names: same features, same out-of-fold probe probabilities."""
+    from animal_assets.core.stages.clean_labels import PROBE_PROBS
+    from animal_assets.core.synthetic.peers import compare
+
+    probs = np.load(Path(clean.path).parent / "auto" / PROBE_PROBS)
+    features = np.load(emb.path, mmap_mode="r")
+    scored = decisions["id"].isin(truth.keys()).to_numpy()
+    if len(probs) != len(decisions) or len(features) != len(decisions):
+        raise ValueError("family.py: the decisions, probe probabilities and features disagree")
+    true = decisions["id"][scored].map(lambda i: truth[i]["true"]).to_numpy(dtype=np.int64)
+    return compare(decisions["given"].to_numpy()[scored], probs[scored],
+                   np.asarray(features[scored, : emb.head_dim]),
+                   decisions["label"].to_numpy()[scored], true, num_classes)
+
+
+PEER_COLUMNS = ("raw", "cleanlab-drop", "anchor", "ours")
+
+
+def peers_table(rows: Sequence[dict]) -> str:
+    """Per run: each labelling's label accuracy (drops count as errors), worst-class change
+    against raw, images kept and accuracy among the kept; then ours against the best peer."""
+    head = ["cell", "seed", *(f"{p} acc / worst Δ / kept (acc)" for p in PEER_COLUMNS),
+            "ours − best peer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        peers = r["peers"]
+        cells = [f"{_f(peers[p]['label_accuracy'])} / {peers[p]['worst_class_change']:+.3f} / "
+                 f"{peers[p]['kept']:,} ({_f(peers[p]['kept_accuracy'])})" for p in PEER_COLUMNS]
+        lines.append(f"| {r['cell']} | {r['seed']} | " + " | ".join(cells)
+                     + f" | {peer_margin(r):+.3f} |")
+    return "\n".join(lines)
+
+
+def peer_margin(row: dict) -> float:
+    """Our label accuracy minus the best peer's (raw included) on one run."""
+    peers = row["peers"]
+    best = max(peers[p]["label_accuracy"] for p in PEER_COLUMNS if p != "ours")
+    return peers["ours"]["label_accuracy"] - best
+
+
+def peers_summary(rows: Sequence[dict]) -> str:
+    """Over the runs: the worst run's margin, and our mean against each peer's mean."""
+    if not rows:
+        return ""
+    margins_ = [peer_margin(r) for r in rows]
+    worst = int(np.argmin(margins_))
+    means = {p: float(np.mean([r["peers"][p]["label_accuracy"] for r in rows])) for p in PEER_COLUMNS}
+    best_peer = max((p for p in PEER_COLUMNS if p != "ours"), key=means.get)
+    return ("mean label accuracy: " + ", ".join(f"{p} {_f(m)}" for p, m in means.items())
+            + f"; ours − best peer ({best_peer}) on the mean {means['ours'] - means[best_peer]:+.3f}"
+            + f"; worst run {rows[worst]['cell']} seed {rows[worst]['seed']}: {margins_[worst]:+.3f}")
 
 
 def _quiet(_: str) -> None:
@@ -282,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(args.json, {"rows": rows, "seconds": round(time.perf_counter() - start, 1)})
     print()
     print(table(rows))
+    print()
+    print(peers_table(rows))
+    print(peers_summary(rows))
     print(f"\n{len(rows)} runs in {time.perf_counter() - start:.0f} s")
     return 0
 

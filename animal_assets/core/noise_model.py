@@ -58,6 +58,7 @@ class NoisePosterior:
     transition: np.ndarray  # (K, K) T[j, i] = P(given = i | true = j)
     moved_per_round: tuple[int, ...]  # images whose argmax differs from the given label
     prior: np.ndarray  # (K,) estimated P(true = j) of the images in train_mask
+    probe_probs: np.ndarray | None = None  # (N, K) the first probe's P(given = i | image), out of fold
 
     def balanced(self) -> np.ndarray:
         """The posterior divided by the estimated prior, rows renormalised.
@@ -323,4 +324,4 @@ def noise_posteriors(
     share = np.bincount(labels[mask], minlength=num_classes) / max(int(mask.sum()), 1)
     prior = estimate_prior(share, transition)
     return NoisePosterior(posterior=posterior, transition=transition, moved_per_round=tuple(moved),
-                          prior=prior)
+                          prior=prior, probe_probs=noisy)

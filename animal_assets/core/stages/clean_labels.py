@@ -24,6 +24,10 @@ from animal_assets.core.stages.raw_images import check_aligned, raw_version
 
 NAME = "clean_labels"
 
+#: Beside the automatic decisions (``clean_labels/auto``): the label probe's out-of-fold class
+#: probabilities on the given labels, (N, K) float32 in the decisions' row order.
+PROBE_PROBS = "probe_probs.npy"
+
 GALLERY_CAPTIONS = {
     "relabelled": "given -> new label, probability of the new label; framed: a reviewer's decision",
     "dropped": "reason, given label, id; framed: a reviewer's decision",
@@ -93,6 +97,10 @@ def clean_label_decisions(
     path = Path(out_dir) / "decisions.csv"
     with atomic_path(path) as tmp:
         decisions.to_csv(tmp, index=False)
+    # what cleanlab and its kind take as pred_probs: the first probe's out-of-fold probabilities
+    with atomic_path(Path(out_dir) / PROBE_PROBS) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, result.probe_probs.astype(np.float32))
     summary = cleaning.summarise(decisions, num_classes=raw.num_classes)
     summary["probe_c"] = probe_kwargs["c"]
     # T[true, given]: how often each class was labelled as each other class.
