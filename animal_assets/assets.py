@@ -235,6 +235,8 @@ def _materialize(name: str, config, ctx: RunContext, storage: StorageResource, *
     storage.mark(name)
     described = stage.describe(handle, ctx, **inputs)
     return dg.Output(handle, metadata={
+        # where this asset's files are (Dagster's own "path" is the stored handle's pickle)
+        "outputs": dg.MetadataValue.path(str(storage.path(name))),
         **{key: _metadata_value(value) for key, value in described.items()},
         "wall_seconds": round(stats.seconds, 2), "peak_rss_mb": round(stats.peak_rss_mb, 1),
     })

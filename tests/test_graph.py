@@ -46,6 +46,7 @@ def test_tables_show_their_columns_and_the_decisions_their_row_count(tiny_graph)
     clean, raw = metadata("clean_labels"), metadata("raw_images")
     decisions = pd.read_csv(tiny_graph.tmp / "out" / "clean_labels" / "decisions.csv")
     assert clean["dagster/row_count"].value == len(decisions) == raw["n_usable"].value
+    assert clean["outputs"].value == str(tiny_graph.tmp / "out" / "clean_labels")
     preview = clean["decisions_preview"]
     assert isinstance(preview, dg.TableMetadataValue)
     assert {c.name: c.type for c in preview.schema.columns} == {
