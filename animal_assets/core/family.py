@@ -24,6 +24,10 @@ the same with the imbalanced profile. The bars each cell must meet (:func:`bars`
 * OOD AUROC >= 0.95;
 * the standard cell >= 0.88 label accuracy, its imbalanced twin >= 0.85.
 
+Every run also scores the peers of :mod:`.synthetic.peers` (raw labels, cleanlab's flags
+dropped, a simple anchor) on the same features and out-of-fold probe probabilities as the label
+stage, in a second table (:func:`peers_table`).
+
 Command line::
 
     python -m animal_assets.core.family ../shared/data/cifar10-subset.tgz var/family \\
