@@ -5,7 +5,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from animal_assets.core.family import CELLS, EXTRA, GRID, QUICK, bars, score_cell, select_runs, table
+from animal_assets.core.family import (
+    CELLS,
+    EXTRA,
+    GRID,
+    QUICK,
+    SHAPES,
+    bars,
+    score_cell,
+    select_runs,
+    table,
+)
 from animal_assets.core.scoring import cleaning_scores, scores_markdown
 
 
@@ -69,6 +79,21 @@ def test_the_grid_has_sixteen_distinct_cells_within_the_noise_cap():
             spec = settings_from_dict(cell.spec, seed=seed, where=cell.name)[0].spec
             rates = spec.pair_rates(6) + spec.symmetric_flip_rate
             assert rates.max() <= 0.45 + 1e-9, cell.name
+
+
+def test_the_shapes_build_junk_that_is_half_animals_and_stay_out_of_the_baseline():
+    from animal_assets.core.synthetic.spec import settings_from_dict
+
+    junk, little = SHAPES
+    settings, cap = settings_from_dict(junk.spec, seed=0, where=junk.name)
+    animals = {"bird", "frog"}
+    assert not animals & set(settings.in_classes) and animals < set(settings.ood_classes)
+    vehicles = set(settings.ood_classes) - animals
+    assert 2 * cap == 500 * len(vehicles)  # 2 x 1,000 animals against 4 x 500 vehicles
+    assert settings.spec.pair_rates(4).tolist() == [0.30] * 4
+    assert little.name == "bal-asym35-10-sym00-ood03" and little.spec["ood_fraction"] == 0.03
+    assert [c.name for c, _ in select_runs("shapes", "0")] == [junk.name, little.name]
+    assert not {c.name for c in SHAPES} & {c.name for c, _ in select_runs("all", "0")}
 
 
 def test_the_quick_preset_is_six_runs_of_the_full_grid_unchanged():
