@@ -116,6 +116,9 @@ def test_an_observed_input_change_reruns_everything_below_it_up_to_training(
     assert sorted(summary["assets"]) == sorted(AUTOMATIC)
     requested, cursor = _requested(defs, instance, cursor)
     assert requested == []  # the rerun settled it
+    runner.observe(instance, defs)  # observed again, unchanged (as each command-line run does)
+    requested, cursor = _requested(defs, instance, cursor)
+    assert requested == []
     status = runner.sync_status(instance, defs)
     assert [status[n] for n in AUTOMATIC] == ["synced"] * len(AUTOMATIC)
     assert status["resnet34_model"] == "unsynced"  # its inputs changed; it waits to be asked
