@@ -2,7 +2,7 @@
 against, on the same features and the same out-of-fold probe probabilities as the label stage.
 
 * ``raw``: the given labels.
-* ``cleanlab-drop``: ``cleanlab.filter.find_label_issues(labels, pred_probs)`` with its defaults,
+* ``cleanlab-drop``: ``cleanlab.filter.find_label_issues(labels, pred_probs)`` with its defaults (one process),
   every flagged image dropped (what a Datalab user does).
 * ``anchor``: a simple pipeline: the 15 % of images with the largest mean cosine distance to
   their 10 nearest neighbours (head features) dropped as outliers; cleanlab's flags on the rest;
@@ -28,7 +28,10 @@ def _issues(given: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)
-    return np.asarray(find_label_issues(np.asarray(given, dtype=np.int64), probs), dtype=bool)
+    # n_jobs=1: cleanlab's default forks a process pool, and a fork of a process whose torch
+    # and BLAS threads hold a lock can hang for good; one process gives the same flags
+    return np.asarray(find_label_issues(np.asarray(given, dtype=np.int64), probs, n_jobs=1),
+                      dtype=bool)
 
 
 def cleanlab_drop(given: np.ndarray, probs: np.ndarray) -> np.ndarray:
