@@ -63,9 +63,7 @@ def _observe_input(dataset: DatasetResource, storage: StorageResource) -> dg.Obs
     if path.is_file():
         shape = {"kind": "archive", "bytes": path.stat().st_size}
     else:
-        imgs = next((p for p in (path / "imgs", *path.glob("*/imgs")) if p.is_dir()), None)
-        shape = {"kind": "folder",
-                 "jpg_files": sum(1 for _ in imgs.glob("*.jpg")) if imgs else 0}
+        shape = {"kind": "folder", "jpg_files": sum(1 for _ in path.rglob("*.jpg"))}
     return dg.ObserveResult(data_version=dg.DataVersion(version), metadata={
         "path": dg.MetadataValue.path(str(path)), **shape, "fingerprint": version[:16]})
 

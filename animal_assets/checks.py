@@ -22,7 +22,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from animal_assets.assets import balanced_train, clean_labels, eval_report, raw_images, val_split
+from animal_assets.assets import (
+    balanced_train,
+    clean_labels,
+    eval_report,
+    raw_images,
+    table_metadata,
+    val_split,
+)
 from animal_assets.core import quality, review
 from animal_assets.core.export import Split, validate_ds801_folder
 from animal_assets.core.stages.balanced_train import BalancedTrain
@@ -213,8 +220,6 @@ def clean_labels_follow_the_review(
 
 
 def _verdict(verdict: quality.Verdict, **metadata) -> dg.AssetCheckResult:
-    from animal_assets.assets import table_metadata
-
     if not verdict.table.empty:
         metadata["table"] = table_metadata(verdict.table, max_rows=100)
     return dg.AssetCheckResult(passed=verdict.passed, severity=dg.AssetCheckSeverity.WARN,
@@ -227,9 +232,9 @@ def clean_labels_no_class_mostly_dropped(
     clean_labels: CleanLabels, dataset: DatasetResource,
 ) -> dg.AssetCheckResult:
     per_class = clean_labels.summary["per_class"]
-    return _verdict(quality.drop_shares(
-        [c["given"] for c in per_class], [c["dropped"] for c in per_class],
-        dataset.names(len(per_class))), max_share=quality.MAX_DROP_SHARE)
+    verdict = quality.drop_shares([c["given"] for c in per_class], [c["dropped"] for c in per_class],
+                                  dataset.names(len(per_class)))
+    return _verdict(verdict, max_share=quality.MAX_DROP_SHARE)
 
 
 @dg.asset_check(asset=balanced_train, name="class_sizes_within_bounds", description=(
@@ -241,8 +246,8 @@ def balanced_train_class_sizes_within_bounds(
     k = len(balanced_train.counts_before)
     labels = pd.read_csv(balanced_train.train.ids_path)["label"].to_numpy()
     counts = [int(n) for n in np.bincount(labels, minlength=k)]
-    return _verdict(quality.class_size_ratio(counts, dataset.names(k)),
-                    max_ratio=quality.MAX_CLASS_RATIO)
+    verdict = quality.class_size_ratio(counts, dataset.names(k))
+    return _verdict(verdict, max_ratio=quality.MAX_CLASS_RATIO)
 
 
 @dg.asset_check(asset=eval_report, name="val_accuracy_above_floor", description=(

@@ -55,11 +55,8 @@ def observe(
     source name."""
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
-    from animal_assets.definitions import LOCATION
-
     result = defs.resolve_job_def("observe_sources").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=_QUIET,
-        tags={REPOSITORY_TAG: f"{REPOSITORY}@{LOCATION}"},
+        instance=instance, raise_on_error=False, run_config=_QUIET, tags=location_tag(),
     )
     if not result.success:
         raise RunFailed(_failure_line(result), result)
@@ -279,12 +276,17 @@ REPOSITORY_TAG = ".dagster/repository"
 REPOSITORY = "__repository__"
 
 
+def location_tag() -> dict[str, str]:
+    """The tag that files a run under this code location (see :data:`REPOSITORY_TAG`)."""
+    from animal_assets.definitions import LOCATION
+
+    return {REPOSITORY_TAG: f"{REPOSITORY}@{LOCATION}"}
+
+
 def run_tags(config: str | dict, run_config: dict, defs: dg.Definitions) -> dict[str, str]:
     """Tags that say what a run used (dataset, config, device and the precision of the encoder
     and of the trainer, "auto" resolved for this machine), and the code location it belongs to,
     so that the UI lists it under its job."""
-    from animal_assets.definitions import LOCATION
-
     from animal_assets.core.device import resolve_device
     from animal_assets.core.precision import resolve_precision
 
@@ -302,7 +304,7 @@ def run_tags(config: str | dict, run_config: dict, defs: dg.Definitions) -> dict
         "animal_assets/device": str(dev),
         "animal_assets/precision": f"embeddings {precision_of('embeddings')}, "
                                    f"resnet34_model {precision_of('resnet34_model')}",
-        REPOSITORY_TAG: f"{REPOSITORY}@{LOCATION}",
+        **location_tag(),
     }
 
 

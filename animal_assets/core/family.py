@@ -194,10 +194,10 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
 def score_peers(decisions: pd.DataFrame, clean, emb, truth: dict, *, num_classes: int) -> dict:
     """The peers of :mod:`.synthetic.peers` and the label stage's own decisions, scored alike
     on the images the truth names: same features, same out-of-fold probe probabilities."""
-    from animal_assets.core.stages.clean_labels import PROBE_PROBS
+    from animal_assets.core.stages.clean_labels import read_probe_probs
     from animal_assets.core.synthetic.peers import compare
 
-    probs = np.load(Path(clean.path).parent / "auto" / PROBE_PROBS)
+    probs = read_probe_probs(clean)
     features = np.load(emb.path, mmap_mode="r")
     scored = decisions["id"].isin(truth.keys()).to_numpy()
     if len(probs) != len(decisions) or len(features) != len(decisions):

@@ -27,6 +27,8 @@ NAME = "clean_labels"
 #: Beside the automatic decisions (``clean_labels/auto``): the label probe's out-of-fold class
 #: probabilities on the given labels, (N, K) float32 in the decisions' row order.
 PROBE_PROBS = "probe_probs.npy"
+#: The subfolder of the automatic decisions, before the review.
+AUTO = "auto"
 
 GALLERY_CAPTIONS = {
     "relabelled": "given -> new label, probability of the new label; framed: a reviewer's decision",
@@ -49,7 +51,7 @@ def run(config: CleaningConfig, ctx: RunContext, *, raw_images: RawImages,
         embeddings: Embeddings, ood_scores: OodScores) -> CleanLabels:
     """The automatic decisions (``clean_labels/auto``), then ``ctx.review`` applied over them
     (``clean_labels/decisions.csv``)."""
-    auto = clean_label_decisions(raw_images, embeddings, ood_scores, ctx.folder(NAME, "auto"),
+    auto = clean_label_decisions(raw_images, embeddings, ood_scores, ctx.folder(NAME, AUTO),
                                  config)
     clean, _, _ = reviewed_clean_labels(auto, ctx.review, ctx.folder(NAME),
                                         num_classes=raw_images.num_classes,
@@ -158,6 +160,11 @@ def reviewed_clean_labels(
     summary["by_source"] = {s: int((final["source"] == s).sum()) for s in ("auto", "review")}
     summary["review_version"] = version
     return CleanLabels(path=str(path), raw_version=auto.raw_version, summary=summary), final, version
+
+
+def read_probe_probs(clean: CleanLabels) -> np.ndarray:
+    """The label probe's out-of-fold probabilities kept beside the automatic decisions."""
+    return np.load(Path(clean.path).parent / AUTO / PROBE_PROBS)
 
 
 def read_decisions(clean: CleanLabels) -> pd.DataFrame:
