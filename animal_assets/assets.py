@@ -1,6 +1,7 @@
 """The asset graph. Each asset reads its config, calls one core step and describes what it made.
 
 input_dataset ─▶ raw_images ─▶ embeddings ─▶ ood_scores ─▶ clean_labels ─▶ val_split
+       raw_images ─▶ image_quality ─▶ clean_labels
        raw_images ─▶ ood_scores, clean_labels, val_split, balanced_train, resnet34_model, ablation_report
        embeddings ─▶ clean_labels          review_file ─▶ clean_labels
        clean_labels, val_split ─▶ balanced_train ─▶ resnet34_model ─▶ eval_report, ablation_report
@@ -32,6 +33,7 @@ from animal_assets.configs import (
     CleanLabelsConfig,
     EmbeddingsConfig,
     EvalReportConfig,
+    ImageQualityConfig,
     OodScoresConfig,
     RawImagesConfig,
     Resnet34Config,
@@ -46,6 +48,7 @@ from animal_assets.core.stages.balanced_train import BalancedTrain
 from animal_assets.core.stages.base import FileRef, Json, Markdown, Table
 from animal_assets.core.stages.clean_labels import CleanLabels
 from animal_assets.core.stages.embeddings import Embeddings
+from animal_assets.core.stages.image_quality import ImageQuality
 from animal_assets.core.stages.ood_scores import OodScores
 from animal_assets.core.stages.raw_images import require_conforming
 from animal_assets.core.stages.resnet34_model import Resnet34Model
@@ -257,6 +260,19 @@ def raw_images(
     return _materialize("raw_images", config, _run_context(context, dataset, storage), storage)
 
 
+@dg.asset(group_name=GROUP, tags=_part("input"),
+          code_version="1", kinds={"python"}, automation_condition=RERUN)
+def image_quality(
+    context: dg.AssetExecutionContext, config: ImageQualityConfig, raw_images: RawImages,
+    dataset: DatasetResource, storage: StorageResource,
+) -> dg.Output[ImageQuality]:
+    """A score and a flag per image for each quality kind: dark, light, low information, blurry,
+    grayscale, padded (letterboxed). Reported only by default; under ``policy: drop``
+    ``clean_labels`` drops the flagged images with the reason ``quality``."""
+    return _materialize("image_quality", config, _run_context(context, dataset, storage), storage,
+                        raw_images=raw_images)
+
+
 @dg.asset(group_name=GROUP, tags=_part("cleaning"),
           code_version="2", kinds={"pytorch"}, automation_condition=RERUN)
 def embeddings(
@@ -287,14 +303,15 @@ def ood_scores(
           automation_condition=RERUN)
 def clean_labels(
     context: dg.AssetExecutionContext, config: CleanLabelsConfig, raw_images: RawImages,
-    embeddings: Embeddings, ood_scores: OodScores, dataset: DatasetResource,
-    storage: StorageResource,
+    image_quality: ImageQuality, embeddings: Embeddings, ood_scores: OodScores,
+    dataset: DatasetResource, storage: StorageResource,
 ) -> dg.Output[CleanLabels]:
     """Keep, relabel or drop each image: a cross-validated probe under an estimated noise model,
-    class floors; then a person's review, which overrules the automatic decision of every image
-    it lists."""
+    class floors; images ``image_quality`` drops under its ``drop`` policy; then a person's
+    review, which overrules the automatic decision of every image it lists."""
     return _materialize("clean_labels", config, _run_context(context, dataset, storage), storage,
-                        raw_images=raw_images, embeddings=embeddings, ood_scores=ood_scores)
+                        raw_images=raw_images, image_quality=image_quality, embeddings=embeddings,
+                        ood_scores=ood_scores)
 
 
 @dg.asset(group_name=GROUP, tags=_part("export"),
@@ -365,6 +382,6 @@ def ablation_report(
 
 
 PIPELINE_ASSETS = [
-    raw_images, embeddings, ood_scores, clean_labels, val_split, balanced_train,
+    raw_images, image_quality, embeddings, ood_scores, clean_labels, val_split, balanced_train,
     resnet34_model, eval_report, ablation_report,
 ]

@@ -41,6 +41,7 @@ def _config_class(name: str, params: type) -> type[dg.Config]:
 
 _PARAMS = step_params()
 RawImagesConfig = _config_class("RawImagesConfig", _PARAMS["raw_images"])
+ImageQualityConfig = _config_class("ImageQualityConfig", _PARAMS["image_quality"])
 EmbeddingsConfig = _config_class("EmbeddingsConfig", _PARAMS["embeddings"])
 OodScoresConfig = _config_class("OodScoresConfig", _PARAMS["ood_scores"])
 CleanLabelsConfig = _config_class("CleanLabelsConfig", _PARAMS["clean_labels"])

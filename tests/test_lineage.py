@@ -22,6 +22,8 @@ from tests.graph import TINY, fork, sqlite_instance
 DATA_EDGES = {
     ("input_dataset", "raw_images"),
     ("review_file", "clean_labels"),
+    ("raw_images", "image_quality"),
+    ("image_quality", "clean_labels"),
     ("raw_images", "embeddings"),
     ("raw_images", "ood_scores"),
     ("embeddings", "ood_scores"),
@@ -47,7 +49,7 @@ DATA_EDGES = {
     ("resnet34_model", "ablation_report"),
 }
 #: Rerun by the automation sensor below a change; training and what needs it are on request.
-AUTOMATIC = ["raw_images", "embeddings", "ood_scores", "clean_labels", "val_split",
+AUTOMATIC = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels", "val_split",
              "balanced_train"]
 ON_REQUEST = ["resnet34_model", "eval_report", "ablation_report"]
 

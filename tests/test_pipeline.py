@@ -137,7 +137,7 @@ def test_the_label_stage_applies_the_review_for_every_runner(tmp_path):
                      log=lambda _: None, warn=lambda _: None)
     results = run_stages(ctx, params_from_run_config(TINY), stages=upto("clean_labels"),
                          describe=False)
-    assert list(results) == ["raw_images", "embeddings", "ood_scores", "clean_labels"]
+    assert list(results) == ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels"]
     decisions = pd.read_csv(tmp_path / "out" / "clean_labels" / "decisions.csv").set_index("id")
     assert decisions.loc[dropped, "action"] == "drop" and decisions.loc[dropped, "source"] == "review"
     assert results["clean_labels"].summary["by_source"]["review"] == 1

@@ -63,7 +63,7 @@ def recipe_rows(decisions: pd.DataFrame, val_sources: set[str]) -> dict[str, np.
     held = np.isin(groups, groups[in_val])  # a copy of a validation image is that image
     given = decisions["given"].to_numpy(dtype=np.int64)
     final = decisions["label"].to_numpy(dtype=np.int64)
-    ood = (decisions["reason"] == "ood").to_numpy()
+    ood = decisions["reason"].isin(["ood", "quality"]).to_numpy()  # the junk the input held
     raw = np.flatnonzero(~held)
     no_ood = np.flatnonzero(~held & ~ood)
     cleaned = np.flatnonzero(~held & (final >= 0))

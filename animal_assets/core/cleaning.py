@@ -25,7 +25,7 @@ import pandas as pd
 from animal_assets.core.probe import check_labels
 from animal_assets.core.review import ACTIONS
 
-REASONS = ("", "ood", "label_issue", "duplicate_conflict", "duplicate")
+REASONS = ("", "ood", "quality", "label_issue", "duplicate_conflict", "duplicate")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +193,18 @@ def decide(
         "given": given, "label": final, "action": action.astype(str), "reason": reason.astype(str),
         "confidence": confidence, "label_issue": issue, "self_confidence": self_conf,
     })
+
+
+def quality_reasons(reason: np.ndarray, *, ood: np.ndarray, quality: np.ndarray,
+                    dup_group: np.ndarray) -> np.ndarray:
+    """The reasons of a :func:`decide` table whose ``ood_flags`` were OOD or quality flags: a
+    dropped ``ood`` row none of whose byte-identical copies is OOD was dropped for its quality.
+    """
+    _, dense = np.unique(np.asarray(dup_group), return_inverse=True)
+    group_ood = np.bincount(dense, weights=np.asarray(ood, dtype=float))[dense] > 0
+    out = np.array(reason, dtype=object)
+    out[(out == "ood") & ~group_ood] = "quality"
+    return out.astype(str)
 
 
 def _apply_floor(final, action, reason, given, self_conf, ood, num_classes, fraction) -> None:

@@ -373,3 +373,76 @@ def write_image(path: str | os.PathLike, data: bytes) -> str:
 
     write_bytes(path, data)
     return str(path)
+
+
+def quality_gallery(
+    images: np.ndarray, table: pd.DataFrame, class_names: Sequence[str], *,
+    kinds: Sequence[str], max_items: int = MAX_ITEMS,
+) -> bytes | None:
+    """The flagged images of every quality kind, the most extreme of each kind first and the
+    kinds taking turns, captioned with kind, score, given label and id; None when none is flagged.
+
+    Parameters
+    ----------
+    images : np.ndarray, shape (N, H, W, 3) uint8
+        Usable images, aligned with ``table``.
+    table : pandas.DataFrame, N rows
+        ``id``, ``given``, and per kind its score column ``{kind}`` and flag column ``{kind}_flag``.
+    class_names : sequence of str, length K
+    kinds : sequence of str
+        The kinds, in the order they take turns.
+    max_items : int
+        Most thumbnails.
+    """
+    groups, labels = [], {}
+    for kind in kinds:
+        flagged = np.flatnonzero(table[f"{kind}_flag"].to_numpy(dtype=bool))
+        score = table[kind].to_numpy()[flagged]
+        # the direction of "extreme": high for light and padded, low for the others
+        order = np.argsort(-score if kind in ("light", "padded") else score, kind="stable")
+        groups.append(flagged[order])
+        for i in flagged:
+            labels.setdefault(int(i), kind)  # an image of several kinds shows under its first
+    picked = list(dict.fromkeys(_interleave(groups, len(table))))[:max_items]
+    if not picked:
+        return None
+    given = table["given"].to_numpy()
+    captions = [
+        f"{labels[i]} {float(table[labels[i]].iloc[i]):.3g}\n"
+        f"{_name(class_names, int(given[i]))}\n{_short(table['id'].iloc[i])}"
+        for i in picked
+    ]
+    return gallery(np.asarray(images[picked]), captions, max_items=max_items)
+
+
+def near_copy_gallery(
+    images: np.ndarray, groups: pd.DataFrame, index_of: dict, class_names: Sequence[str], *,
+    max_items: int = MAX_ITEMS,
+) -> bytes | None:
+    """The first two images of the top near-copy groups side by side, groups whose copies carry
+    different given labels first, then the larger ones; captioned with group, given label and id.
+    None when there is no group.
+
+    Parameters
+    ----------
+    images : np.ndarray, shape (N, H, W, 3) uint8
+    groups : pandas.DataFrame
+        :func:`animal_assets.core.near_duplicates.group_table`.
+    index_of : dict
+        Image id -> row of ``images``.
+    class_names : sequence of str
+    max_items : int
+        Most thumbnails (two per group).
+    """
+    if not len(groups):
+        return None
+    top = groups.sort_values(["conflict", "size", "group"], ascending=[False, False, True], kind="stable")
+    rows, captions = [], []
+    for _, g in top.head(max(1, max_items // 2)).iterrows():
+        members = str(g["members"]).split()[:2]
+        labels = str(g["given"]).split()[:2]
+        for image_id, label in zip(members, labels):
+            rows.append(index_of[image_id])
+            captions.append(f"group {int(g['group'])}{' conflict' if g['conflict'] else ''}\n"
+                            f"{_name(class_names, int(label))}\n{_short(image_id)}")
+    return gallery(np.asarray(images[rows]), captions, max_items=max_items)

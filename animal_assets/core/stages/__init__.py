@@ -6,9 +6,10 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 | stage | reads |
 |---|---|
 | raw_images | the input (``ctx.dataset``) |
+| image_quality | raw_images |
 | embeddings | raw_images |
 | ood_scores | raw_images, embeddings |
-| clean_labels | raw_images, embeddings, ood_scores (and ``ctx.review``) |
+| clean_labels | raw_images, image_quality, embeddings, ood_scores (and ``ctx.review``) |
 | val_split | raw_images, clean_labels |
 | balanced_train | raw_images, clean_labels, val_split |
 | resnet34_model | raw_images, balanced_train, val_split |
@@ -25,6 +26,7 @@ from animal_assets.core.stages import (
     clean_labels,
     embeddings,
     eval_report,
+    image_quality,
     ood_scores,
     raw_images,
     resnet34_model,
@@ -36,11 +38,13 @@ from animal_assets.core.train import TrainConfig
 STAGES: tuple[Stage, ...] = (
     Stage("raw_images", (), raw_images.RawImagesConfig, raw_images.run, raw_images.describe,
           gate=raw_images.require_conforming),
+    Stage("image_quality", ("raw_images",), image_quality.ImageQualityConfig, image_quality.run,
+          image_quality.describe),
     Stage("embeddings", ("raw_images",), embeddings.EmbeddingsConfig, embeddings.run,
           embeddings.describe),
     Stage("ood_scores", ("raw_images", "embeddings"), ood_scores.OodScoresConfig, ood_scores.run,
           ood_scores.describe),
-    Stage("clean_labels", ("raw_images", "embeddings", "ood_scores"), CleaningConfig,
+    Stage("clean_labels", ("raw_images", "image_quality", "embeddings", "ood_scores"), CleaningConfig,
           clean_labels.run, clean_labels.describe),
     Stage("val_split", ("raw_images", "clean_labels"), val_split.ValSplitConfig, val_split.run,
           val_split.describe),

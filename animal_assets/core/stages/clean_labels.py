@@ -19,6 +19,7 @@ from animal_assets.core.cleaning import CleaningConfig
 from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.stages.base import FileRef, Json, Pictures, RunContext, Table
 from animal_assets.core.stages.embeddings import Embeddings
+from animal_assets.core.stages.image_quality import ImageQuality, read_drops
 from animal_assets.core.stages.ood_scores import OodScores
 from animal_assets.core.stages.raw_images import check_aligned, raw_version
 
@@ -48,11 +49,11 @@ class CleanLabels:
 
 
 def run(config: CleaningConfig, ctx: RunContext, *, raw_images: RawImages,
-        embeddings: Embeddings, ood_scores: OodScores) -> CleanLabels:
+        image_quality: ImageQuality, embeddings: Embeddings, ood_scores: OodScores) -> CleanLabels:
     """The automatic decisions (``clean_labels/auto``), then ``ctx.review`` applied over them
     (``clean_labels/decisions.csv``)."""
     auto = clean_label_decisions(raw_images, embeddings, ood_scores, ctx.folder(NAME, AUTO),
-                                 config)
+                                 config, image_quality=image_quality)
     clean, _, _ = reviewed_clean_labels(auto, ctx.review, ctx.folder(NAME),
                                         num_classes=raw_images.num_classes,
                                         class_names=ctx.names(raw_images.num_classes))
@@ -61,19 +62,26 @@ def run(config: CleaningConfig, ctx: RunContext, *, raw_images: RawImages,
 
 def clean_label_decisions(
     raw: RawImages, embeddings: Embeddings, ood_scores: OodScores, out_dir: str | Path,
-    config: CleaningConfig,
+    config: CleaningConfig, *, image_quality: ImageQuality | None = None,
 ) -> CleanLabels:
-    """Decide keep / relabel / drop for every usable image (see :mod:`animal_assets.core.cleaning`)."""
+    """Decide keep / relabel / drop for every usable image (see :mod:`animal_assets.core.cleaning`).
+
+    The images ``image_quality`` drops (its ``drop`` policy) are left out like the OOD ones: the
+    probe does not learn from them and they are dropped, with the reason ``quality``.
+    """
     from animal_assets.core import cleaning, noise_model
     from animal_assets.core.probe import select_probe_c
 
-    check_aligned(raw, embeddings, ood_scores)
+    check_aligned(raw, embeddings, ood_scores, *([image_quality] if image_quality else []))
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only
     features = np.load(embeddings.path)
     ood_table = pd.read_csv(ood_scores.path)
     labels = manifest["given"].to_numpy(dtype=np.int64)
-    ood_flags = ood_table["flag"].to_numpy(dtype=bool)
     groups = cleaning.duplicate_groups(manifest["sha256"].tolist())
+    ood_only = ood_table["flag"].to_numpy(dtype=bool)
+    quality = read_drops(image_quality) if image_quality else np.zeros(len(labels), dtype=bool)
+    # left out of the probe and dropped alike; the reason tells them apart below
+    ood_flags = ood_only | quality
     probe_kwargs = config.probe_kwargs()
     if probe_kwargs["c"] is None:
         probe_kwargs["c"] = select_probe_c(
@@ -90,6 +98,9 @@ def clean_label_decisions(
         labels, pred_probs, ood_flags=ood_flags, dup_group=groups, num_classes=raw.num_classes,
         config=config,
     )
+    if quality.any():
+        decisions["reason"] = cleaning.quality_reasons(decisions["reason"].to_numpy(dtype=object),
+                                                       ood=ood_only, quality=quality, dup_group=groups)
     decisions.insert(0, "id", manifest["id"].to_numpy())
     decisions["sha256"] = manifest["sha256"].to_numpy()
     decisions["dup_group"] = groups

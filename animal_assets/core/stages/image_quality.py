@@ -1,0 +1,112 @@
+"""Stage ``image_quality``: a score and a flag per image for each quality kind (dark, light, low
+information, blurry, grayscale, padded; :mod:`animal_assets.core.image_quality`). Under the
+``drop`` policy ``clean_labels`` drops the flagged images with the reason ``quality``; under
+``report`` (the default) they are only reported."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from animal_assets.core.atomic import atomic_path
+from animal_assets.core.ingest import RawImages, load_raw_images
+from animal_assets.core.stages.base import FileRef, Json, Pictures, RunContext, Table
+from animal_assets.core.stages.raw_images import check_aligned, raw_version
+
+NAME = "image_quality"
+
+
+@dataclass(frozen=True)
+class ImageQualityConfig:
+    # "report": flag and show the images only; "drop": clean_labels also drops every flagged
+    # image (reason "quality") and leaves it out of the label probe's training.
+    policy: Literal["report", "drop"] = "report"
+    dark_below: float = 0.25  # dark: the 95th percentile of an image's luma (0-1) is below this
+    light_above: float = 0.85  # light: the 5th percentile of an image's luma (0-1) is above this
+    low_information_below: float = 2.5  # low information: luma histogram entropy (bits, 0-8) below this
+    blurry_below: float = 0.05  # blurry: share of the luma's variance in its finest detail below this
+    grayscale_below: float = 12.0  # grayscale: 99th percentile of the RGB channel spread (0-255) below this
+    padded_above: float = 0.12  # padded: share of the image in letterbox or pillarbox bands above this
+
+    def thresholds(self):
+        from animal_assets.core.image_quality import Thresholds
+
+        return Thresholds(
+            dark_below=self.dark_below, light_above=self.light_above,
+            low_information_below=self.low_information_below, blurry_below=self.blurry_below,
+            grayscale_below=self.grayscale_below, padded_above=self.padded_above,
+        )
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """Quality scores and flags per usable image of :class:`RawImages` (same order)."""
+
+    path: str  # CSV: id, given, per kind its score and {kind}_flag, issues, drop
+    raw_version: str
+    policy: str
+    counts: dict  # kind -> images flagged
+    n_flagged: int  # images with at least one flag
+    n_drop: int  # images clean_labels drops (0 under "report")
+
+
+def run(config: ImageQualityConfig, ctx: RunContext, *, raw_images: RawImages) -> ImageQuality:
+    return score_quality(raw_images, ctx.folder(NAME), config)
+
+
+def score_quality(raw: RawImages, out_dir: str | Path, config: ImageQualityConfig) -> ImageQuality:
+    """Score every usable image and write the table (see the module docstring)."""
+    from animal_assets.core import image_quality
+
+    images, manifest = load_raw_images(raw, mmap=True)
+    scores = image_quality.score_images(images)
+    flags = config.thresholds().flags(scores)
+    table = pd.DataFrame({"id": manifest["id"].to_numpy(), "given": manifest["given"].to_numpy()})
+    for kind in image_quality.KINDS:
+        table[kind] = scores[kind].to_numpy()
+        table[f"{kind}_flag"] = flags[kind].to_numpy()
+    table["issues"] = image_quality.issues(flags).to_numpy()
+    any_flag = flags.to_numpy(dtype=bool).any(axis=1)
+    table["drop"] = any_flag & (config.policy == "drop")
+    path = Path(out_dir) / "image_quality.csv"
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return ImageQuality(
+        path=str(path), raw_version=raw_version(raw), policy=config.policy,
+        counts={kind: int(flags[kind].sum()) for kind in image_quality.KINDS},
+        n_flagged=int(any_flag.sum()), n_drop=int(table["drop"].sum()),
+    )
+
+
+def read_drops(quality: ImageQuality) -> np.ndarray:
+    """(N,) bool: the images ``clean_labels`` drops for their quality."""
+    return pd.read_csv(quality.path, usecols=["drop"])["drop"].to_numpy(dtype=bool)
+
+
+def describe(quality: ImageQuality, ctx: RunContext, *, raw_images: RawImages, **_) -> dict:
+    from animal_assets.core import image_quality, media
+
+    check_aligned(raw_images, quality)
+    table = pd.read_csv(quality.path, keep_default_na=False)
+    images, _ = load_raw_images(raw_images, mmap=True)
+    pictures = Pictures(Path(quality.path).parent)
+    pictures.add("gallery_quality_issues", "quality_issues.jpg", media.quality_gallery(
+        images, table, ctx.names(raw_images.num_classes), kinds=image_quality.KINDS,
+    ), alt="flagged images, by kind", caption="kind and score, given label, id")
+    counts = pd.DataFrame({
+        "kind": list(image_quality.KINDS),
+        "flagged": [quality.counts[k] for k in image_quality.KINDS],
+        "share": [round(quality.counts[k] / max(len(table), 1), 4) for k in image_quality.KINDS],
+    })
+    flagged = table[table["issues"] != ""]
+    return {
+        "policy": quality.policy, "n_flagged": quality.n_flagged, "n_drop": quality.n_drop,
+        "flags_by_kind": Table(counts, len(counts)),
+        "flagged_preview": Table(flagged[["id", "issues", *image_quality.KINDS]], 15),
+        "counts": Json(quality.counts),
+        **pictures.entries(),
+        "scores_file": FileRef(quality.path),
+    }
