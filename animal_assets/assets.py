@@ -2,6 +2,7 @@
 
 input_dataset ─▶ raw_images ─▶ embeddings ─▶ ood_scores ─▶ clean_labels ─▶ val_split
        raw_images ─▶ image_quality ─▶ clean_labels
+       raw_images, embeddings ─▶ near_duplicates ─▶ val_split
        raw_images ─▶ ood_scores, clean_labels, val_split, balanced_train, resnet34_model, ablation_report
        embeddings ─▶ clean_labels          review_file ─▶ clean_labels
        clean_labels, val_split ─▶ balanced_train ─▶ resnet34_model ─▶ eval_report, ablation_report
@@ -34,6 +35,7 @@ from animal_assets.configs import (
     EmbeddingsConfig,
     EvalReportConfig,
     ImageQualityConfig,
+    NearDuplicatesConfig,
     OodScoresConfig,
     RawImagesConfig,
     Resnet34Config,
@@ -49,6 +51,7 @@ from animal_assets.core.stages.base import FileRef, Json, Markdown, Table
 from animal_assets.core.stages.clean_labels import CleanLabels
 from animal_assets.core.stages.embeddings import Embeddings
 from animal_assets.core.stages.image_quality import ImageQuality
+from animal_assets.core.stages.near_duplicates import NearDuplicates
 from animal_assets.core.stages.ood_scores import OodScores
 from animal_assets.core.stages.raw_images import require_conforming
 from animal_assets.core.stages.resnet34_model import Resnet34Model
@@ -314,15 +317,33 @@ def clean_labels(
                         ood_scores=ood_scores)
 
 
-@dg.asset(group_name=GROUP, tags=_part("export"),
+@dg.asset(group_name=GROUP, tags=_part("cleaning"),
           code_version="1", kinds={"python"}, automation_condition=RERUN)
+def near_duplicates(
+    context: dg.AssetExecutionContext, config: NearDuplicatesConfig, raw_images: RawImages,
+    embeddings: Embeddings, dataset: DatasetResource, storage: StorageResource,
+    compute: DeviceResource,
+) -> dg.Output[NearDuplicates]:
+    """Groups of near-copies (re-encoded, resized, shifted, cropped or recoloured): nearest
+    neighbours of the head features above a cosine threshold, equal perceptual hashes and
+    byte-identical files; each group with its members, similarity and given labels."""
+    return _materialize("near_duplicates", config,
+                        _run_context(context, dataset, storage, compute), storage,
+                        raw_images=raw_images, embeddings=embeddings)
+
+
+@dg.asset(group_name=GROUP, tags=_part("export"),
+          code_version="2", kinds={"python"}, automation_condition=RERUN)
 def val_split(
     context: dg.AssetExecutionContext, config: ValSplitConfig, raw_images: RawImages,
-    clean_labels: CleanLabels, dataset: DatasetResource, storage: StorageResource,
+    clean_labels: CleanLabels, near_duplicates: NearDuplicates, dataset: DatasetResource,
+    storage: StorageResource,
 ) -> dg.Output[Split]:
-    """A clean, class-balanced validation set of trustworthy originals, exported as DS801."""
+    """A clean, class-balanced validation set of trustworthy originals, none with a copy or a
+    near-copy in the input, exported as DS801."""
     return _materialize("val_split", config, _run_context(context, dataset, storage), storage,
-                        raw_images=raw_images, clean_labels=clean_labels)
+                        raw_images=raw_images, clean_labels=clean_labels,
+                        near_duplicates=near_duplicates)
 
 
 @dg.asset(group_name=GROUP, tags=_part("export"),
@@ -382,6 +403,7 @@ def ablation_report(
 
 
 PIPELINE_ASSETS = [
-    raw_images, image_quality, embeddings, ood_scores, clean_labels, val_split, balanced_train,
+    raw_images, image_quality, embeddings, ood_scores, clean_labels, near_duplicates, val_split,
+    balanced_train,
     resnet34_model, eval_report, ablation_report,
 ]

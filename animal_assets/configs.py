@@ -45,6 +45,7 @@ ImageQualityConfig = _config_class("ImageQualityConfig", _PARAMS["image_quality"
 EmbeddingsConfig = _config_class("EmbeddingsConfig", _PARAMS["embeddings"])
 OodScoresConfig = _config_class("OodScoresConfig", _PARAMS["ood_scores"])
 CleanLabelsConfig = _config_class("CleanLabelsConfig", _PARAMS["clean_labels"])
+NearDuplicatesConfig = _config_class("NearDuplicatesConfig", _PARAMS["near_duplicates"])
 ValSplitConfig = _config_class("ValSplitConfig", _PARAMS["val_split"])
 BalancedTrainConfig = _config_class("BalancedTrainConfig", _PARAMS["balanced_train"])
 Resnet34Config = _config_class("Resnet34Config", _PARAMS["resnet34_model"])

@@ -135,8 +135,8 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(forked):
     assert status["resnet34_model"] == "unsynced"
     assert status["eval_report"] == "upstream unsynced"
     assert status["ablation_report"] == "upstream unsynced"
-    cleaning = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels", "val_split",
-                "balanced_train"]
+    cleaning = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels",
+                "near_duplicates", "val_split", "balanced_train"]
     assert all(status[name] == "synced" for name in cleaning), status
     before = {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
               for n in cleaning}

@@ -44,6 +44,8 @@ OUTPUT_FOLDERS: dict[str, frozenset[str]] = {
     "clean_labels": frozenset({"auto", "decisions.csv", "review_template.csv", "class_counts.png",
                                "dropped.jpg", "duplicate_conflicts.jpg", "relabelled.jpg",
                                "embedding_map.png"}),
+    "near_duplicates": frozenset({"near_duplicates.csv", "pairs.csv", "groups.csv",
+                                  "near_copies.jpg"}),
     "val_split": frozenset({"ds801", "ids.csv", "images.npy", "labels.npy"}),
     "balanced_train": frozenset({"train", "ds801-clean.zip", "class_counts.png", "generated.jpg"}),
     "resnet34_model": frozenset({"resnet34.pt", "training_curves.png"}),

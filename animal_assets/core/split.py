@@ -29,18 +29,22 @@ def select_val(
     per_class: int = 100,
     max_fraction: float = 0.2,
     seed: int = 0,
+    near_group: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pick a clean, class-balanced validation set.
 
     Candidates are images kept with their given label (``action == "keep"``, empty ``reason``,
     no label-issue flag), so relabelled, reinstated, contested and dropped images never enter it,
     and whose duplicate group has no other kept image, so no validation image has a
-    byte-identical twin in training. Each class contributes the same number of images,
-    ``n = min_k min(per_class, floor(max_fraction * candidates_k))``: equal counts make plain and
-    balanced accuracy agree and keep the smallest class from being starved of training images
-    (it never gives up more than ``max_fraction`` of its candidates). Within a class the ``n``
-    highest-``trust`` candidates are taken. Trusting the probe this way favours typical, easier
-    images, which is the price of clean labels on a set with no ground truth.
+    byte-identical twin in training. With ``near_group``, a candidate also has no near-copy
+    anywhere in the input (its near-copy group holds it alone), so no validation image has a
+    re-encoded, resized or cropped copy in training either, kept or not. Each class contributes
+    the same number of images, ``n = min_k min(per_class, floor(max_fraction * candidates_k))``:
+    equal counts make plain and balanced accuracy agree and keep the smallest class from being
+    starved of training images (it never gives up more than ``max_fraction`` of its candidates).
+    Within a class the ``n`` highest-``trust`` candidates are taken. Trusting the probe this way
+    favours typical, easier images, which is the price of clean labels on a set with no ground
+    truth.
 
     A class without any image (no row given or labelled ``k``) is skipped: it gets no
     validation images and does not lower ``n`` for the others; its recall is undefined
@@ -63,6 +67,8 @@ def select_val(
         Largest share of a class's candidates that may go to validation.
     seed : int
         Breaks ties in ``trust``.
+    near_group : np.ndarray of int, shape (N,), optional
+        Near-copy group ids (:mod:`animal_assets.core.near_duplicates`).
 
     Returns
     -------
@@ -94,6 +100,12 @@ def select_val(
         & (label == decisions["given"].to_numpy())
         & (kept_in_group == 1)
     )
+    if near_group is not None:
+        near = np.asarray(near_group)
+        if near.shape != (n,):
+            raise ValueError(f"split.py: near_group must have shape ({n},)")
+        _, near_dense = np.unique(near, return_inverse=True)
+        candidate &= np.bincount(near_dense)[near_dense] == 1
     if not np.isfinite(trust[candidate]).all():
         raise ValueError("split.py: trust must be finite on every validation candidate")
     given = decisions["given"].to_numpy().astype(np.int64)
@@ -112,7 +124,7 @@ def select_val(
             f"split.py: classes {starved} have too few trustworthy images for a validation set: "
             f"{counts}; with max_fraction {max_fraction:g} a class needs at least "
             f"{math.ceil(1 / max_fraction - 1e-9)} (kept with its given label, not flagged as a "
-            "label issue, no kept byte-identical twin)"
+            "label issue, no kept byte-identical twin, no near-copy)"
         )
     take = min(caps.values(), default=0)
     rng = np.random.default_rng(seed)

@@ -10,7 +10,8 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 | embeddings | raw_images |
 | ood_scores | raw_images, embeddings |
 | clean_labels | raw_images, image_quality, embeddings, ood_scores (and ``ctx.review``) |
-| val_split | raw_images, clean_labels |
+| near_duplicates | raw_images, embeddings |
+| val_split | raw_images, clean_labels, near_duplicates |
 | balanced_train | raw_images, clean_labels, val_split |
 | resnet34_model | raw_images, balanced_train, val_split |
 | eval_report | resnet34_model, val_split, clean_labels, ood_scores |
@@ -27,6 +28,7 @@ from animal_assets.core.stages import (
     embeddings,
     eval_report,
     image_quality,
+    near_duplicates,
     ood_scores,
     raw_images,
     resnet34_model,
@@ -46,8 +48,10 @@ STAGES: tuple[Stage, ...] = (
           ood_scores.describe),
     Stage("clean_labels", ("raw_images", "image_quality", "embeddings", "ood_scores"), CleaningConfig,
           clean_labels.run, clean_labels.describe),
-    Stage("val_split", ("raw_images", "clean_labels"), val_split.ValSplitConfig, val_split.run,
-          val_split.describe),
+    Stage("near_duplicates", ("raw_images", "embeddings"), near_duplicates.NearDuplicatesConfig,
+          near_duplicates.run, near_duplicates.describe),
+    Stage("val_split", ("raw_images", "clean_labels", "near_duplicates"), val_split.ValSplitConfig,
+          val_split.run, val_split.describe),
     Stage("balanced_train", ("raw_images", "clean_labels", "val_split"),
           balanced_train.BalancedTrainConfig, balanced_train.run, balanced_train.describe),
     Stage("resnet34_model", ("raw_images", "balanced_train", "val_split"), TrainConfig,

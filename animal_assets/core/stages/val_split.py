@@ -1,5 +1,6 @@
-"""Stage ``val_split``: a clean, class-balanced validation set of trustworthy originals,
-exported as DS801 (the choice of images is :func:`animal_assets.core.split.select_val`)."""
+"""Stage ``val_split``: a clean, class-balanced validation set of trustworthy originals without
+copies or near-copies in the input, exported as DS801 (the choice of images is
+:func:`animal_assets.core.split.select_val`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from animal_assets.core.export import Split, export_split, relocate
 from animal_assets.core.ingest import RawImages
 from animal_assets.core.stages.base import FileRef, Json, RunContext
 from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
+from animal_assets.core.stages.near_duplicates import NearDuplicates, read_groups
 from animal_assets.core.stages.raw_images import check_aligned
 
 NAME = "val_split"
@@ -28,22 +30,26 @@ def original_jpeg(raw: RawImages, image_id: str) -> bytes:
 
 
 def run(config: ValSplitConfig, ctx: RunContext, *, raw_images: RawImages,
-        clean_labels: CleanLabels) -> Split:
-    return make_val_split(raw_images, clean_labels, ctx.folder(NAME), config)
+        clean_labels: CleanLabels, near_duplicates: NearDuplicates) -> Split:
+    return make_val_split(raw_images, clean_labels, ctx.folder(NAME), config,
+                          near_duplicates=near_duplicates)
 
 
 def make_val_split(
-    raw: RawImages, clean: CleanLabels, out_dir: str | Path, params: ValSplitConfig,
+    raw: RawImages, clean: CleanLabels, out_dir: str | Path, params: ValSplitConfig, *,
+    near_duplicates: NearDuplicates | None = None,
 ) -> Split:
-    """Hold out a clean, class-balanced validation set from the most trustworthy originals."""
+    """Hold out a clean, class-balanced validation set from the most trustworthy originals
+    without a copy or (given ``near_duplicates``) a near-copy in the input."""
     from animal_assets.core import split
 
-    check_aligned(raw, clean)
+    check_aligned(raw, clean, *([near_duplicates] if near_duplicates else []))
     decisions = read_decisions(clean)
     is_val = split.select_val(
         decisions, decisions["confidence"].to_numpy(dtype=float),
         dup_group=decisions["dup_group"].to_numpy(), num_classes=raw.num_classes,
         per_class=params.per_class, max_fraction=params.max_fraction, seed=params.seed,
+        near_group=read_groups(near_duplicates) if near_duplicates else None,
     )
     rows = decisions[is_val].sort_values("id")
     ids = rows["id"].tolist()

@@ -1,0 +1,215 @@
+"""Groups of near-copies: the same photograph re-encoded, resized, shifted, cropped or recoloured.
+
+Three detectors, whose pairs are joined into groups (connected components):
+
+* **embeddings**: each image's ``k`` nearest neighbours by cosine similarity of the encoder's
+  head features (:mod:`.knn`, exact); a pair at or above ``threshold`` is a near-copy. A
+  re-encode or a small shift barely moves the features, while two different photographs of the
+  same animal stay well below.
+* **thumbnails**: each image's ``k`` nearest neighbours by the correlation of its
+  ``THUMB`` x ``THUMB`` grayscale thumbnail (area-averaged, mean removed, unit length); a pair at
+  or above ``thumb_threshold`` is a near-copy. JPEG's artefacts, a resize and a change of
+  brightness or contrast leave a thumbnail's correlation near 1, where they move the encoder's
+  features further (a re-encode at quality 50 of a 64 px DS801 image: median cosine 0.88 of the
+  head features, 0.999 of the thumbnails).
+* **perceptual hash**: the difference hash (dHash) of each image, 64 bits from the signs of the
+  horizontal steps of its 9x8 grayscale thumbnail; images whose hashes are equal are copies.
+  It catches copies whose features moved more than the threshold allows (strong recolouring,
+  heavy compression) and needs no neighbour search: equal hashes share a bucket. A hash with
+  almost no structure (a near-constant thumbnail: fewer than ``MIN_HASH_BITS`` set or clear
+  bits) says nothing and is left out.
+
+Byte-identical files are one group too, whatever the detectors say.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+MIN_HASH_BITS = 8  # a dHash needs this many ones and zeros to identify a picture
+THUMB = 12  # side of the grayscale thumbnail compared by correlation
+
+
+@dataclass(frozen=True)
+class NearCopies:
+    """Pairs and groups of near-copies among N images."""
+
+    # a, b (row indices, a < b), similarity (cosine; NaN where only a hash joined them), by
+    # (the detectors that found the pair: "embedding", "hash", "bytes", comma-separated)
+    pairs: pd.DataFrame
+    group: np.ndarray  # (N,) int64 group id, dense, numbered by first member; singletons too
+
+
+def dhash(images: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+    """Difference hash of each image: (N,) uint64.
+
+    The image is reduced to a 9x8 grayscale thumbnail by area averaging; each bit says whether a
+    pixel is brighter than its right neighbour.
+    """
+    from PIL import Image
+
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError("near_duplicates.py: images must be a uint8 array (N, H, W, 3)")
+    out = np.empty(len(images), dtype=np.uint64)
+    weights = (1 << np.arange(64, dtype=np.uint64)).astype(np.uint64)
+    for start in range(0, len(images), chunk):
+        block = np.asarray(images[start:start + chunk])
+        thumbs = np.stack([
+            np.asarray(Image.fromarray(img).convert("L").resize((9, 8), Image.BOX), dtype=np.int16)
+            for img in block
+        ])
+        bits = (thumbs[:, :, 1:] > thumbs[:, :, :-1]).reshape(len(block), 64)
+        out[start:start + len(block)] = (bits.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return out
+
+
+def thumbnails(images: np.ndarray, *, size: int = THUMB, chunk: int = 4096) -> np.ndarray:
+    """Grayscale thumbnails by area averaging, mean removed and scaled to unit length:
+    (N, size * size) float32; a constant image gives zeros (it correlates with nothing)."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError("near_duplicates.py: images must be a uint8 array (N, H, W, 3)")
+    _, h, w, _ = images.shape
+    if h % size or w % size:
+        # area averaging over equal cells; other sizes go through PIL's box filter
+        from PIL import Image
+
+        gray = np.stack([np.asarray(Image.fromarray(img).convert("L").resize((size, size), Image.BOX),
+                                    dtype=np.float32) for img in images]) if len(images) else \
+            np.zeros((0, size, size), np.float32)
+    else:
+        gray = np.empty((len(images), size, size), np.float32)
+        luma = np.array([0.299, 0.587, 0.114], np.float32)
+        for start in range(0, len(images), chunk):
+            x = np.asarray(images[start:start + chunk]).astype(np.float32) @ luma
+            gray[start:start + len(x)] = x.reshape(len(x), size, h // size, size, w // size).mean(axis=(2, 4))
+    flat = gray.reshape(len(gray), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return np.where(norm > 1e-3, flat / np.maximum(norm, 1e-3), 0.0).astype(np.float32)
+
+
+def _knn_pairs(vectors: np.ndarray, threshold: float, k: int, device: str, by: str) -> pd.DataFrame:
+    from animal_assets.core.knn import knn
+
+    n = len(vectors)
+    kk = min(k, n - 1)
+    distances, indices = knn(np.ascontiguousarray(vectors, dtype=np.float32), k=kk, device=device)
+    sim = 1.0 - distances.astype(np.float64).ravel()
+    rows = np.repeat(np.arange(n), kk)
+    near = sim >= threshold
+    a, b = rows[near], indices.ravel()[near]
+    return pd.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b), "similarity": sim[near], "by": by})
+
+
+def _informative(hashes: np.ndarray) -> np.ndarray:
+    ones = np.array([bin(int(h)).count("1") for h in hashes])
+    return (ones >= MIN_HASH_BITS) & (64 - ones >= MIN_HASH_BITS)
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    # dense ids numbered by each group's first member
+    _, first = np.unique(labels, return_index=True)
+    order = np.argsort(first, kind="stable")
+    remap = np.empty(len(order), dtype=np.int64)
+    remap[order] = np.arange(len(order))
+    return remap[labels]
+
+
+def find_near_copies(
+    head: np.ndarray,
+    thumbs: np.ndarray,
+    hashes: np.ndarray,
+    sha256: np.ndarray | list,
+    *,
+    threshold: float = 0.95,
+    thumb_threshold: float = 0.97,
+    k: int = 5,
+    device: str = "cpu",
+) -> NearCopies:
+    """Near-copy pairs and groups (see the module docstring).
+
+    Parameters
+    ----------
+    head : np.ndarray, float32, shape (N, D)
+        Head features of the images.
+    thumbs : np.ndarray, float32, shape (N, T)
+        :func:`thumbnails` of the images.
+    hashes : np.ndarray, uint64, shape (N,)
+        :func:`dhash` of the images.
+    sha256 : sequence of str, length N
+        Content hash of each file (byte-identical copies).
+    threshold : float
+        Cosine similarity of the head features from which a neighbour is a near-copy.
+    thumb_threshold : float
+        Correlation of the thumbnails from which a neighbour is a near-copy.
+    k : int
+        Neighbours looked at per image, by each of the two.
+    device : str
+        Where the neighbour searches run.
+
+    Returns
+    -------
+    NearCopies
+        ``similarity`` of a pair is the head features' cosine where the embeddings found it,
+        else the thumbnails' correlation, else NaN.
+    """
+    n = len(head)
+    if len(thumbs) != n or len(hashes) != n or len(sha256) != n:
+        raise ValueError(f"near_duplicates.py: {n} feature rows, {len(thumbs)} thumbnails, "
+                         f"{len(hashes)} hashes, {len(sha256)} hashes of files")
+    frames = []
+    if n > 1:
+        frames.append(_knn_pairs(head, threshold, k, device, "embedding"))
+        frames.append(_knn_pairs(thumbs, thumb_threshold, k, device, "thumbnail"))
+    for key, by, keep in ((np.asarray(hashes), "hash", _informative(np.asarray(hashes))),
+                          (np.asarray(sha256, dtype=object), "bytes", np.ones(n, dtype=bool))):
+        idx = np.flatnonzero(keep)
+        if not len(idx):
+            continue
+        _, inverse = np.unique(key[idx], return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        sorted_ids = inverse[order]
+        same = sorted_ids[1:] == sorted_ids[:-1]
+        # chain each bucket: consecutive members joined are enough for the groups
+        a, b = idx[order[:-1][same]], idx[order[1:][same]]
+        frames.append(pd.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b),
+                                    "similarity": np.nan, "by": by}))
+    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {"a": [], "b": [], "similarity": [], "by": []})
+    pairs = pairs.astype({"a": np.int64, "b": np.int64, "similarity": np.float64})
+    # one row per pair: the embedding's similarity first, detectors joined
+    pairs = (pairs.sort_values(["a", "b", "by"], kind="stable")
+             .groupby(["a", "b"], as_index=False, sort=True)
+             .agg(similarity=("similarity", "first"), by=("by", lambda s: ",".join(sorted(set(s))))))
+    group = _components(n, pairs["a"].to_numpy(), pairs["b"].to_numpy()) if n else np.zeros(0, np.int64)
+    return NearCopies(pairs=pairs, group=group)
+
+
+def group_table(near: NearCopies, ids: np.ndarray, given: np.ndarray) -> pd.DataFrame:
+    """One row per group of two or more images: ``group``, ``size``, ``n_labels`` (distinct
+    given labels), ``conflict``, ``members`` and ``given`` (space-separated), ``min_similarity``
+    (lowest embedding similarity among its pairs; NaN where only hashes or bytes joined it)."""
+    group = near.group
+    sizes = np.bincount(group)
+    multi = np.flatnonzero(sizes >= 2)
+    if not len(multi):
+        return pd.DataFrame(columns=["group", "size", "n_labels", "conflict", "members", "given",
+                                     "min_similarity"])
+    rows = np.flatnonzero(np.isin(group, multi))
+    frame = pd.DataFrame({"group": group[rows], "id": np.asarray(ids)[rows], "given": np.asarray(given)[rows]})
+    pair_group = group[near.pairs["a"].to_numpy()] if len(near.pairs) else np.zeros(0, np.int64)
+    low = pd.Series(near.pairs["similarity"].to_numpy(), index=pair_group).groupby(level=0).min()
+    table = frame.groupby("group", sort=True).agg(
+        size=("id", "size"), n_labels=("given", "nunique"),
+        members=("id", " ".join), given=("given", lambda s: " ".join(str(v) for v in s)))
+    table["conflict"] = table["n_labels"] > 1
+    table["min_similarity"] = low.reindex(table.index)
+    return table.reset_index()[["group", "size", "n_labels", "conflict", "members", "given",
+                                "min_similarity"]]

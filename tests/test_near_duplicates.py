@@ -1,0 +1,156 @@
+"""Near-copy groups: each detector finds a made near-copy and leaves a distinct look-alike alone,
+and no near-copy pair crosses the validation / training split."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+
+from animal_assets.core.near_duplicates import dhash, find_near_copies, group_table, thumbnails
+from animal_assets.core.split import select_val
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def made_features(seed: int, n: int = 200, d: int = 64):
+    """n distinct images; image 0 has a near-copy (cosine > 0.99) and image 1 a look-alike
+    (cosine about 0.85), both appended at the end."""
+    rng = np.random.default_rng(seed)
+    base = _unit(rng.normal(size=(n, d)))
+    copy = _unit(base[0] + 0.05 * rng.normal(size=d) / np.sqrt(d))
+    look = _unit(base[1] + 0.6 * _unit(rng.normal(size=(1, d)))[0])
+    return np.vstack([base, copy, look])
+
+
+def _blank(n: int) -> np.ndarray:
+    return np.zeros((n, 4), np.float32)  # thumbnails that correlate with nothing
+
+
+def _no_hashes(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # all distinct
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_embedding_pairs_group_a_near_copy_and_not_a_look_alike(seed):
+    head = made_features(seed)
+    n = len(head)
+    sims = head @ head.T
+    assert sims[0, n - 2] > 0.99 and 0.75 < sims[1, n - 1] < 0.92
+    near = find_near_copies(head, _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)], threshold=0.95)
+    assert near.group[0] == near.group[n - 2]
+    assert near.group[1] != near.group[n - 1]
+    assert np.bincount(near.group).max() == 2 and (np.bincount(near.group) == 2).sum() == 1
+    pair = near.pairs.iloc[0]
+    assert (pair["a"], pair["b"], pair["by"]) == (0, n - 2, "embedding") and pair["similarity"] > 0.99
+
+
+def test_equal_hashes_and_equal_bytes_group_images_the_features_keep_apart():
+    head = made_features(2)
+    n = len(head)
+    hashes = _no_hashes(n)
+    hashes[5] = hashes[9] = np.uint64(0x0F0F0F0F0F0F0F0F)  # a structured hash, shared
+    hashes[6] = hashes[7] = np.uint64(0)  # a blank hash says nothing
+    sha = [f"f{i}" for i in range(n)]
+    sha[11] = sha[12] = "same-bytes"
+    near = find_near_copies(head, _blank(n), hashes, sha, threshold=0.95)
+    g = near.group
+    assert g[5] == g[9] and g[11] == g[12] and g[6] != g[7]
+    by = {(int(a), int(b)): s for a, b, s in near.pairs[["a", "b", "by"]].itertuples(index=False)}
+    assert by[(5, 9)] == "hash" and by[(11, 12)] == "bytes"
+    table = group_table(near, np.array([f"img_{i}" for i in range(n)]), np.arange(n) % 3)
+    assert set(table["size"]) == {2} and len(table) == 3
+    assert table["conflict"].all()  # the made pairs carry different given labels
+
+
+def test_groups_are_deterministic_and_numbered_by_first_member():
+    head = made_features(3)
+    n = len(head)
+    a = find_near_copies(head, _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)])
+    b = find_near_copies(head.copy(), _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)])
+    np.testing.assert_array_equal(a.group, b.group)
+    pd.testing.assert_frame_equal(a.pairs, b.pairs)
+    first_seen = pd.Series(a.group).drop_duplicates().to_numpy()
+    np.testing.assert_array_equal(first_seen, np.arange(len(first_seen)))
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _copies(img: np.ndarray) -> dict[str, np.ndarray]:
+    im = Image.fromarray(img)
+    return {
+        "jpeg 50": np.asarray(_jpeg(im, 50)),
+        "resize 52": np.asarray(im.resize((52, 52), Image.BILINEAR).resize((64, 64), Image.BILINEAR)),
+        "crop 3 px": np.asarray(im.crop((3, 2, 63, 61)).resize((64, 64), Image.BILINEAR)),
+        "brighter": np.asarray(ImageEnhance.Brightness(im).enhance(1.12)),
+    }
+
+
+def test_dhash_survives_a_re_encode_and_tells_pictures_apart():
+    from tests.test_image_quality import picture
+
+    a, b = picture(0), picture(1)
+    ha, hb, hc = dhash(np.stack([a, b, np.asarray(_jpeg(Image.fromarray(a), 85))]))
+    assert bin(int(ha) ^ int(hc)).count("1") <= 3
+    assert bin(int(ha) ^ int(hb)).count("1") >= 16
+
+
+@pytest.mark.slow
+def test_the_encoder_groups_made_near_copies_of_real_images_and_not_other_images_of_a_class(tmp_path):
+    """Images of the demo set (digits on textured backgrounds), each with four made copies: every
+    copy lands in its original's group; another image of the same class does not."""
+    from animal_assets.core.embed import embed_images
+    from animal_assets.core.ingest import read_dataset
+    from animal_assets.core.synthetic.demo import make_demo_dataset
+    from animal_assets.core.ingest import load_raw_images
+
+    demo = make_demo_dataset(tmp_path / "demo", seed=3, size="tiny")
+    raw = read_dataset(str(demo.dataset_dir), tmp_path / "raw")
+    images, manifest = load_raw_images(raw)
+    originals = images[:40]
+    made, source = [], []
+    for i, img in enumerate(originals):
+        for copy in _copies(img).values():
+            made.append(copy)
+            source.append(i)
+    batch = np.concatenate([originals, np.stack(made)])
+    head = embed_images(batch, image_size=128, precision="fp32", device="cpu")
+    near = find_near_copies(head, thumbnails(batch), dhash(batch), [f"f{i}" for i in range(len(batch))])
+    g = near.group
+    copies_found = g[len(originals):] == g[np.array(source)]
+    assert copies_found.mean() >= 0.9, copies_found.mean()
+    # distinct images of one class (look-alikes by construction: same digit, same style) stay apart
+    given = manifest["given"].to_numpy()[:40]
+    for k in np.unique(given):
+        members = np.flatnonzero(given == k)
+        assert len(set(g[members])) == len(members), k
+
+
+def test_no_validation_image_has_a_near_copy_anywhere():
+    rng = np.random.default_rng(0)
+    n, k = 400, 2
+    given = np.repeat(np.arange(k), n // 2)
+    decisions = pd.DataFrame({"given": given, "label": given, "action": "keep", "reason": "",
+                              "label_issue": False})
+    trust = rng.random(n)
+    trust[:40] = 2.0  # the most trusted images all have near-copies
+    near = np.arange(n)
+    near[:40] = near[40:80]  # image i < 40 and image i + 40 are near-copies
+    near[200:240] = near[240:280]
+    trust[200:240] = 2.0
+    val = select_val(decisions, trust, dup_group=np.arange(n), num_classes=k, per_class=20,
+                     near_group=near)
+    assert val.sum() == 40
+    grouped = np.r_[0:80, 200:280]
+    assert not val[grouped].any()
+    plain = select_val(decisions, trust, dup_group=np.arange(n), num_classes=k, per_class=20)
+    # without the groups the most trusted images, those with near-copies, are picked
+    assert plain[:40].sum() == 20 and plain[200:240].sum() == 20
