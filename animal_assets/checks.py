@@ -26,6 +26,7 @@ from animal_assets.assets import (
     balanced_train,
     clean_labels,
     eval_report,
+    near_duplicates,
     raw_images,
     table_metadata,
     val_split,
@@ -36,6 +37,7 @@ from animal_assets.core.stages.balanced_train import BalancedTrain
 from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
 from animal_assets.core.formats import RULE_GROUPS
 from animal_assets.core.ingest import RawImages
+from animal_assets.core.stages.near_duplicates import NearDuplicates
 from animal_assets.resources import DatasetResource
 
 MAX_LISTED = 50  # offending files listed in a check's metadata; the full list is on disk
@@ -259,6 +261,52 @@ def eval_report_val_accuracy_above_floor(eval_report: dict) -> dg.AssetCheckResu
                     val_balanced_accuracy=round(accuracy, 4), floor=floor)
 
 
+@dg.asset_check(asset=near_duplicates, name="test_set_not_in_the_data",
+                additional_ins={"raw_images": dg.AssetIn()}, description=(
+                    "no image of the configured test set has a near-copy (thumbnail or its mirror "
+                    "image, perceptual hash) in the input, where the exports come from"))
+def near_duplicates_test_set_not_in_the_data(
+    near_duplicates: NearDuplicates, raw_images: RawImages, dataset: DatasetResource,
+) -> dg.AssetCheckResult:
+    """A test image with a copy in the data scores what the model saw in training: WARN with the
+    ids of each test image and its copy, and a gallery of the pairs."""
+    import tempfile
+
+    from animal_assets.core import media
+    from animal_assets.core.ingest import load_raw_images, read_dataset
+    from animal_assets.core.near_duplicates import contamination
+
+    if not dataset.test_set:
+        return dg.AssetCheckResult(passed=True, metadata={"test_set": "none configured"})
+    images, manifest = load_raw_images(raw_images, mmap=True)
+    with tempfile.TemporaryDirectory(prefix="animal-assets-test-set-") as tmp:
+        test_raw = read_dataset(dataset.test_set, Path(tmp) / "raw")
+        test_images, test_manifest = load_raw_images(test_raw)
+    found = contamination(test_images, np.asarray(images))
+    table = pd.DataFrame({
+        "test_image": test_manifest["id"].to_numpy()[found["test"].to_numpy()],
+        "input_image": manifest["id"].to_numpy()[found["match"].to_numpy()],
+        "correlation": found["correlation"].round(4), "by": found["by"],
+    })
+    metadata: dict = {"test_set": dataset.test_set, "n_test_images": len(test_images),
+                      "n_with_a_copy": len(table),
+                      "share_with_a_copy": round(len(table) / max(len(test_images), 1), 4),
+                      "pairs": table_metadata(table.head(MAX_LISTED), max_rows=MAX_LISTED)}
+    if len(table):
+        shown = found.head(8)
+        pictures = [img for t, m in zip(shown["test"], shown["match"])
+                    for img in (test_images[t], np.asarray(images[m]))]
+        captions = [c for t, m in zip(table["test_image"].head(8), table["input_image"].head(8))
+                    for c in (f"test\n{t[4:12]}", f"input\n{m[4:12]}")]
+        metadata["gallery_pairs"] = dg.MetadataValue.md(media.image_markdown(
+            media.gallery(np.stack(pictures), captions), alt="test images beside their copies"))
+    return dg.AssetCheckResult(
+        passed=table.empty, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+        description=None if table.empty else (
+            f"{len(table)} of {len(test_images)} test images have a copy in the input, e.g. "
+            f"{table['test_image'].iloc[0]} ~ {table['input_image'].iloc[0]}"))
+
+
 ALL_CHECKS = [
     raw_images_filenames_follow_rule,
     raw_images_labels_are_one_hot,
@@ -271,4 +319,5 @@ ALL_CHECKS = [
     clean_labels_no_class_mostly_dropped,
     balanced_train_class_sizes_within_bounds,
     eval_report_val_accuracy_above_floor,
+    near_duplicates_test_set_not_in_the_data,
 ]

@@ -110,8 +110,9 @@ def test_one_image_against_ten_thousand_stops_at_val_split_naming_the_class(tmp_
     assert "with max_fraction 0.2 a class needs at least 5" in message and "\n" not in message
 
     evaluations = err.value.result.get_asset_check_evaluations()
-    # the four format checks of raw_images, the review and drop-share checks of clean_labels
-    assert len(evaluations) == 6 and all(e.passed for e in evaluations)
+    # the four format checks of raw_images, the review and drop-share checks of clean_labels,
+    # the test-set check of near_duplicates (no test set: passed)
+    assert len(evaluations) == 7 and all(e.passed for e in evaluations)
     raw = _metadata(instance, "raw_images")
     assert raw["counts_per_class"] == {"0": 10_000, "1": 1} and raw["empty_classes"] == []
     for asset in ["embeddings", "ood_scores", "clean_labels"]:

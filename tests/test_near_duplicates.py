@@ -154,3 +154,51 @@ def test_no_validation_image_has_a_near_copy_anywhere():
     plain = select_val(decisions, trust, dup_group=np.arange(n), num_classes=k, per_class=20)
     # without the groups the most trusted images, those with near-copies, are picked
     assert plain[:40].sum() == 20 and plain[200:240].sum() == 20
+
+
+def test_contamination_flags_a_planted_copy_and_its_mirror_image_and_not_other_pictures():
+    from animal_assets.core.near_duplicates import contamination
+    from tests.test_image_quality import picture
+
+    data = np.stack([picture(s) for s in range(30)])
+    planted = _copies(data[4])["resize 52"]
+    mirrored = np.ascontiguousarray(_copies(data[7])["jpeg 50"][:, ::-1])
+    others = [picture(s) for s in range(100, 110)]  # pictures the data does not hold
+    test = np.stack([others[0], planted, *others[1:5], mirrored, *others[5:]])
+    found = contamination(test, data)
+    assert found["test"].tolist() == [1, 6]
+    assert found["match"].tolist() == [4, 7]
+    assert found.loc[1, "by"] in ("mirror", "hash") and found.loc[0, "by"] in ("thumbnail", "hash")
+
+
+@pytest.mark.slow
+def test_the_contamination_check_warns_of_a_planted_copy_and_passes_a_clean_test_set(tiny_graph, tmp_path):
+    from animal_assets import runner
+    from animal_assets.core.ds801 import encode_jpeg, new_image_id, write_ds801
+    from animal_assets.core.ingest import load_raw_images
+    from animal_assets.definitions import build_defs
+    from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
+    from tests.graph import TINY, fork, sqlite_instance
+    from tests.test_image_quality import picture
+
+    graph = fork(tiny_graph, tmp_path / "graph")
+    images, manifest = load_raw_images(graph.defs.load_asset_value("raw_images", instance=graph.instance))
+    rng = np.random.default_rng(0)
+    # the negative control: pictures the data does not hold
+    clean = [(new_image_id(rng), encode_jpeg(picture(200 + i)), i % 10) for i in range(12)]
+    planted_source = str(manifest["id"].iloc[5])
+    planted = (new_image_id(rng), encode_jpeg(_copies(images[5])["jpeg 50"]), 0)
+    results = {}
+    for name, items in (("clean", clean), ("planted", clean + [planted])):
+        test_dir = write_ds801(tmp_path / f"test-{name}", items, num_classes=10)
+        defs = build_defs({
+            "storage": StorageResource(root=str(graph.tmp / "out")),
+            "dataset": DatasetResource(path=str(graph.dataset), test_set=str(test_dir)),
+            "compute": DeviceResource(device="cpu"),
+        })
+        summary = runner.run(config=TINY, instance=sqlite_instance(graph.tmp), defs=defs,
+                             select=["near_duplicates"])
+        results[name] = summary["checks"]["near_duplicates.test_set_not_in_the_data"]
+    assert results["clean"] == "passed"
+    assert results["planted"].startswith("failed (WARN): 1 of 13 test images have a copy")
+    assert planted[0] in results["planted"] and planted_source in results["planted"]
