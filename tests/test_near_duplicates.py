@@ -161,7 +161,7 @@ def test_contamination_flags_a_planted_copy_and_its_mirror_image_and_not_other_p
     from tests.test_image_quality import picture
 
     data = np.stack([picture(s) for s in range(30)])
-    planted = _copies(data[4])["resize 52"]
+    planted = _copies(data[4])["crop 3 px"]
     mirrored = np.ascontiguousarray(_copies(data[7])["jpeg 50"][:, ::-1])
     others = [picture(s) for s in range(100, 110)]  # pictures the data does not hold
     test = np.stack([others[0], planted, *others[1:5], mirrored, *others[5:]])

@@ -215,33 +215,52 @@ def group_table(near: NearCopies, ids: np.ndarray, given: np.ndarray) -> pd.Data
                                 "min_similarity"]]
 
 
+def _cropped(images: np.ndarray, margin: int) -> np.ndarray:
+    """Each image with ``margin`` pixels cut from every side, resized back (bilinear)."""
+    import torch
+    from torch.nn import functional as F
+
+    if margin == 0:
+        return images
+    _, h, w, _ = images.shape
+    t = torch.from_numpy(np.ascontiguousarray(images[:, margin:h - margin, margin:w - margin]))
+    t = F.interpolate(t.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear", align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+#: Margins cut from the input's images before their thumbnails are compared with a test image's:
+#: a test image cropped from an input image matches the input image cut the same way.
+CROP_MARGINS = (0, 1, 2, 3, 4)
+
+
 def contamination(test_images: np.ndarray, images: np.ndarray, *, thumb_threshold: float = 0.97,
-                  block: int = 2048) -> pd.DataFrame:
+                  margins: tuple[int, ...] = CROP_MARGINS, block: int = 4096) -> pd.DataFrame:
     """Test images that have a near-copy among ``images`` (the input): one row per such test
-    image, ``test`` and ``match`` (row indices), ``correlation`` (of the thumbnails, the test
-    image or its mirror image, whichever is higher; NaN where only the hashes matched) and
-    ``by`` ("thumbnail", "mirror", "hash").
+    image, ``test`` and ``match`` (row indices), ``correlation`` (of the thumbnails: the test
+    image or its mirror image against the input image, whole or with a margin cut; the highest)
+    and ``by`` ("thumbnail", "mirror", "hash"; NaN correlation for "hash").
 
     A copy of a test image can only reach the exported training or validation set through the
-    input, so the input is what is searched. Thumbnails are compared exhaustively (a test set
-    of a thousand images against 30,000 takes a second); equal perceptual hashes (dHash, of
-    the image and its mirror image) count too.
+    input, so the input is what is searched. Thumbnails are compared exhaustively, block by
+    block; equal perceptual hashes (dHash, of the image and of its mirror image) count too.
     """
     mirrored = np.ascontiguousarray(test_images[:, :, ::-1])
     queries = {"thumbnail": thumbnails(test_images), "mirror": thumbnails(mirrored)}
-    ref = thumbnails(images)
     best = np.full(len(test_images), -np.inf)
     match = np.full(len(test_images), -1, dtype=np.int64)
     by = np.full(len(test_images), "", dtype=object)
-    for name, q in queries.items():
-        for start in range(0, len(ref), block):
-            sims = q @ ref[start:start + block].T
-            if not sims.size:
-                continue
-            top = sims.argmax(axis=1)
-            value = sims[np.arange(len(q)), top]
-            better = value > best
-            best[better], match[better], by[better] = value[better], start + top[better], name
+    for start in range(0, len(images), block):
+        chunk = np.asarray(images[start:start + block])
+        for margin in margins:
+            ref = thumbnails(_cropped(chunk, margin))
+            for name, q in queries.items():
+                sims = q @ ref.T
+                if not sims.size:
+                    continue
+                top = sims.argmax(axis=1)
+                value = sims[np.arange(len(q)), top]
+                better = value > best
+                best[better], match[better], by[better] = value[better], start + top[better], name
     found = best >= thumb_threshold
     rows = pd.DataFrame({"test": np.flatnonzero(found), "match": match[found],
                          "correlation": best[found], "by": by[found].astype(str)})
