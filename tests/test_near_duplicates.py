@@ -202,3 +202,21 @@ def test_the_contamination_check_warns_of_a_planted_copy_and_passes_a_clean_test
     assert results["clean"] == "passed"
     assert results["planted"].startswith("failed (WARN): 1 of 13 test images have a copy")
     assert planted[0] in results["planted"] and planted_source in results["planted"]
+
+
+def test_a_mirrored_copy_is_grouped_only_with_the_mirror_option():
+    from tests.test_image_quality import picture
+
+    data = np.stack([picture(s) for s in range(20)])
+    flipped = np.ascontiguousarray(_copies(data[3])["jpeg 50"][:, ::-1])
+    batch = np.concatenate([data, flipped[None]])
+    n = len(batch)
+    head = made_features(4, n=n - 2)  # features that keep every image apart
+    hashes = _no_hashes(n)
+    args = (head, thumbnails(batch), hashes, [f"f{i}" for i in range(n)])
+    plain = find_near_copies(*args)
+    assert plain.group[3] != plain.group[n - 1]
+    mirror = find_near_copies(*args, mirrored=thumbnails(np.ascontiguousarray(batch[:, :, ::-1])))
+    assert mirror.group[3] == mirror.group[n - 1]
+    assert mirror.pairs.set_index(["a", "b"]).loc[(3, n - 1), "by"] == "mirror"
+    assert np.bincount(mirror.group).max() == 2

@@ -12,6 +12,8 @@ Three detectors, whose pairs are joined into groups (connected components):
   brightness or contrast leave a thumbnail's correlation near 1, where they move the encoder's
   features further (a re-encode at quality 50 of a 64 px DS801 image: median cosine 0.88 of the
   head features, 0.999 of the thumbnails).
+* **mirror images** (an option): the same search between each image's mirrored thumbnail and
+  the others' thumbnails.
 * **perceptual hash**: the difference hash (dHash) of each image, 64 bits from the signs of the
   horizontal steps of its 9x8 grayscale thumbnail; images whose hashes are equal are copies.
   It catches copies whose features moved more than the threshold allows (strong recolouring,
@@ -103,6 +105,18 @@ def _knn_pairs(vectors: np.ndarray, threshold: float, k: int, device: str, by: s
     return pd.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b), "similarity": sim[near], "by": by})
 
 
+def _mirror_pairs(thumbs: np.ndarray, mirrored: np.ndarray, threshold: float, k: int,
+                  device: str) -> pd.DataFrame:
+    """Pairs (i, j), i != j, where i's mirror image is among j's nearest thumbnails."""
+    n = len(thumbs)
+    both = _knn_pairs(np.concatenate([thumbs, mirrored]), threshold, k + 1, device, "mirror")
+    a, b = both["a"].to_numpy(), both["b"].to_numpy()
+    cross = (a < n) & (b >= n) & (b - n != a)
+    a, b = a[cross], b[cross] - n
+    return pd.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b),
+                         "similarity": both["similarity"].to_numpy()[cross], "by": "mirror"})
+
+
 def _informative(hashes: np.ndarray) -> np.ndarray:
     ones = np.array([bin(int(h)).count("1") for h in hashes])
     return (ones >= MIN_HASH_BITS) & (64 - ones >= MIN_HASH_BITS)
@@ -132,6 +146,7 @@ def find_near_copies(
     thumb_threshold: float = 0.97,
     k: int = 5,
     device: str = "cpu",
+    mirrored: np.ndarray | None = None,
 ) -> NearCopies:
     """Near-copy pairs and groups (see the module docstring).
 
@@ -153,6 +168,9 @@ def find_near_copies(
         Neighbours looked at per image, by each of the two.
     device : str
         Where the neighbour searches run.
+    mirrored : np.ndarray, float32, shape (N, T), optional
+        :func:`thumbnails` of the images' mirror images: given, an image whose mirror image's
+        thumbnail correlates with another's at ``thumb_threshold`` is its near-copy too ("mirror").
 
     Returns
     -------
@@ -168,6 +186,8 @@ def find_near_copies(
     if n > 1:
         frames.append(_knn_pairs(head, threshold, k, device, "embedding"))
         frames.append(_knn_pairs(thumbs, thumb_threshold, k, device, "thumbnail"))
+        if mirrored is not None:
+            frames.append(_mirror_pairs(thumbs, mirrored, thumb_threshold, k, device))
     for key, by, keep in ((np.asarray(hashes), "hash", _informative(np.asarray(hashes))),
                           (np.asarray(sha256, dtype=object), "bytes", np.ones(n, dtype=bool))):
         idx = np.flatnonzero(keep)

@@ -25,6 +25,7 @@ class NearDuplicatesConfig:
     threshold: float = 0.95  # cosine similarity of the head features from which two images are near-copies
     thumb_threshold: float = 0.97  # correlation of the 12x12 grayscale thumbnails from which two images are near-copies
     k: int = 5  # nearest neighbours looked at per image, in the features and in the thumbnails
+    mirror: bool = False  # also group an image with the mirror image of another (a flipped copy)
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ def find_groups(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
     head = head_features(np.load(embeddings.path, mmap_mode="r"), embeddings)
     hashes = near_duplicates.dhash(images)
     thumbs = near_duplicates.thumbnails(images)
+    mirrored = near_duplicates.thumbnails(np.ascontiguousarray(images[:, :, ::-1])) if config.mirror else None
     near = near_duplicates.find_near_copies(
         head, thumbs, hashes, manifest["sha256"].tolist(), threshold=config.threshold,
-        thumb_threshold=config.thumb_threshold, k=config.k, device=device)
+        thumb_threshold=config.thumb_threshold, k=config.k, device=device, mirrored=mirrored)
     ids = manifest["id"].to_numpy()
     given = manifest["given"].to_numpy()
     groups = near_duplicates.group_table(near, ids, given)
