@@ -26,13 +26,15 @@ UP_TO_VAL = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_l
 
 def _coloured(counts: list[int], *, num_classes: int, seed: int) -> list[tuple[str, bytes, int]]:
     """DS801 items: ``counts[k]`` noisy images of class k, each class its own colour, so the
-    probe separates the classes and the cleaning keeps most labels."""
+    probe separates the classes and the cleaning keeps most labels; each image has a pattern of
+    its own (random 8x8 blocks), so no two are near-copies."""
     rng = np.random.default_rng(seed)
-    colours = rng.integers(30, 226, (num_classes, 3))
+    colours = rng.integers(60, 196, (num_classes, 3))
     items = []
     for k, n in enumerate(counts):
         for _ in range(n):
-            pixels = np.clip(colours[k] + rng.normal(0, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+            blocks = np.repeat(np.repeat(rng.normal(0, 40, (8, 8, 1)), 8, axis=0), 8, axis=1)
+            pixels = np.clip(colours[k] + blocks + rng.normal(0, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
             items.append((new_image_id(rng), encode_jpeg(pixels), k))
     return items
 

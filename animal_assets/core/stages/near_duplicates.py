@@ -56,10 +56,11 @@ def find_groups(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
     head = head_features(np.load(embeddings.path, mmap_mode="r"), embeddings)
     hashes = near_duplicates.dhash(images)
     thumbs = near_duplicates.thumbnails(images)
-    mirrored = near_duplicates.thumbnails(np.ascontiguousarray(images[:, :, ::-1])) if config.mirror else None
+    mirrored = near_duplicates.thumbnails(np.ascontiguousarray(images[:, :, ::-1]))
     near = near_duplicates.find_near_copies(
         head, thumbs, hashes, manifest["sha256"].tolist(), threshold=config.threshold,
-        thumb_threshold=config.thumb_threshold, k=config.k, device=device, mirrored=mirrored)
+        thumb_threshold=config.thumb_threshold, k=config.k, device=device, mirrored=mirrored,
+        mirror=config.mirror)
     ids = manifest["id"].to_numpy()
     given = manifest["given"].to_numpy()
     groups = near_duplicates.group_table(near, ids, given)
