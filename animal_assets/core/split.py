@@ -124,7 +124,8 @@ def select_val(
             f"split.py: classes {starved} have too few trustworthy images for a validation set: "
             f"{counts}; with max_fraction {max_fraction:g} a class needs at least "
             f"{math.ceil(1 / max_fraction - 1e-9)} (kept with its given label, not flagged as a "
-            "label issue, no kept byte-identical twin, no near-copy)"
+            "label issue, no kept byte-identical twin"
+            f"{', no near-copy' if near_group is not None else ''})"
         )
     take = min(caps.values(), default=0)
     rng = np.random.default_rng(seed)
