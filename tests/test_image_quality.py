@@ -145,29 +145,36 @@ def _with_dark_image(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_drop_policy_drops_flagged_images_with_their_reason_and_report_keeps_them(tmp_path):
+def test_the_drop_policy_drops_flagged_images_with_their_reason(tmp_path):
     from animal_assets.core.config import params_from_run_config
     from animal_assets.core.pipeline import run_stages
     from animal_assets.core.stages import RunContext, upto
     from tests.graph import TINY
 
     demo, victim = _with_dark_image(tmp_path)
-    out = {}
-    for policy in ("report", "drop"):
-        config = {"ops": {**TINY["ops"], "image_quality": {"config": {"policy": policy}}}}
-        ctx = RunContext(output=tmp_path / policy, dataset=str(demo.dataset_dir),
-                         log=lambda _: None, warn=lambda _: None)
-        results = run_stages(ctx, params_from_run_config(config), stages=upto("clean_labels"),
-                             describe=False)
-        quality = pd.read_csv(results["image_quality"].path, keep_default_na=False).set_index("id")
-        assert quality.loc[victim, "dark_flag"] and "dark" in quality.loc[victim, "issues"]
-        out[policy] = pd.read_csv(tmp_path / policy / "clean_labels" / "decisions.csv").set_index("id")
-        assert results["image_quality"].n_drop == (quality["drop"].sum() if policy == "drop" else 0)
-    assert not (out["report"]["reason"] == "quality").any()
+    config = {"ops": {**TINY["ops"], "image_quality": {"config": {"policy": "drop"}}}}
+    ctx = RunContext(output=tmp_path / "out", dataset=str(demo.dataset_dir),
+                     log=lambda _: None, warn=lambda _: None)
+    results = run_stages(ctx, params_from_run_config(config), stages=upto("clean_labels"),
+                         describe=False)
+    quality = pd.read_csv(results["image_quality"].path, keep_default_na=False).set_index("id")
+    assert quality.loc[victim, "dark_flag"] and "dark" in quality.loc[victim, "issues"]
+    assert results["image_quality"].n_drop == quality["drop"].sum() > 1
+    decisions = pd.read_csv(tmp_path / "out" / "clean_labels" / "decisions.csv").set_index("id")
     flagged = quality.index[quality["drop"]]
     assert victim in flagged
-    decided = out["drop"].loc[flagged]
+    decided = decisions.loc[flagged]
     assert (decided["action"] == "drop").all() and (decided["label"] == -1).all()
     # an image that is also out of distribution keeps that reason (the black one is)
     assert set(decided["reason"]) <= {"quality", "ood"} and (decided["reason"] == "quality").any()
-    assert (out["drop"]["reason"] == "quality").sum() == (decided["reason"] == "quality").sum()
+    assert (decisions["reason"] == "quality").sum() == (decided["reason"] == "quality").sum()
+
+
+def test_the_report_policy_flags_images_and_drops_none_of_them(tiny_graph):
+    quality = tiny_graph.defs.load_asset_value("image_quality", instance=tiny_graph.instance)
+    clean = tiny_graph.defs.load_asset_value("clean_labels", instance=tiny_graph.instance)
+    table = pd.read_csv(quality.path, keep_default_na=False)
+    assert quality.policy == "report" and quality.n_flagged > 0 and quality.n_drop == 0
+    assert not table["drop"].any() and (table["issues"] != "").sum() == quality.n_flagged
+    decisions = pd.read_csv(clean.path)
+    assert not (decisions["reason"] == "quality").any()
