@@ -13,6 +13,9 @@ Three detectors, whose pairs are joined into groups (connected components):
   brightness or contrast leave a thumbnail's correlation near 1, where they move the encoder's
   features further (a re-encode at quality 50 of a 64 px DS801 image: median cosine 0.88 of the
   head features, 0.999 of the thumbnails).
+* **crops**: the same search between the thumbnails of each image cut by ``SEARCH_MARGINS``
+  pixels on every side and the others' whole thumbnails, so a crop of an image meets the image
+  cut alike.
 * **mirror images** (an option): the same search between each image's mirrored thumbnail and
   the others' thumbnails.
 * **perceptual hash**: the difference hash (dHash) of each image, 64 bits from the signs of the
@@ -111,16 +114,24 @@ def _knn_pairs(vectors: np.ndarray, threshold: float, k: int, device: str, by: s
     return pd.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b), "similarity": sim[near], "by": by})
 
 
-def _mirror_pairs(thumbs: np.ndarray, mirrored: np.ndarray, threshold: float, k: int,
-                  device: str) -> pd.DataFrame:
-    """Pairs (i, j), i != j, where i's mirror image is among j's nearest thumbnails."""
+def _cross_pairs(thumbs: np.ndarray, other: np.ndarray, threshold: float, k: int,
+                 device: str, by: str) -> pd.DataFrame:
+    """Pairs (i, j), i != j, where ``other[i]`` (a variant of image i: its mirror image, a crop)
+    is among j's nearest thumbnails."""
     n = len(thumbs)
-    both = _knn_pairs(np.concatenate([thumbs, mirrored]), threshold, k + 1, device, "mirror")
+    both = _knn_pairs(np.concatenate([thumbs, other]), threshold, k + 1, device, by)
     a, b = both["a"].to_numpy(), both["b"].to_numpy()
     cross = (a < n) & (b >= n) & (b - n != a)
     a, b = a[cross], b[cross] - n
     return pd.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b),
-                         "similarity": both["similarity"].to_numpy()[cross], "by": "mirror"})
+                         "similarity": both["similarity"].to_numpy()[cross], "by": by})
+
+
+def cropped_thumbnails(images: np.ndarray, margin: int, *, chunk: int = 4096) -> np.ndarray:
+    """:func:`thumbnails` of the images with ``margin`` pixels cut from every side."""
+    return np.concatenate([thumbnails(_cropped(np.asarray(images[start:start + chunk]), margin))
+                           for start in range(0, len(images), chunk)]) if len(images) else \
+        np.zeros((0, THUMB * THUMB), np.float32)
 
 
 def _informative(hashes: np.ndarray) -> np.ndarray:
@@ -155,6 +166,7 @@ def find_near_copies(
     mirrored: np.ndarray | None = None,
     mirror: bool = False,
     corroborate: float | None = CORROBORATE,
+    cropped: tuple[np.ndarray, ...] = (),
 ) -> NearCopies:
     """Near-copy pairs and groups (see the module docstring).
 
@@ -185,6 +197,9 @@ def find_near_copies(
     corroborate : float or None
         A pair of the head features counts only where the two thumbnails (or one's mirror
         image's and the other's) correlate at least this much; None: no such condition.
+    cropped : tuple of np.ndarray, each float32 (N, T)
+        :func:`cropped_thumbnails` of the images: an image cut by a margin whose thumbnail
+        correlates with another's at ``thumb_threshold`` is its near-copy (a crop of it).
 
     Returns
     -------
@@ -210,7 +225,9 @@ def find_near_copies(
         frames.append(pairs)
         frames.append(_knn_pairs(thumbs, thumb_threshold, k, device, "thumbnail"))
         if mirror:
-            frames.append(_mirror_pairs(thumbs, mirrored, thumb_threshold, k, device))
+            frames.append(_cross_pairs(thumbs, mirrored, thumb_threshold, k, device, "mirror"))
+        for crop in cropped:
+            frames.append(_cross_pairs(thumbs, crop, thumb_threshold, k, device, "thumbnail"))
     for key, by, keep in ((np.asarray(hashes), "hash", _informative(np.asarray(hashes))),
                           (np.asarray(sha256, dtype=object), "bytes", np.ones(n, dtype=bool))):
         idx = np.flatnonzero(keep)
@@ -271,6 +288,8 @@ def _cropped(images: np.ndarray, margin: int) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+#: Margins cut from every image before the crop search of :func:`find_near_copies`.
+SEARCH_MARGINS = (2, 4)
 #: Margins cut from the input's images before their thumbnails are compared with a test image's:
 #: a test image cropped from an input image matches the input image cut the same way.
 CROP_MARGINS = (0, 1, 2, 3, 4)

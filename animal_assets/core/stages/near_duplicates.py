@@ -57,10 +57,11 @@ def find_groups(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
     hashes = near_duplicates.dhash(images)
     thumbs = near_duplicates.thumbnails(images)
     mirrored = near_duplicates.thumbnails(np.ascontiguousarray(images[:, :, ::-1]))
+    cropped = tuple(near_duplicates.cropped_thumbnails(images, m) for m in near_duplicates.SEARCH_MARGINS)
     near = near_duplicates.find_near_copies(
         head, thumbs, hashes, manifest["sha256"].tolist(), threshold=config.threshold,
         thumb_threshold=config.thumb_threshold, k=config.k, device=device, mirrored=mirrored,
-        mirror=config.mirror)
+        mirror=config.mirror, cropped=cropped)
     ids = manifest["id"].to_numpy()
     given = manifest["given"].to_numpy()
     groups = near_duplicates.group_table(near, ids, given)
