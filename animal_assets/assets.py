@@ -325,8 +325,9 @@ def near_duplicates(
     compute: DeviceResource,
 ) -> dg.Output[NearDuplicates]:
     """Groups of near-copies (re-encoded, resized, shifted, cropped or recoloured): nearest
-    neighbours of the head features above a cosine threshold, equal perceptual hashes and
-    byte-identical files; each group with its members, similarity and given labels."""
+    neighbours of the head features and of small thumbnails (whole and cut at the edges) above
+    their thresholds, equal perceptual hashes and byte-identical files; each group with its
+    members, similarity and given labels."""
     return _materialize("near_duplicates", config,
                         _run_context(context, dataset, storage, compute), storage,
                         raw_images=raw_images, embeddings=embeddings)
@@ -404,6 +405,5 @@ def ablation_report(
 
 PIPELINE_ASSETS = [
     raw_images, image_quality, embeddings, ood_scores, clean_labels, near_duplicates, val_split,
-    balanced_train,
-    resnet34_model, eval_report, ablation_report,
+    balanced_train, resnet34_model, eval_report, ablation_report,
 ]

@@ -37,7 +37,7 @@ from animal_assets.core.stages.balanced_train import BalancedTrain
 from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
 from animal_assets.core.formats import RULE_GROUPS
 from animal_assets.core.ingest import RawImages
-from animal_assets.core.stages.near_duplicates import NearDuplicates
+from animal_assets.core.stages.near_duplicates import NearDuplicates, read_hashes
 from animal_assets.resources import DatasetResource
 
 MAX_LISTED = 50  # offending files listed in a check's metadata; the full list is on disk
@@ -282,7 +282,7 @@ def near_duplicates_test_set_not_in_the_data(
     with tempfile.TemporaryDirectory(prefix="animal-assets-test-set-") as tmp:
         test_raw = read_dataset(dataset.test_set, Path(tmp) / "raw")
         test_images, test_manifest = load_raw_images(test_raw)
-    found = contamination(test_images, np.asarray(images))
+    found = contamination(test_images, images, hashes=read_hashes(near_duplicates))
     table = pd.DataFrame({
         "test_image": test_manifest["id"].to_numpy()[found["test"].to_numpy()],
         "input_image": manifest["id"].to_numpy()[found["match"].to_numpy()],

@@ -178,3 +178,21 @@ def test_the_report_policy_flags_images_and_drops_none_of_them(tiny_graph):
     assert not table["drop"].any() and (table["issues"] != "").sum() == quality.n_flagged
     decisions = pd.read_csv(clean.path)
     assert not (decisions["reason"] == "quality").any()
+
+
+def test_decide_drops_flagged_images_with_their_reason_and_ood_first():
+    from animal_assets.core.cleaning import decide
+
+    probs = np.tile([0.9, 0.1], (6, 1))
+    labels = np.zeros(6, dtype=np.int64)
+    ood = np.array([1, 0, 0, 0, 0, 0], bool)
+    quality = np.array([1, 1, 0, 0, 0, 0], bool)
+    group = np.array([0, 1, 2, 2, 3, 4])  # rows 2 and 3 are byte-identical copies
+    quality[3] = True  # one copy flagged: the group goes whole
+    plain = decide(labels, probs, ood_flags=ood, dup_group=group, num_classes=2)
+    flagged = decide(labels, probs, ood_flags=ood, dup_group=group, num_classes=2, quality_flags=quality)
+    assert plain["reason"].tolist() == ["ood", "", "", "duplicate", "", ""]
+    assert flagged["reason"].tolist() == ["ood", "quality", "quality", "quality", "", ""]
+    assert (flagged["label"].to_numpy()[:4] == -1).all() and (flagged["action"][:4] == "drop").all()
+    none = decide(labels, probs, ood_flags=ood, dup_group=group, num_classes=2, quality_flags=np.zeros(6, bool))
+    pd.testing.assert_frame_equal(none, plain)

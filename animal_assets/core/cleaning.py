@@ -90,12 +90,14 @@ def decide(
     dup_group: np.ndarray,
     num_classes: int,
     config: CleaningConfig = CleaningConfig(),
+    quality_flags: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Keep, relabel or drop every image.
 
     Rules, in order:
 
-    1. OOD images are dropped (``reason="ood"``); a duplicate group with any OOD member is
+    1. OOD images are dropped (``reason="ood"``), then the images ``quality_flags`` marks
+       (``reason="quality"``); a duplicate group with any OOD (or flagged) member is
        dropped whole, because its copies are the same picture.
     2. Label issues among the non-OOD images: an image whose ``pred_probs`` argmax is not its
        given label is relabelled to that argmax (``reason="label_issue"``).
@@ -125,6 +127,8 @@ def decide(
         K.
     config : CleaningConfig
         Its ``min_class_keep``.
+    quality_flags : np.ndarray of bool, shape (N,), optional
+        Images dropped for their quality (``image_quality``'s ``drop`` policy).
 
     Returns
     -------
@@ -141,25 +145,29 @@ def decide(
                          f"got {pred_probs.shape}")
     given = check_labels(labels, num_classes, n)
     ood = np.asarray(ood_flags, dtype=bool)
+    quality = np.zeros(n, dtype=bool) if quality_flags is None else np.asarray(quality_flags, dtype=bool)
     group = np.asarray(dup_group).astype(np.int64)
-    if ood.shape != (n,) or group.shape != (n,):
-        raise ValueError(f"cleaning.py: ood_flags and dup_group must have shape ({n},)")
+    if ood.shape != (n,) or group.shape != (n,) or quality.shape != (n,):
+        raise ValueError(f"cleaning.py: ood_flags, quality_flags and dup_group must have shape ({n},)")
 
     rows = np.arange(n)
     self_conf = pred_probs[rows, given]
     # A byte-identical group is one picture: OOD if any copy is.
     _, group_dense = np.unique(group, return_inverse=True)
     ood = np.bincount(group_dense, weights=ood.astype(float))[group_dense] > 0
+    quality = (np.bincount(group_dense, weights=quality.astype(float))[group_dense] > 0) & ~ood
+    out = ood | quality  # left out of the labels: dropped whatever the probabilities say
 
     issue = np.zeros(n, dtype=bool)
-    clean_rows = np.flatnonzero(~ood)
+    clean_rows = np.flatnonzero(~out)
     top = pred_probs.argmax(axis=1)
     issue[clean_rows] = top[clean_rows] != given[clean_rows]
 
     final = np.where(issue, top, given)
     action = np.where(issue, "relabel", "keep").astype(object)
     reason = np.where(issue, "label_issue", "").astype(object)
-    action[ood], reason[ood], final[ood] = "drop", "ood", -1
+    action[out], final[out] = "drop", -1
+    reason[ood], reason[quality] = "ood", "quality"
 
     def judge(i: int, flagged: bool, probs: np.ndarray) -> None:
         # The single-image rule above, for a group's kept copy.
@@ -172,7 +180,7 @@ def decide(
     order = np.argsort(group_dense, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(group_dense[order]) != 0])
     for members in np.split(order, starts[1:]):
-        if len(members) < 2 or ood[members[0]]:
+        if len(members) < 2 or out[members[0]]:
             continue
         first, copies = members[0], members[1:]  # stable sort keeps index order within a group
         final[copies], action[copies], reason[copies] = -1, "drop", "duplicate"
@@ -186,25 +194,13 @@ def decide(
         action[first] = "keep" if best == given[first] else "relabel"
         reason[first] = "duplicate_conflict"
 
-    _apply_floor(final, action, reason, given, self_conf, ood, num_classes, config.min_class_keep)
+    _apply_floor(final, action, reason, given, self_conf, out, num_classes, config.min_class_keep)
     kept = final >= 0
     confidence = np.where(kept, pred_probs[rows, np.where(kept, final, given)], self_conf)
     return pd.DataFrame({
         "given": given, "label": final, "action": action.astype(str), "reason": reason.astype(str),
         "confidence": confidence, "label_issue": issue, "self_confidence": self_conf,
     })
-
-
-def quality_reasons(reason: np.ndarray, *, ood: np.ndarray, quality: np.ndarray,
-                    dup_group: np.ndarray) -> np.ndarray:
-    """The reasons of a :func:`decide` table whose ``ood_flags`` were OOD or quality flags: a
-    dropped ``ood`` row none of whose byte-identical copies is OOD was dropped for its quality.
-    """
-    _, dense = np.unique(np.asarray(dup_group), return_inverse=True)
-    group_ood = np.bincount(dense, weights=np.asarray(ood, dtype=float))[dense] > 0
-    out = np.array(reason, dtype=object)
-    out[(out == "ood") & ~group_ood] = "quality"
-    return out.astype(str)
 
 
 def _apply_floor(final, action, reason, given, self_conf, ood, num_classes, fraction) -> None:

@@ -199,6 +199,14 @@ def _interleave(groups: Sequence[Sequence[int]], limit: int) -> list[int]:
     return out[:limit]
 
 
+def _labelled_gallery(images: np.ndarray, rows, heads: Sequence[str], ids: pd.Series,
+                      given: Sequence[int], class_names: Sequence[str], max_items: int) -> bytes:
+    """A gallery of ``images[rows]``, each captioned with its head line, given label and id."""
+    captions = [f"{head}\n{_name(class_names, int(given[i]))}\n{_short(ids.iloc[i])}"
+                for head, i in zip(heads, rows)]
+    return gallery(np.asarray(images[list(rows)]), captions, max_items=max_items)
+
+
 def outlier_gallery(
     images: np.ndarray, table: pd.DataFrame, given: Sequence[int], class_names: Sequence[str],
     *, max_items: int = MAX_ITEMS,
@@ -224,12 +232,8 @@ def outlier_gallery(
         JPEG bytes.
     """
     order = np.argsort(table["rank"].to_numpy(), kind="stable")[:max_items]
-    captions = [
-        f"#{int(table['rank'].iloc[i]) + 1}  score {float(table['score'].iloc[i]):.3f}\n"
-        f"{_name(class_names, int(given[i]))}\n{_short(table['id'].iloc[i])}"
-        for i in order
-    ]
-    return gallery(np.asarray(images[order]), captions, max_items=max_items)
+    heads = [f"#{int(table['rank'].iloc[i]) + 1}  score {float(table['score'].iloc[i]):.3f}" for i in order]
+    return _labelled_gallery(images, order, heads, table["id"], given, class_names, max_items)
 
 
 def decision_galleries(
@@ -406,13 +410,9 @@ def quality_gallery(
     picked = list(dict.fromkeys(_interleave(groups, len(table))))[:max_items]
     if not picked:
         return None
-    given = table["given"].to_numpy()
-    captions = [
-        f"{labels[i]} {float(table[labels[i]].iloc[i]):.3g}\n"
-        f"{_name(class_names, int(given[i]))}\n{_short(table['id'].iloc[i])}"
-        for i in picked
-    ]
-    return gallery(np.asarray(images[picked]), captions, max_items=max_items)
+    heads = [f"{labels[i]} {float(table[labels[i]].iloc[i]):.3g}" for i in picked]
+    return _labelled_gallery(images, picked, heads, table["id"], table["given"].to_numpy(), class_names,
+                             max_items)
 
 
 def near_copy_gallery(

@@ -1,12 +1,11 @@
 """Groups of near-copies: the same photograph re-encoded, resized, shifted, cropped or recoloured.
 
-Three detectors, whose pairs are joined into groups (connected components):
+Detectors whose pairs are joined into groups (connected components):
 
 * **embeddings**: each image's ``k`` nearest neighbours by cosine similarity of the encoder's
   head features (:mod:`.knn`, exact); a pair at or above ``threshold`` whose thumbnails also
-  correlate (``CORROBORATE``) is a near-copy. A
-  re-encode or a small shift barely moves the features, while two different photographs of the
-  same animal stay well below.
+  correlate (``CORROBORATE``) is a near-copy. A re-encode or a small shift barely moves the
+  features, while two different photographs of the same animal stay well below.
 * **thumbnails**: each image's ``k`` nearest neighbours by the correlation of its
   ``THUMB`` x ``THUMB`` grayscale thumbnail (area-averaged, mean removed, unit length); a pair at
   or above ``thumb_threshold`` is a near-copy. JPEG's artefacts, a resize and a change of
@@ -47,8 +46,8 @@ CORROBORATE = 0.5
 class NearCopies:
     """Pairs and groups of near-copies among N images."""
 
-    # a, b (row indices, a < b), similarity (cosine; NaN where only a hash joined them), by
-    # (the detectors that found the pair: "embedding", "hash", "bytes", comma-separated)
+    # a, b (row indices, a < b), similarity (see find_near_copies), by (the detectors that
+    # found the pair, comma-separated: "bytes", "embedding", "hash", "mirror", "thumbnail")
     pairs: pd.DataFrame
     group: np.ndarray  # (N,) int64 group id, dense, numbered by first member; singletons too
 
@@ -76,25 +75,37 @@ def dhash(images: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
     return out
 
 
-def thumbnails(images: np.ndarray, *, size: int = THUMB, chunk: int = 4096) -> np.ndarray:
-    """Grayscale thumbnails by area averaging, mean removed and scaled to unit length:
-    (N, size * size) float32; a constant image gives zeros (it correlates with nothing)."""
+def _cropped(images: np.ndarray, margin: int) -> np.ndarray:
+    """Each image with ``margin`` pixels cut from every side, resized back (bilinear)."""
+    import torch
+    from torch.nn import functional as F
+
+    if margin == 0:
+        return images
+    _, h, w, _ = images.shape
+    t = torch.from_numpy(np.ascontiguousarray(images[:, margin:h - margin, margin:w - margin]))
+    t = F.interpolate(t.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear", align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def thumbnails(images: np.ndarray, *, margin: int = 0, mirror: bool = False, size: int = THUMB,
+               chunk: int = 4096) -> np.ndarray:
+    """Grayscale thumbnails (PIL's box filter: area averaging), mean removed and scaled to unit
+    length: (N, size * size) float32; a constant image gives zeros (it correlates with nothing).
+    ``margin`` pixels are cut from every side first (and the rest resized back), and with
+    ``mirror`` the images are flipped left to right."""
+    from PIL import Image
+
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError("near_duplicates.py: images must be a uint8 array (N, H, W, 3)")
-    _, h, w, _ = images.shape
-    if h % size or w % size:
-        # area averaging over equal cells; other sizes go through PIL's box filter
-        from PIL import Image
-
-        gray = np.stack([np.asarray(Image.fromarray(img).convert("L").resize((size, size), Image.BOX),
-                                    dtype=np.float32) for img in images]) if len(images) else \
-            np.zeros((0, size, size), np.float32)
-    else:
-        gray = np.empty((len(images), size, size), np.float32)
-        luma = np.array([0.299, 0.587, 0.114], np.float32)
-        for start in range(0, len(images), chunk):
-            x = np.asarray(images[start:start + chunk]).astype(np.float32) @ luma
-            gray[start:start + len(x)] = x.reshape(len(x), size, h // size, size, w // size).mean(axis=(2, 4))
+    gray = np.zeros((len(images), size, size), np.float32)
+    for start in range(0, len(images), chunk):
+        block = _cropped(np.asarray(images[start:start + chunk]), margin)
+        if mirror:
+            block = block[:, :, ::-1]
+        gray[start:start + len(block)] = [
+            np.asarray(Image.fromarray(np.ascontiguousarray(img)).convert("L").resize((size, size), Image.BOX),
+                       dtype=np.float32) for img in block]
     flat = gray.reshape(len(gray), -1)
     flat = flat - flat.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(flat, axis=1, keepdims=True)
@@ -127,15 +138,8 @@ def _cross_pairs(thumbs: np.ndarray, other: np.ndarray, threshold: float, k: int
                          "similarity": both["similarity"].to_numpy()[cross], "by": by})
 
 
-def cropped_thumbnails(images: np.ndarray, margin: int, *, chunk: int = 4096) -> np.ndarray:
-    """:func:`thumbnails` of the images with ``margin`` pixels cut from every side."""
-    return np.concatenate([thumbnails(_cropped(np.asarray(images[start:start + chunk]), margin))
-                           for start in range(0, len(images), chunk)]) if len(images) else \
-        np.zeros((0, THUMB * THUMB), np.float32)
-
-
 def _informative(hashes: np.ndarray) -> np.ndarray:
-    ones = np.array([bin(int(h)).count("1") for h in hashes])
+    ones = np.unpackbits(np.ascontiguousarray(hashes, dtype=np.uint64).view(np.uint8)).reshape(-1, 64).sum(axis=1)
     return (ones >= MIN_HASH_BITS) & (64 - ones >= MIN_HASH_BITS)
 
 
@@ -198,7 +202,7 @@ def find_near_copies(
         A pair of the head features counts only where the two thumbnails (or one's mirror
         image's and the other's) correlate at least this much; None: no such condition.
     cropped : tuple of np.ndarray, each float32 (N, T)
-        :func:`cropped_thumbnails` of the images: an image cut by a margin whose thumbnail
+        :func:`thumbnails` of the images with a ``margin``: an image cut by a margin whose thumbnail
         correlates with another's at ``thumb_threshold`` is its near-copy (a crop of it).
 
     Returns
@@ -211,9 +215,9 @@ def find_near_copies(
     if len(thumbs) != n or len(hashes) != n or len(sha256) != n:
         raise ValueError(f"near_duplicates.py: {n} feature rows, {len(thumbs)} thumbnails, "
                          f"{len(hashes)} hashes, {len(sha256)} hashes of files")
-    frames = []
     if mirror and mirrored is None:
         raise ValueError("near_duplicates.py: mirror needs the mirrored thumbnails")
+    frames = []
     if n > 1:
         pairs = _knn_pairs(head, threshold, k, device, "embedding")
         if corroborate is not None:
@@ -275,19 +279,6 @@ def group_table(near: NearCopies, ids: np.ndarray, given: np.ndarray) -> pd.Data
                                 "min_similarity"]]
 
 
-def _cropped(images: np.ndarray, margin: int) -> np.ndarray:
-    """Each image with ``margin`` pixels cut from every side, resized back (bilinear)."""
-    import torch
-    from torch.nn import functional as F
-
-    if margin == 0:
-        return images
-    _, h, w, _ = images.shape
-    t = torch.from_numpy(np.ascontiguousarray(images[:, margin:h - margin, margin:w - margin]))
-    t = F.interpolate(t.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear", align_corners=False)
-    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 #: Margins cut from every image before the crop search of :func:`find_near_copies`.
 SEARCH_MARGINS = (2, 4)
 #: Margins cut from the input's images before their thumbnails are compared with a test image's:
@@ -296,7 +287,8 @@ CROP_MARGINS = (0, 1, 2, 3, 4)
 
 
 def contamination(test_images: np.ndarray, images: np.ndarray, *, thumb_threshold: float = 0.97,
-                  margins: tuple[int, ...] = CROP_MARGINS, block: int = 4096) -> pd.DataFrame:
+                  margins: tuple[int, ...] = CROP_MARGINS, hashes: np.ndarray | None = None,
+                  block: int = 4096) -> pd.DataFrame:
     """Test images that have a near-copy among ``images`` (the input): one row per such test
     image, ``test`` and ``match`` (row indices), ``correlation`` (of the thumbnails: the test
     image or its mirror image against the input image, whole or with a margin cut; the highest)
@@ -305,16 +297,16 @@ def contamination(test_images: np.ndarray, images: np.ndarray, *, thumb_threshol
     A copy of a test image can only reach the exported training or validation set through the
     input, so the input is what is searched. Thumbnails are compared exhaustively, block by
     block; equal perceptual hashes (dHash, of the image and of its mirror image) count too.
+    ``hashes``: the input's :func:`dhash`, when already known.
     """
-    mirrored = np.ascontiguousarray(test_images[:, :, ::-1])
-    queries = {"thumbnail": thumbnails(test_images), "mirror": thumbnails(mirrored)}
+    queries = {"thumbnail": thumbnails(test_images), "mirror": thumbnails(test_images, mirror=True)}
     best = np.full(len(test_images), -np.inf)
     match = np.full(len(test_images), -1, dtype=np.int64)
     by = np.full(len(test_images), "", dtype=object)
     for start in range(0, len(images), block):
         chunk = np.asarray(images[start:start + block])
         for margin in margins:
-            ref = thumbnails(_cropped(chunk, margin))
+            ref = thumbnails(chunk, margin=margin)
             for name, q in queries.items():
                 sims = q @ ref.T
                 if not sims.size:
@@ -326,12 +318,12 @@ def contamination(test_images: np.ndarray, images: np.ndarray, *, thumb_threshol
     found = best >= thumb_threshold
     rows = pd.DataFrame({"test": np.flatnonzero(found), "match": match[found],
                          "correlation": best[found], "by": by[found].astype(str)})
-    hashes = dhash(images)
+    hashes = dhash(images) if hashes is None else np.asarray(hashes, dtype=np.uint64)
     lookup = {}
     for i in np.flatnonzero(_informative(hashes)):
         lookup.setdefault(int(hashes[i]), int(i))
     extra, taken = [], set(rows["test"].tolist())
-    for source in (test_images, mirrored):
+    for source in (test_images, np.ascontiguousarray(test_images[:, :, ::-1])):
         th = dhash(source)
         for t in np.flatnonzero(_informative(th)):
             j = lookup.get(int(th[t]))

@@ -78,29 +78,25 @@ def clean_label_decisions(
     ood_table = pd.read_csv(ood_scores.path)
     labels = manifest["given"].to_numpy(dtype=np.int64)
     groups = cleaning.duplicate_groups(manifest["sha256"].tolist())
-    ood_only = ood_table["flag"].to_numpy(dtype=bool)
+    ood_flags = ood_table["flag"].to_numpy(dtype=bool)
     quality = read_drops(image_quality) if image_quality else np.zeros(len(labels), dtype=bool)
-    # left out of the probe and dropped alike; the reason tells them apart below
-    ood_flags = ood_only | quality
+    learn = ~(ood_flags | quality)  # the images the probe learns from
     probe_kwargs = config.probe_kwargs()
     if probe_kwargs["c"] is None:
         probe_kwargs["c"] = select_probe_c(
-            features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, seed=config.seed,
+            features, labels, num_classes=raw.num_classes, train_mask=learn, seed=config.seed,
             class_weight=config.class_weight,
         )
     result = noise_model.noise_posteriors(
-        features, labels, num_classes=raw.num_classes, train_mask=~ood_flags, groups=groups,
+        features, labels, num_classes=raw.num_classes, train_mask=learn, groups=groups,
         rounds=config.em_rounds, min_rate=config.min_noise_rate,
         prior_images=config.noise_prior_images, probe_kwargs=probe_kwargs,
     )
     pred_probs = result.balanced()
     decisions = cleaning.decide(
-        labels, pred_probs, ood_flags=ood_flags, dup_group=groups, num_classes=raw.num_classes,
-        config=config,
+        labels, pred_probs, ood_flags=ood_flags, quality_flags=quality, dup_group=groups,
+        num_classes=raw.num_classes, config=config,
     )
-    if quality.any():
-        decisions["reason"] = cleaning.quality_reasons(decisions["reason"].to_numpy(dtype=object),
-                                                       ood=ood_only, quality=quality, dup_group=groups)
     decisions.insert(0, "id", manifest["id"].to_numpy())
     decisions["sha256"] = manifest["sha256"].to_numpy()
     decisions["dup_group"] = groups

@@ -4,7 +4,7 @@ information, blurry, grayscale, padded; :mod:`animal_assets.core.image_quality`)
 ``report`` (the default) they are only reported."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from animal_assets.core.atomic import atomic_path
+from animal_assets.core.image_quality import Thresholds
 from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.stages.base import FileRef, Json, Pictures, RunContext, Table
 from animal_assets.core.stages.raw_images import check_aligned, raw_version
@@ -24,21 +25,21 @@ class ImageQualityConfig:
     # "report": flag and show the images only; "drop": clean_labels also drops every flagged
     # image (reason "quality") and leaves it out of the label probe's training.
     policy: Literal["report", "drop"] = "report"
-    dark_below: float = 0.25  # dark: the 95th percentile of an image's luma (0-1) is below this
-    light_above: float = 0.85  # light: the 5th percentile of an image's luma (0-1) is above this
-    low_information_below: float = 2.5  # low information: luma histogram entropy (bits, 0-8) below this
-    blurry_below: float = 0.05  # blurry: share of the luma's variance in its finest detail below this
-    grayscale_below: float = 12.0  # grayscale: 99th percentile of the RGB channel spread (0-255) below this
-    padded_above: float = 0.12  # padded: share of the image in letterbox or pillarbox bands above this
+    # dark: the 95th percentile of an image's luma (0-1) is below this
+    dark_below: float = Thresholds.dark_below
+    # light: the 5th percentile of an image's luma (0-1) is above this
+    light_above: float = Thresholds.light_above
+    # low information: luma histogram entropy (bits, 0-8) below this
+    low_information_below: float = Thresholds.low_information_below
+    # blurry: share of the luma's variance in its finest detail below this
+    blurry_below: float = Thresholds.blurry_below
+    # grayscale: 99th percentile of the RGB channel spread (0-255) below this
+    grayscale_below: float = Thresholds.grayscale_below
+    # padded: share of the image in letterbox or pillarbox bands above this
+    padded_above: float = Thresholds.padded_above
 
-    def thresholds(self):
-        from animal_assets.core.image_quality import Thresholds
-
-        return Thresholds(
-            dark_below=self.dark_below, light_above=self.light_above,
-            low_information_below=self.low_information_below, blurry_below=self.blurry_below,
-            grayscale_below=self.grayscale_below, padded_above=self.padded_above,
-        )
+    def thresholds(self) -> Thresholds:
+        return Thresholds(**{f.name: getattr(self, f.name) for f in fields(Thresholds)})
 
 
 @dataclass(frozen=True)

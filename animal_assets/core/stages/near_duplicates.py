@@ -56,8 +56,8 @@ def find_groups(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
     head = head_features(np.load(embeddings.path, mmap_mode="r"), embeddings)
     hashes = near_duplicates.dhash(images)
     thumbs = near_duplicates.thumbnails(images)
-    mirrored = near_duplicates.thumbnails(np.ascontiguousarray(images[:, :, ::-1]))
-    cropped = tuple(near_duplicates.cropped_thumbnails(images, m) for m in near_duplicates.SEARCH_MARGINS)
+    mirrored = near_duplicates.thumbnails(images, mirror=True)
+    cropped = tuple(near_duplicates.thumbnails(images, margin=m) for m in near_duplicates.SEARCH_MARGINS)
     near = near_duplicates.find_near_copies(
         head, thumbs, hashes, manifest["sha256"].tolist(), threshold=config.threshold,
         thumb_threshold=config.thumb_threshold, k=config.k, device=device, mirrored=mirrored,
@@ -87,6 +87,12 @@ def find_groups(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
 def read_groups(near: NearDuplicates) -> np.ndarray:
     """(N,) int64: the near-copy group of each image (a singleton's group holds it alone)."""
     return pd.read_csv(near.path, usecols=["group"])["group"].to_numpy(dtype=np.int64)
+
+
+def read_hashes(near: NearDuplicates) -> np.ndarray:
+    """(N,) uint64: the perceptual hash (dHash) of each image."""
+    hexes = pd.read_csv(near.path, usecols=["dhash"], dtype={"dhash": str})["dhash"]
+    return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
 
 
 def describe(near: NearDuplicates, ctx: RunContext, *, raw_images: RawImages, **_) -> dict:
