@@ -36,6 +36,7 @@ from animal_assets.configs import (
     EvalReportConfig,
     ImageQualityConfig,
     NearDuplicatesConfig,
+    NeighboursConfig,
     OodScoresConfig,
     RawImagesConfig,
     Resnet34Config,
@@ -52,6 +53,7 @@ from animal_assets.core.stages.clean_labels import CleanLabels
 from animal_assets.core.stages.embeddings import Embeddings
 from animal_assets.core.stages.image_quality import ImageQuality
 from animal_assets.core.stages.near_duplicates import NearDuplicates
+from animal_assets.core.stages.neighbours import Neighbours
 from animal_assets.core.stages.ood_scores import OodScores
 from animal_assets.core.stages.raw_images import require_conforming
 from animal_assets.core.stages.resnet34_model import Resnet34Model
@@ -290,15 +292,29 @@ def embeddings(
 
 
 @dg.asset(group_name=GROUP, tags=_part("cleaning"),
-          code_version="1", kinds={"python"}, automation_condition=RERUN)
+          code_version="1", kinds={"pytorch"}, automation_condition=RERUN)
+def neighbours(
+    context: dg.AssetExecutionContext, config: NeighboursConfig, raw_images: RawImages,
+    embeddings: Embeddings, dataset: DatasetResource, storage: StorageResource,
+    compute: DeviceResource,
+) -> dg.Output[Neighbours]:
+    """Each image's nearest neighbours by the cosine similarity of its head features (exact),
+    searched once for ``ood_scores`` and ``near_duplicates``."""
+    return _materialize("neighbours", config, _run_context(context, dataset, storage, compute),
+                        storage, raw_images=raw_images, embeddings=embeddings)
+
+
+@dg.asset(group_name=GROUP, tags=_part("cleaning"),
+          code_version="2", kinds={"python"}, automation_condition=RERUN)
 def ood_scores(
     context: dg.AssetExecutionContext, config: OodScoresConfig, raw_images: RawImages,
-    embeddings: Embeddings, dataset: DatasetResource, storage: StorageResource,
+    embeddings: Embeddings, neighbours: Neighbours, dataset: DatasetResource,
+    storage: StorageResource,
 ) -> dg.Output[OodScores]:
     """Out-of-distribution score per image (neighbour-label entropy or mean cosine distance to
     its k nearest neighbours, sharpened by self-training); the top share is flagged."""
     return _materialize("ood_scores", config, _run_context(context, dataset, storage), storage,
-                        raw_images=raw_images, embeddings=embeddings)
+                        raw_images=raw_images, embeddings=embeddings, neighbours=neighbours)
 
 
 @dg.asset(group_name=GROUP, tags=_part("cleaning"), deps=[review_file],
@@ -318,10 +334,10 @@ def clean_labels(
 
 
 @dg.asset(group_name=GROUP, tags=_part("cleaning"),
-          code_version="1", kinds={"python"}, automation_condition=RERUN)
+          code_version="2", kinds={"python"}, automation_condition=RERUN)
 def near_duplicates(
     context: dg.AssetExecutionContext, config: NearDuplicatesConfig, raw_images: RawImages,
-    embeddings: Embeddings, dataset: DatasetResource, storage: StorageResource,
+    neighbours: Neighbours, dataset: DatasetResource, storage: StorageResource,
     compute: DeviceResource,
 ) -> dg.Output[NearDuplicates]:
     """Groups of near-copies (re-encoded, resized, shifted, cropped or recoloured): nearest
@@ -330,7 +346,7 @@ def near_duplicates(
     members, similarity and given labels."""
     return _materialize("near_duplicates", config,
                         _run_context(context, dataset, storage, compute), storage,
-                        raw_images=raw_images, embeddings=embeddings)
+                        raw_images=raw_images, neighbours=neighbours)
 
 
 @dg.asset(group_name=GROUP, tags=_part("export"),
@@ -404,6 +420,6 @@ def ablation_report(
 
 
 PIPELINE_ASSETS = [
-    raw_images, image_quality, embeddings, ood_scores, clean_labels, near_duplicates, val_split,
+    raw_images, image_quality, embeddings, neighbours, ood_scores, clean_labels, near_duplicates, val_split,
     balanced_train, resnet34_model, eval_report, ablation_report,
 ]

@@ -23,7 +23,7 @@ from animal_assets.core.truth import read_truth
 from tests.fixtures import image_bytes, tree_hashes
 from tests.graph import TINY, make_defs, sqlite_instance
 
-THROUGH_EXPORTS = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels",
+THROUGH_EXPORTS = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels",
                    "near_duplicates", "val_split", "balanced_train"]
 QUARANTINE = {"ops": {**TINY["ops"], "raw_images": {"config": {"format_policy": "quarantine"}}}}
 

@@ -20,7 +20,7 @@ from animal_assets.core.ds801 import encode_jpeg, new_image_id, write_ds801
 from tests.fixtures import cli_in_process, image_paths, make_dataset
 from tests.graph import TINY, make_defs, sqlite_instance
 
-UP_TO_VAL = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels",
+UP_TO_VAL = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels",
              "near_duplicates", "val_split"]
 
 

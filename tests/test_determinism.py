@@ -16,7 +16,7 @@ from tests.fixtures import tree_hashes
 from tests.graph import TINY, make_defs, sqlite_instance
 
 # everything up to the deliverable; training is not part of the exports compared here
-THROUGH_EXPORTS = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels",
+THROUGH_EXPORTS = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels",
                    "near_duplicates", "val_split", "balanced_train"]
 
 

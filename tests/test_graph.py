@@ -135,7 +135,7 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(forked):
     assert status["resnet34_model"] == "unsynced"
     assert status["eval_report"] == "upstream unsynced"
     assert status["ablation_report"] == "upstream unsynced"
-    cleaning = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels",
+    cleaning = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels",
                 "near_duplicates", "val_split", "balanced_train"]
     assert all(status[name] == "synced" for name in cleaning), status
     before = {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
@@ -281,7 +281,7 @@ def test_every_config_field_of_every_asset_says_what_it_does():
         for name, field in fields.items():
             assert field.description == docs[name] and len(field.description) >= 15, (stage.name, name)
     assert configs.OodScoresConfig.model_fields["k"].description == \
-        "neighbours in the mean cosine kNN distance"
+        "neighbours in the mean cosine kNN distance (at most neighbours.k)"
 
 
 def test_the_report_summary_and_figures_show_without_a_click(tiny_graph):

@@ -28,6 +28,7 @@ import pytest
 from animal_assets.core.stages.balanced_train import BalancedTrain, make_balanced_train
 from animal_assets.core.stages.clean_labels import clean_label_decisions
 from animal_assets.core.stages.embeddings import compute_embeddings
+from animal_assets.core.stages.neighbours import find_neighbours
 from animal_assets.core.stages.ood_scores import score_outliers
 from animal_assets.core.stages.val_split import make_val_split
 from animal_assets.core.atomic import (
@@ -643,7 +644,8 @@ def _chain(dataset: Path, out: Path) -> BalancedTrain:
     }})
     raw = read_dataset(dataset, out / "raw_images")
     emb = compute_embeddings(raw, out / "embeddings", params["embeddings"], device="cpu")
-    ood = score_outliers(raw, emb, out / "ood_scores", params["ood_scores"])
+    nearest = find_neighbours(raw, emb, out / "neighbours", params["neighbours"])
+    ood = score_outliers(raw, emb, nearest, out / "ood_scores", params["ood_scores"])
     clean = clean_label_decisions(raw, emb, ood, out / "clean_labels", params["clean_labels"])
     val = make_val_split(raw, clean, out / "val_split", params["val_split"])
     return make_balanced_train(raw, clean, val, out / "balanced_train", params["balanced_train"])

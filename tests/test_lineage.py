@@ -25,13 +25,16 @@ DATA_EDGES = {
     ("raw_images", "image_quality"),
     ("image_quality", "clean_labels"),
     ("raw_images", "embeddings"),
+    ("raw_images", "neighbours"),
+    ("embeddings", "neighbours"),
     ("raw_images", "ood_scores"),
     ("embeddings", "ood_scores"),
+    ("neighbours", "ood_scores"),
     ("raw_images", "clean_labels"),
     ("embeddings", "clean_labels"),
     ("ood_scores", "clean_labels"),
     ("raw_images", "near_duplicates"),
-    ("embeddings", "near_duplicates"),
+    ("neighbours", "near_duplicates"),
     ("near_duplicates", "val_split"),
     ("raw_images", "val_split"),
     ("clean_labels", "val_split"),
@@ -52,7 +55,7 @@ DATA_EDGES = {
     ("resnet34_model", "ablation_report"),
 }
 #: Rerun by the automation sensor below a change; training and what needs it are on request.
-AUTOMATIC = ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels",
+AUTOMATIC = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels",
              "near_duplicates", "val_split", "balanced_train"]
 ON_REQUEST = ["resnet34_model", "eval_report", "ablation_report"]
 

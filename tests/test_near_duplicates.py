@@ -27,6 +27,13 @@ def made_features(seed: int, n: int = 200, d: int = 64):
     return np.vstack([base, copy, look])
 
 
+def _nn(head: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The head features' nearest neighbours, as the neighbours stage stores them."""
+    from animal_assets.core.knn import knn
+
+    return knn(np.ascontiguousarray(head, dtype=np.float32), k=min(k, len(head) - 1), device="cpu")
+
+
 def _blank(n: int) -> np.ndarray:
     return np.zeros((n, 4), np.float32)  # thumbnails that correlate with nothing
 
@@ -41,7 +48,7 @@ def test_embedding_pairs_group_a_near_copy_and_not_a_look_alike(seed):
     n = len(head)
     sims = head @ head.T
     assert sims[0, n - 2] > 0.99 and 0.75 < sims[1, n - 1] < 0.92
-    near = find_near_copies(head, _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)], threshold=0.95,
+    near = find_near_copies(_nn(head), _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)], threshold=0.95,
                             corroborate=None)
     assert near.group[0] == near.group[n - 2]
     assert near.group[1] != near.group[n - 1]
@@ -58,7 +65,7 @@ def test_equal_hashes_and_equal_bytes_group_images_the_features_keep_apart():
     hashes[6] = hashes[7] = np.uint64(0)  # a blank hash says nothing
     sha = [f"f{i}" for i in range(n)]
     sha[11] = sha[12] = "same-bytes"
-    near = find_near_copies(head, _blank(n), hashes, sha, threshold=0.95, corroborate=None)
+    near = find_near_copies(_nn(head), _blank(n), hashes, sha, threshold=0.95, corroborate=None)
     g = near.group
     assert g[5] == g[9] and g[11] == g[12] and g[6] != g[7]
     by = {(int(a), int(b)): s for a, b, s in near.pairs[["a", "b", "by"]].itertuples(index=False)}
@@ -71,8 +78,8 @@ def test_equal_hashes_and_equal_bytes_group_images_the_features_keep_apart():
 def test_groups_are_deterministic_and_numbered_by_first_member():
     head = made_features(3)
     n = len(head)
-    a = find_near_copies(head, _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)], corroborate=None)
-    b = find_near_copies(head.copy(), _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)], corroborate=None)
+    a = find_near_copies(_nn(head), _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)], corroborate=None)
+    b = find_near_copies(_nn(head.copy()), _blank(n), _no_hashes(n), [f"f{i}" for i in range(n)], corroborate=None)
     np.testing.assert_array_equal(a.group, b.group)
     pd.testing.assert_frame_equal(a.pairs, b.pairs)
     first_seen = pd.Series(a.group).drop_duplicates().to_numpy()
@@ -124,7 +131,7 @@ def test_the_encoder_groups_made_near_copies_of_real_images_and_not_other_images
             source.append(i)
     batch = np.concatenate([originals, np.stack(made)])
     head = embed_images(batch, image_size=128, precision="fp32", device="cpu")
-    near = find_near_copies(head, thumbnails(batch), dhash(batch), [f"f{i}" for i in range(len(batch))],
+    near = find_near_copies(_nn(head), thumbnails(batch), dhash(batch), [f"f{i}" for i in range(len(batch))],
                             mirrored=thumbnails(np.ascontiguousarray(batch[:, :, ::-1])))
     g = near.group
     copies_found = g[len(originals):] == g[np.array(source)]
@@ -214,7 +221,7 @@ def test_a_mirrored_copy_is_grouped_only_with_the_mirror_option():
     n = len(batch)
     head = made_features(4, n=n - 2)  # features that keep every image apart
     hashes = _no_hashes(n)
-    args = (head, thumbnails(batch), hashes, [f"f{i}" for i in range(n)])
+    args = (_nn(head), thumbnails(batch), hashes, [f"f{i}" for i in range(n)])
     plain = find_near_copies(*args)
     assert plain.group[3] != plain.group[n - 1]
     mirror = find_near_copies(*args, mirrored=thumbnails(np.ascontiguousarray(batch[:, :, ::-1])),
@@ -230,6 +237,6 @@ def test_feature_pairs_need_thumbnails_that_correlate():
     rng = np.random.default_rng(5)
     flat = np.clip(120 + rng.normal(0, 30, (6, 64, 64, 3)), 0, 255).astype(np.uint8)
     head = np.repeat(_unit(rng.normal(size=(1, 16))), 6, axis=0) + 0.001 * rng.normal(size=(6, 16))
-    args = (head.astype(np.float32), thumbnails(flat), _no_hashes(6), [f"f{i}" for i in range(6)])
+    args = (_nn(head), thumbnails(flat), _no_hashes(6), [f"f{i}" for i in range(6)])
     assert np.bincount(find_near_copies(*args, corroborate=None).group).max() == 6
     assert np.bincount(find_near_copies(*args).group).max() == 1

@@ -137,7 +137,7 @@ def test_the_label_stage_applies_the_review_for_every_runner(tmp_path):
                      log=lambda _: None, warn=lambda _: None)
     results = run_stages(ctx, params_from_run_config(TINY), stages=upto("clean_labels"),
                          describe=False)
-    assert list(results) == ["raw_images", "image_quality", "embeddings", "ood_scores", "clean_labels"]
+    assert list(results) == ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels"]
     decisions = pd.read_csv(tmp_path / "out" / "clean_labels" / "decisions.csv").set_index("id")
     assert decisions.loc[dropped, "action"] == "drop" and decisions.loc[dropped, "source"] == "review"
     assert results["clean_labels"].summary["by_source"]["review"] == 1
@@ -155,13 +155,15 @@ def test_label_entropy_outlier_scores_through_the_steps(tmp_path):
     import pandas as pd
 
     from animal_assets.core.stages.embeddings import EmbeddingsConfig, compute_embeddings
+    from animal_assets.core.stages.neighbours import NeighboursConfig, find_neighbours
     from animal_assets.core.stages.ood_scores import OodScoresConfig, score_outliers
     from animal_assets.core.ingest import read_dataset
 
     demo = make_demo_dataset(tmp_path / "demo", seed=2, size="tiny")
     raw = read_dataset(demo.dataset_dir, tmp_path / "raw")
     emb = compute_embeddings(raw, tmp_path / "emb", EmbeddingsConfig(image_size=32), device="cpu")
-    scores = score_outliers(raw, emb, tmp_path / "ood",
+    nearest = find_neighbours(raw, emb, tmp_path / "nn", NeighboursConfig())
+    scores = score_outliers(raw, emb, nearest, tmp_path / "ood",
                                   OodScoresConfig(method="label_entropy", label_k=10, fraction=0.1,
                                             refine_rounds=0))
     table = pd.read_csv(scores.path)
@@ -173,6 +175,7 @@ def test_knn_scores_compare_the_head_features_only(tmp_path):
     import pandas as pd
 
     from animal_assets.core.stages.embeddings import EmbeddingsConfig, compute_embeddings
+    from animal_assets.core.stages.neighbours import NeighboursConfig, find_neighbours
     from animal_assets.core.stages.ood_scores import OodScoresConfig, score_outliers
     from animal_assets.core.ingest import read_dataset
 
@@ -182,13 +185,16 @@ def test_knn_scores_compare_the_head_features_only(tmp_path):
     head = compute_embeddings(raw, tmp_path / "head", EmbeddingsConfig(image_size=32, stages=False),
                                     device="cpu")
     assert (full.head_dim, head.head_dim, head.dim) == (1280, 1280, 1280) and full.dim > 1280
+    near_full = find_neighbours(raw, full, tmp_path / "nn_full", NeighboursConfig())
+    near_head = find_neighbours(raw, head, tmp_path / "nn_head", NeighboursConfig())
+    np.testing.assert_array_equal(np.load(near_full.indices_path), np.load(near_head.indices_path))
     for method in ("knn_distance", "label_entropy"):
         params = OodScoresConfig(method=method, label_k=10, refine_rounds=0)
-        a = pd.read_csv(score_outliers(raw, full, tmp_path / f"a_{method}", params).path)
-        b = pd.read_csv(score_outliers(raw, head, tmp_path / f"b_{method}", params).path)
+        a = pd.read_csv(score_outliers(raw, full, near_full, tmp_path / f"a_{method}", params).path)
+        b = pd.read_csv(score_outliers(raw, head, near_head, tmp_path / f"b_{method}", params).path)
         np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6, atol=1e-7)
     # The refinement reads every column, so with it the extra columns change the scores.
     params = OodScoresConfig(method="knn_distance", refine_rounds=1, refine_share=0.05)
-    a = pd.read_csv(score_outliers(raw, full, tmp_path / "ra", params).path)
-    b = pd.read_csv(score_outliers(raw, head, tmp_path / "rb", params).path)
+    a = pd.read_csv(score_outliers(raw, full, near_full, tmp_path / "ra", params).path)
+    b = pd.read_csv(score_outliers(raw, head, near_head, tmp_path / "rb", params).path)
     assert not np.allclose(a["score"], b["score"])

@@ -2,10 +2,11 @@
 
 Detectors whose pairs are joined into groups (connected components):
 
-* **embeddings**: each image's ``k`` nearest neighbours by cosine similarity of the encoder's
-  head features (:mod:`.knn`, exact); a pair at or above ``threshold`` whose thumbnails also
-  correlate (``CORROBORATE``) is a near-copy. A re-encode or a small shift barely moves the
-  features, while two different photographs of the same animal stay well below.
+* **embeddings**: each image's nearest neighbours by cosine similarity of the encoder's
+  head features (searched once for the graph, :mod:`.knn`, exact); a pair at or above
+  ``threshold`` whose thumbnails also correlate (``CORROBORATE``) is a near-copy. A re-encode
+  or a small shift barely moves the features, while two different photographs of the same
+  animal stay well below.
 * **thumbnails**: each image's ``k`` nearest neighbours by the correlation of its
   ``THUMB`` x ``THUMB`` grayscale thumbnail (area-averaged, mean removed, unit length); a pair at
   or above ``thumb_threshold`` is a near-copy. JPEG's artefacts, a resize and a change of
@@ -115,13 +116,18 @@ def thumbnails(images: np.ndarray, *, margin: int = 0, mirror: bool = False, siz
 def _knn_pairs(vectors: np.ndarray, threshold: float, k: int, device: str, by: str) -> pd.DataFrame:
     from animal_assets.core.knn import knn
 
-    n = len(vectors)
-    kk = min(k, n - 1)
+    kk = min(k, len(vectors) - 1)
     distances, indices = knn(np.ascontiguousarray(vectors, dtype=np.float32), k=kk, device=device)
-    sim = 1.0 - distances.astype(np.float64).ravel()
+    return _pairs(distances, indices, threshold, by)
+
+
+def _pairs(distances: np.ndarray, indices: np.ndarray, threshold: float, by: str) -> pd.DataFrame:
+    """Pairs (row, neighbour) whose cosine similarity (1 - distance) is at least ``threshold``."""
+    n, kk = indices.shape
+    sim = 1.0 - np.asarray(distances, dtype=np.float64).ravel()
     rows = np.repeat(np.arange(n), kk)
     near = sim >= threshold
-    a, b = rows[near], indices.ravel()[near]
+    a, b = rows[near], np.asarray(indices).ravel()[near]
     return pd.DataFrame({"a": np.minimum(a, b), "b": np.maximum(a, b), "similarity": sim[near], "by": by})
 
 
@@ -158,7 +164,7 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def find_near_copies(
-    head: np.ndarray,
+    neighbours: tuple[np.ndarray, np.ndarray],
     thumbs: np.ndarray,
     hashes: np.ndarray,
     sha256: np.ndarray | list,
@@ -176,8 +182,9 @@ def find_near_copies(
 
     Parameters
     ----------
-    head : np.ndarray, float32, shape (N, D)
-        Head features of the images.
+    neighbours : (distances, indices), each shape (N, k)
+        The nearest neighbours of each image by the cosine distance of its head features, as
+        :func:`animal_assets.core.knn.knn` gives them.
     thumbs : np.ndarray, float32, shape (N, T)
         :func:`thumbnails` of the images.
     hashes : np.ndarray, uint64, shape (N,)
@@ -189,9 +196,9 @@ def find_near_copies(
     thumb_threshold : float
         Correlation of the thumbnails from which a neighbour is a near-copy.
     k : int
-        Neighbours looked at per image, by each of the two.
+        Neighbours looked at per image among the thumbnails.
     device : str
-        Where the neighbour searches run.
+        Where the thumbnails' neighbour searches run.
     mirrored : np.ndarray, float32, shape (N, T), optional
         :func:`thumbnails` of the images' mirror images, for ``corroborate`` and ``mirror``.
     mirror : bool
@@ -211,7 +218,8 @@ def find_near_copies(
         ``similarity`` of a pair is the head features' cosine where the embeddings found it,
         else the thumbnails' correlation, else NaN.
     """
-    n = len(head)
+    distances, indices = neighbours
+    n = len(indices)
     if len(thumbs) != n or len(hashes) != n or len(sha256) != n:
         raise ValueError(f"near_duplicates.py: {n} feature rows, {len(thumbs)} thumbnails, "
                          f"{len(hashes)} hashes, {len(sha256)} hashes of files")
@@ -219,7 +227,7 @@ def find_near_copies(
         raise ValueError("near_duplicates.py: mirror needs the mirrored thumbnails")
     frames = []
     if n > 1:
-        pairs = _knn_pairs(head, threshold, k, device, "embedding")
+        pairs = _pairs(distances, indices, threshold, "embedding")
         if corroborate is not None:
             a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
             corr = (thumbs[a] * thumbs[b]).sum(axis=1)

@@ -36,7 +36,12 @@ def knn_ood_scores(
         Higher means more outlying; values lie in [0, 2].
     """
     distances, _ = knn(features, k=k, block_size=block_size, device=device)
-    return distances.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return mean_distance(distances)
+
+
+def mean_distance(distances: np.ndarray) -> np.ndarray:
+    """Outlier score per row from its neighbours' cosine distances (N, k): their mean, float32."""
+    return np.asarray(distances).mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
 def neighbour_label_entropy(

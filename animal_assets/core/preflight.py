@@ -40,6 +40,7 @@ OUTPUT_FOLDERS: dict[str, frozenset[str]] = {
     "raw_images": frozenset({"files", "images.npy", "manifest.csv", "raw.json", "violations.json"}),
     "image_quality": frozenset({"image_quality.csv", "quality_issues.jpg"}),
     "embeddings": frozenset({"embeddings.npy"}),
+    "neighbours": frozenset({"indices.npy", "distances.npy"}),
     "ood_scores": frozenset({"ood_scores.csv", "most_outlying.jpg", "scores.png"}),
     "clean_labels": frozenset({"auto", "decisions.csv", "review_template.csv", "class_counts.png",
                                "dropped.jpg", "duplicate_conflicts.jpg", "relabelled.jpg",

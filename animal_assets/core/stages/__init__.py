@@ -8,9 +8,10 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 | raw_images | the input (``ctx.dataset``) |
 | image_quality | raw_images |
 | embeddings | raw_images |
-| ood_scores | raw_images, embeddings |
+| neighbours | raw_images, embeddings |
+| ood_scores | raw_images, embeddings, neighbours |
 | clean_labels | raw_images, image_quality, embeddings, ood_scores (and ``ctx.review``) |
-| near_duplicates | raw_images, embeddings |
+| near_duplicates | raw_images, neighbours |
 | val_split | raw_images, clean_labels, near_duplicates |
 | balanced_train | raw_images, clean_labels, val_split |
 | resnet34_model | raw_images, balanced_train, val_split |
@@ -29,6 +30,7 @@ from animal_assets.core.stages import (
     eval_report,
     image_quality,
     near_duplicates,
+    neighbours,
     ood_scores,
     raw_images,
     resnet34_model,
@@ -44,11 +46,13 @@ STAGES: tuple[Stage, ...] = (
           image_quality.describe),
     Stage("embeddings", ("raw_images",), embeddings.EmbeddingsConfig, embeddings.run,
           embeddings.describe),
-    Stage("ood_scores", ("raw_images", "embeddings"), ood_scores.OodScoresConfig, ood_scores.run,
-          ood_scores.describe),
+    Stage("neighbours", ("raw_images", "embeddings"), neighbours.NeighboursConfig, neighbours.run,
+          neighbours.describe),
+    Stage("ood_scores", ("raw_images", "embeddings", "neighbours"), ood_scores.OodScoresConfig,
+          ood_scores.run, ood_scores.describe),
     Stage("clean_labels", ("raw_images", "image_quality", "embeddings", "ood_scores"), CleaningConfig,
           clean_labels.run, clean_labels.describe),
-    Stage("near_duplicates", ("raw_images", "embeddings"), near_duplicates.NearDuplicatesConfig,
+    Stage("near_duplicates", ("raw_images", "neighbours"), near_duplicates.NearDuplicatesConfig,
           near_duplicates.run, near_duplicates.describe),
     Stage("val_split", ("raw_images", "clean_labels", "near_duplicates"), val_split.ValSplitConfig,
           val_split.run, val_split.describe),

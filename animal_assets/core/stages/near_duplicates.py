@@ -14,7 +14,7 @@ import pandas as pd
 from animal_assets.core.atomic import atomic_path
 from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.stages.base import FileRef, Pictures, RunContext, Table
-from animal_assets.core.stages.embeddings import Embeddings, head_features
+from animal_assets.core.stages.neighbours import Neighbours
 from animal_assets.core.stages.raw_images import check_aligned, raw_version
 
 NAME = "near_duplicates"
@@ -24,7 +24,7 @@ NAME = "near_duplicates"
 class NearDuplicatesConfig:
     threshold: float = 0.95  # cosine similarity of the head features from which two images are near-copies
     thumb_threshold: float = 0.97  # correlation of the 12x12 grayscale thumbnails from which two images are near-copies
-    k: int = 5  # nearest neighbours looked at per image, in the features and in the thumbnails
+    k: int = 5  # nearest neighbours looked at per image, in the features (at most neighbours.k) and in the thumbnails
     mirror: bool = False  # also group an image with the mirror image of another (a flipped copy)
 
 
@@ -42,24 +42,25 @@ class NearDuplicates:
 
 
 def run(config: NearDuplicatesConfig, ctx: RunContext, *, raw_images: RawImages,
-        embeddings: Embeddings) -> NearDuplicates:
-    return find_groups(raw_images, embeddings, ctx.folder(NAME), config, device=ctx.device)
+        neighbours: Neighbours) -> NearDuplicates:
+    return find_groups(raw_images, neighbours, ctx.folder(NAME), config, device=ctx.device)
 
 
-def find_groups(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
+def find_groups(raw: RawImages, neighbours: Neighbours, out_dir: str | Path,
                 config: NearDuplicatesConfig, *, device: str = "cpu") -> NearDuplicates:
     """Group the near-copies and write the tables (see the module docstring)."""
     from animal_assets.core import near_duplicates
+    from animal_assets.core.stages.neighbours import read
 
-    check_aligned(raw, embeddings)
+    check_aligned(raw, neighbours)
     images, manifest = load_raw_images(raw, mmap=True)
-    head = head_features(np.load(embeddings.path, mmap_mode="r"), embeddings)
+    nearest = read(neighbours, min(config.k, len(manifest) - 1), reader="near_duplicates (k)")
     hashes = near_duplicates.dhash(images)
     thumbs = near_duplicates.thumbnails(images)
     mirrored = near_duplicates.thumbnails(images, mirror=True)
     cropped = tuple(near_duplicates.thumbnails(images, margin=m) for m in near_duplicates.SEARCH_MARGINS)
     near = near_duplicates.find_near_copies(
-        head, thumbs, hashes, manifest["sha256"].tolist(), threshold=config.threshold,
+        nearest, thumbs, hashes, manifest["sha256"].tolist(), threshold=config.threshold,
         thumb_threshold=config.thumb_threshold, k=config.k, device=device, mirrored=mirrored,
         mirror=config.mirror, cropped=cropped)
     ids = manifest["id"].to_numpy()

@@ -13,7 +13,8 @@ import pandas as pd
 from animal_assets.core.atomic import atomic_path
 from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.stages.base import FileRef, Pictures, RunContext, Table
-from animal_assets.core.stages.embeddings import Embeddings, head_features
+from animal_assets.core.stages.embeddings import Embeddings
+from animal_assets.core.stages.neighbours import Neighbours
 from animal_assets.core.stages.raw_images import check_aligned, raw_version
 
 NAME = "ood_scores"
@@ -24,7 +25,7 @@ DEFAULT_OOD_FRACTION = 0.10
 
 @dataclass(frozen=True)
 class OodScoresConfig:
-    k: int = 10  # neighbours in the mean cosine kNN distance
+    k: int = 10  # neighbours in the mean cosine kNN distance (at most neighbours.k)
     # Share of images flagged as out of distribution; None estimates it from the refined
     # scores (a 3- or 4-component mixture, its upper components flagged). A fixed share drops
     # clean images when there is less junk and keeps junk when there is more.
@@ -37,7 +38,7 @@ class OodScoresConfig:
     # a neighbourhood's labels to mean something), else knn_distance (with fewer, a neighbourhood
     # mixes classes and label entropy ranks the OOD images worse than the distance).
     method: Literal["auto", "knn_distance", "label_entropy"] = "auto"
-    label_k: int = 50  # neighbours whose given labels the label entropy reads
+    label_k: int = 50  # neighbours whose given labels the label entropy reads (at most neighbours.k)
     # Self-training rounds that sharpen the score: a linear model learns to tell the top
     # refine_share of the ranking from its bottom refine_in_share. 0 keeps the seed score.
     refine_rounds: int = 3
@@ -63,18 +64,19 @@ class OodScores:
 
 
 def run(config: OodScoresConfig, ctx: RunContext, *, raw_images: RawImages,
-        embeddings: Embeddings) -> OodScores:
-    return score_outliers(raw_images, embeddings, ctx.folder(NAME), config)
+        embeddings: Embeddings, neighbours: Neighbours) -> OodScores:
+    return score_outliers(raw_images, embeddings, neighbours, ctx.folder(NAME), config)
 
 
 def score_outliers(
-    raw: RawImages, embeddings: Embeddings, out_dir: str | Path, params: OodScoresConfig,
+    raw: RawImages, embeddings: Embeddings, neighbours: Neighbours, out_dir: str | Path,
+    params: OodScoresConfig,
 ) -> OodScores:
     """Score each image (kNN distance or neighbour-label entropy, then self-training); flag the top."""
     from animal_assets.core import ood
-    from animal_assets.core.knn import knn
+    from animal_assets.core.stages.neighbours import read
 
-    check_aligned(raw, embeddings)
+    check_aligned(raw, embeddings, neighbours)
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only; pixels stay on disk
     features = np.load(embeddings.path)
     given = manifest["given"].to_numpy(dtype=np.int64)
@@ -82,13 +84,12 @@ def score_outliers(
     if method == "auto":
         sizes = np.bincount(given, minlength=raw.num_classes)
         method = "label_entropy" if sizes.min() >= 2 * params.label_k else "knn_distance"
-    head = head_features(features, embeddings)
     if method == "label_entropy":
-        _, neighbours = knn(head, k=params.label_k)
-        scores = ood.neighbour_label_entropy(neighbours, given, num_classes=raw.num_classes)
+        _, indices = read(neighbours, params.label_k, reader="ood_scores (label_k)")
+        scores = ood.neighbour_label_entropy(indices, given, num_classes=raw.num_classes)
     else:
-        scores = ood.knn_ood_scores(head, k=params.k)
-    del head
+        distances, _ = read(neighbours, params.k, reader="ood_scores (k)")
+        scores = ood.mean_distance(distances)
     if params.refine_rounds:
         from animal_assets.core import ood_refine
 
