@@ -87,10 +87,15 @@ def _band(lines: np.ndarray) -> np.ndarray:
     """
     n, length = lines.shape[:2]
     colour = lines[:, 0].mean(axis=1)  # (n, 3)
-    half = lines[:, : (length + 1) // 2]
-    dev = np.abs(half - colour[:, None, None, :]).max(axis=3)  # (n, L/2, W)
-    uniform = (dev.mean(axis=2) <= PAD_MEAN) & (dev.max(axis=2) <= PAD_MAX)
-    band = np.cumprod(uniform, axis=1).sum(axis=1)
+    band = np.zeros(n, dtype=np.int64)
+    # line by line, only the images whose band has not ended yet: most end at the first line
+    active = np.arange(n)
+    for line in range((length + 1) // 2):
+        if not len(active):
+            break
+        dev = np.abs(lines[active, line] - colour[active, None, :]).max(axis=2)  # (active, W)
+        active = active[(dev.mean(axis=1) <= PAD_MEAN) & (dev.max(axis=1) <= PAD_MAX)]
+        band[active] += 1
     after = lines[np.arange(n)[:, None], np.minimum(band[:, None] + np.arange(EDGE_LINES), length - 1)]
     leaves = (np.abs(after - colour[:, None, None, :]) > PAD_MAX).any(axis=3).mean(axis=2).max(axis=1)
     return np.where(leaves >= EDGE_SHARE, band, 0)
