@@ -361,7 +361,8 @@ def test_map_folds_holds_the_blas_cap_while_any_fold_still_runs():
 
 @pytest.mark.parametrize("value, expected", [("3", 3), (" 1 ", 1), ("0", None), ("two", None)])
 def test_the_number_of_fold_threads_comes_from_the_environment(monkeypatch, value, expected):
-    from animal_assets.core.probe import JOBS_VARIABLE, default_jobs, map_folds
+    from animal_assets.core.jobs import JOBS_VARIABLE, default_jobs
+    from animal_assets.core.probe import map_folds
 
     monkeypatch.setenv(JOBS_VARIABLE, value)
     if expected is None:

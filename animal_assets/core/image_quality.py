@@ -122,7 +122,7 @@ def score_images(images: np.ndarray, *, chunk: int = 2048) -> pd.DataFrame:
     images : np.ndarray, uint8, shape (N, H, W, 3)
         RGB pixels (may be a memory map: it is read chunk by chunk).
     chunk : int
-        Images per step.
+        Images per step; steps run side by side in threads (:mod:`animal_assets.core.jobs`).
 
     Returns
     -------
@@ -135,8 +135,9 @@ def score_images(images: np.ndarray, *, chunk: int = 2048) -> pd.DataFrame:
                          f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
     if images.shape[1] < 3 or images.shape[2] < 3:
         raise ValueError(f"image_quality.py: images must be at least 3x3 pixels, got {images.shape[1:3]}")
-    parts = []
-    for start in range(0, len(images), chunk):
+    from animal_assets.core.jobs import map_ordered
+
+    def score(start: int) -> pd.DataFrame:
         x = np.asarray(images[start:start + chunk])
         n = len(x)
         luma = (x.astype(np.float32) @ _LUMA) / 255.0  # (n, H, W)
@@ -148,7 +149,7 @@ def score_images(images: np.ndarray, *, chunk: int = 2048) -> pd.DataFrame:
         total = var_l + var_y
         r, g, b = x[..., 0], x[..., 1], x[..., 2]
         spread = (np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)).reshape(n, -1)
-        parts.append(pd.DataFrame({
+        return pd.DataFrame({
             "dark": _quantile(flat, 0.95),
             "light": _quantile(flat, 0.05),
             "low_information": _entropy(np.clip(np.rint(flat * 255.0), 0, 255).astype(np.int64)),
@@ -157,7 +158,10 @@ def score_images(images: np.ndarray, *, chunk: int = 2048) -> pd.DataFrame:
             "blurry": np.where(total > 1e-12, var_l / np.where(total > 1e-12, total, 1.0), 1.0),
             "grayscale": _quantile(spread, 0.99),
             "padded": _padded(x),
-        }))
+        })
+
+    # the chunks are independent: scored side by side, joined in order
+    parts = list(map_ordered(score, range(0, len(images), chunk)))
     if not parts:
         return pd.DataFrame({kind: np.zeros(0) for kind in KINDS})
     return pd.concat(parts, ignore_index=True).astype(np.float64)

@@ -85,8 +85,10 @@ def _cropped(images: np.ndarray, margin: int) -> np.ndarray:
         return images
     _, h, w, _ = images.shape
     t = torch.from_numpy(np.ascontiguousarray(images[:, margin:h - margin, margin:w - margin]))
-    t = F.interpolate(t.permute(0, 3, 1, 2).float(), size=(h, w), mode="bilinear", align_corners=False)
-    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    # channels last: the layout the pixels already have (the same values, a faster kernel)
+    t = t.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+    t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def thumbnails(images: np.ndarray, *, margin: int = 0, mirror: bool = False, size: int = THUMB,

@@ -12,7 +12,6 @@ set; every fit keeps to one BLAS thread, so the result does not depend on how ma
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +23,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
+from animal_assets.core.jobs import default_jobs
 from animal_assets.core.scaling import ChunkedStandardScaler
 
-#: Environment variable: how many folds are fitted at once (default: one per CPU core).
-JOBS_VARIABLE = "ANIMAL_ASSETS_JOBS"
 
 
 # A 1-2-5 series: a coarser 1-3-10 grid can leave two of its values tied around the log-loss
@@ -204,20 +202,6 @@ def out_of_sample_probs(
         if len(rest):
             probs[np.ix_(rest, cols)] += rest_probs / n_folds
     return probs
-
-
-def default_jobs() -> int:
-    """Folds fitted at once: ``ANIMAL_ASSETS_JOBS`` where set, else one per CPU core."""
-    given = os.environ.get(JOBS_VARIABLE, "").strip()
-    if given:
-        try:
-            jobs = int(given)
-        except ValueError:
-            jobs = 0
-        if jobs < 1:
-            raise ValueError(f"{JOBS_VARIABLE}={given!r}: must be a whole number >= 1")
-        return jobs
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def map_folds(fit, n_folds: int, *, n_jobs: int | None, n_threads: int | None) -> list:
