@@ -364,16 +364,18 @@ def val_split(
 
 
 @dg.asset(group_name=GROUP, tags=_part("export"),
-          code_version="2", kinds={"python"}, automation_condition=RERUN)
+          code_version="3", kinds={"python"}, automation_condition=RERUN)
 def balanced_train(
     context: dg.AssetExecutionContext, config: BalancedTrainConfig, raw_images: RawImages,
-    clean_labels: CleanLabels, val_split: Split, dataset: DatasetResource,
-    storage: StorageResource,
+    clean_labels: CleanLabels, val_split: Split, near_duplicates: NearDuplicates,
+    dataset: DatasetResource, storage: StorageResource,
 ) -> dg.Output[BalancedTrain]:
-    """The cleaned training set, minority classes oversampled with augmented copies; exported
-    as DS801 ``train/`` plus ``val/`` and one zip of both."""
+    """The cleaned training set, minority classes oversampled with augmented copies (a group of
+    near-copies counted as one image); exported as DS801 ``train/`` plus ``val/`` and one zip of
+    both."""
     return _materialize("balanced_train", config, _run_context(context, dataset, storage), storage,
-                        raw_images=raw_images, clean_labels=clean_labels, val_split=val_split)
+                        raw_images=raw_images, clean_labels=clean_labels, val_split=val_split,
+                        near_duplicates=near_duplicates)
 
 
 @dg.asset(group_name=GROUP, tags=_part("training"), code_version="1", kinds={"pytorch"})

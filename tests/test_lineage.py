@@ -41,6 +41,7 @@ DATA_EDGES = {
     ("raw_images", "balanced_train"),
     ("clean_labels", "balanced_train"),
     ("val_split", "balanced_train"),
+    ("near_duplicates", "balanced_train"),
     ("raw_images", "resnet34_model"),
     ("balanced_train", "resnet34_model"),
     ("val_split", "resnet34_model"),

@@ -2,6 +2,7 @@
 and no near-copy pair crosses the validation / training split."""
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -240,3 +241,40 @@ def test_feature_pairs_need_thumbnails_that_correlate():
     args = (_nn(head), thumbnails(flat), _no_hashes(6), [f"f{i}" for i in range(6)])
     assert np.bincount(find_near_copies(*args, corroborate=None).group).max() == 6
     assert np.bincount(find_near_copies(*args).group).max() == 1
+
+
+@pytest.mark.parametrize("policy", ["keep_all", "keep_one"])
+def test_balanced_train_counts_a_near_copy_group_once(tiny_graph, tmp_path, policy):
+    """Five training images of one class made a near-copy group: the class counts them as one
+    image, none of them is repeated but the first, and keep_one exports only that one."""
+    import dataclasses
+
+    from animal_assets.core.stages.balanced_train import BalancedTrainConfig, make_balanced_train
+    from animal_assets.core.stages.clean_labels import read_decisions
+
+    load = functools.partial(tiny_graph.defs.load_asset_value, instance=tiny_graph.instance)
+    raw, clean, val, near = load("raw_images"), load("clean_labels"), load("val_split"), load("near_duplicates")
+    decisions = read_decisions(clean)
+    val_ids = set(pd.read_csv(val.ids_path)["id"])
+    train = decisions[(decisions["label"] >= 0) & ~decisions["id"].isin(val_ids)]
+    smallest = int(train["label"].value_counts().idxmin())
+    members = train.index[train["label"] == smallest][:5].to_numpy()
+    table = pd.read_csv(near.path)
+    table["group"] = np.arange(len(table))
+    table.loc[members, "group"] = members[0]
+    table.to_csv(tmp_path / "near.csv", index=False)
+    made = dataclasses.replace(near, path=str(tmp_path / "near.csv"))
+    params = BalancedTrainConfig(near_copies=policy)
+    plain = make_balanced_train(raw, clean, val, tmp_path / "plain", params)
+    bal = make_balanced_train(raw, clean, val, tmp_path / "grouped", params, near=made)
+    assert plain.distinct_before == plain.counts_before and plain.n_left_out == 0
+    assert bal.distinct_before[smallest] == plain.counts_before[smallest] - 4
+    exported = pd.read_csv(bal.train.ids_path)
+    ids = decisions["id"].to_numpy()
+    copied_from = exported.loc[exported["generated"], "source_id"]
+    assert not copied_from.isin(ids[members[1:]]).any()
+    kept = set(exported.loc[~exported["generated"], "id"])
+    if policy == "keep_one":
+        assert bal.n_left_out == 4 and not kept & set(ids[members[1:]]) and ids[members[0]] in kept
+    else:
+        assert bal.n_left_out == 0 and set(ids[members]) <= kept

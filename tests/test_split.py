@@ -10,7 +10,7 @@ import pytest
 
 from animal_assets.core.cleaning import decide, duplicate_groups
 from animal_assets.core.probe import out_of_sample_probs
-from animal_assets.core.split import balance_plan, make_balanced_images, select_val
+from animal_assets.core.split import balance_plan, distinct_counts, make_balanced_images, select_val
 
 
 def decisions_table(seed: int, counts=(400, 150, 260)):
@@ -172,6 +172,54 @@ def test_balance_plan_respects_exclude_and_is_deterministic():
     assert not val[s1].any()
     assert np.bincount(labels[s1]).tolist() == [88, 84]
     assert np.array_equal(s1, s2) and np.array_equal(g1, g2) and not np.array_equal(s1, s3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balance_plan_without_copies_is_the_plan_of_single_images(seed):
+    labels = np.random.default_rng(seed).integers(-1, 3, 300)
+    plain = balance_plan(labels, num_classes=3, seed=seed)
+    for keep_one in (False, True):
+        grouped = balance_plan(labels, num_classes=3, group=np.arange(300) + 7, keep_one=keep_one, seed=seed)
+        assert all(np.array_equal(a, b) for a, b in zip(plain, grouped))
+
+
+def _with_copies():
+    """Class 0: 10 photographs. Class 1: rows 10-15 are six copies of one photograph, rows 16-19
+    four others and row 20 a copy of row 0, relabelled: 6 photographs in 11 images."""
+    labels = np.repeat([0, 1], [10, 11])
+    group = np.arange(21)
+    group[10:16] = 10
+    group[20] = 0
+    return labels, group
+
+
+def test_copies_count_once_towards_balance_and_are_not_repeated_more():
+    labels, group = _with_copies()
+    assert distinct_counts(labels, group, num_classes=2).tolist() == [10, 6]
+    source, generated = balance_plan(labels, num_classes=2, group=group, max_factor=3.0, seed=0)
+    assert sorted(source[~generated].tolist()) == list(range(21))  # keep_all: every image once
+    repeats = source[generated]
+    # class 1 counts 6 photographs (the relabelled copy of row 0 is one of them there) and is
+    # lifted to 10 photographs' worth: 4 repeats, each of a different photograph, no copy of the
+    # six-copy group but its first
+    assert len(repeats) == 4 and len(set(repeats.tolist())) == 4
+    assert set(repeats.tolist()) <= {10, 16, 17, 18, 19, 20}
+    # without the groups class 1 counts 11 images, gets no repeat and sets the goal for class 0
+    plain_source, plain_generated = balance_plan(labels, num_classes=2, max_factor=3.0, seed=0)
+    assert labels[plain_source[plain_generated]].tolist() == [0]
+
+
+def test_keep_one_exports_the_first_image_of_each_group_per_class():
+    labels, group = _with_copies()
+    source, generated = balance_plan(labels, num_classes=2, group=group, keep_one=True, seed=0)
+    originals = sorted(source[~generated].tolist())
+    assert originals == list(range(11)) + [16, 17, 18, 19, 20]
+    assert np.bincount(labels[source], minlength=2).tolist() == [10, 10]
+
+
+def test_balance_plan_refuses_groups_of_another_length():
+    with pytest.raises(ValueError, match="group must have shape"):
+        balance_plan(np.zeros(5, np.int64), num_classes=1, group=np.zeros(4, np.int64))
 
 
 def test_make_balanced_images_augments_only_repeats(monkeypatch):

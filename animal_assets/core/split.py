@@ -142,6 +142,8 @@ def balance_plan(
     target: int | None = None,
     max_factor: float = 3.0,
     exclude: np.ndarray | None = None,
+    group: np.ndarray | None = None,
+    keep_one: bool = False,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plan an oversampled training set where every class reaches ``target`` images.
@@ -151,6 +153,11 @@ def balance_plan(
     cycled). A class never grows past ``max_factor`` times its own count: repeating a few
     hundred images ten times teaches the network those images, not the class. Classes above the
     target are not subsampled.
+
+    With ``group`` (near-copy groups), a class's count is the number of its groups, not of its
+    images: copies of one photograph count as one image, and the repeats are drawn from one
+    image per group, so a photograph with copies is repeated no more often than one without.
+    Without ``group`` every row is a group of its own.
 
     Parameters
     ----------
@@ -164,6 +171,10 @@ def balance_plan(
         Cap on a class's size relative to its original count (>= 1).
     exclude : np.ndarray of bool, shape (N,), optional
         Rows kept out of training, e.g. the validation mask.
+    group : np.ndarray of int, shape (N,), optional
+        Near-copy group of every row.
+    keep_one : bool
+        Keep only the first row of each group and class (the others are left out).
     seed : int
         Order of the repeats.
 
@@ -187,18 +198,36 @@ def balance_plan(
             raise ValueError(f"split.py: exclude must have shape {labels.shape}, got {exclude.shape}")
         train &= ~exclude
     originals = np.flatnonzero(train)
-    counts = np.bincount(labels[originals], minlength=num_classes)
+    group = np.arange(len(labels)) if group is None else np.asarray(group).astype(np.int64)
+    if group.shape != labels.shape:
+        raise ValueError(f"split.py: group must have shape {labels.shape}, got {group.shape}")
+    # one row stands for each group within a class: its first
+    _, first = np.unique(group[originals] * num_classes + labels[originals], return_index=True)
+    standing = np.zeros(len(originals), dtype=bool)
+    standing[first] = True
+    representatives = originals[standing]
+    if keep_one:
+        originals = representatives
+    counts = np.bincount(labels[representatives], minlength=num_classes)
     goal = int(counts.max()) if target is None else int(target)
     rng = np.random.default_rng(seed)
     extra = []
     for k in range(num_classes):
-        rows = originals[labels[originals] == k]
+        rows = representatives[labels[representatives] == k]
         want = max(len(rows), min(goal, int(max_factor * len(rows))))
         extra.append(np.resize(rng.permutation(rows), want - len(rows)))
     repeats = np.concatenate(extra).astype(np.int64)
     source = np.concatenate([originals, repeats])
     generated = np.r_[np.zeros(len(originals), dtype=bool), np.ones(len(repeats), dtype=bool)]
     return source, generated
+
+
+def distinct_counts(labels: np.ndarray, group: np.ndarray, *, num_classes: int) -> np.ndarray:
+    """Per class, the rows with ``labels >= 0`` counting each group once: (K,) int64."""
+    labels = np.asarray(labels).astype(np.int64)
+    rows = np.flatnonzero(labels >= 0)
+    keys = np.unique(np.asarray(group).astype(np.int64)[rows] * num_classes + labels[rows])
+    return np.bincount(keys % num_classes, minlength=num_classes)
 
 
 def make_balanced_images(

@@ -13,7 +13,7 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 | clean_labels | raw_images, image_quality, embeddings, ood_scores (and ``ctx.review``) |
 | near_duplicates | raw_images, neighbours |
 | val_split | raw_images, clean_labels, near_duplicates |
-| balanced_train | raw_images, clean_labels, val_split |
+| balanced_train | raw_images, clean_labels, val_split, near_duplicates |
 | resnet34_model | raw_images, balanced_train, val_split |
 | eval_report | resnet34_model, val_split, clean_labels, ood_scores |
 | ablation_report | raw_images, clean_labels, val_split, balanced_train, resnet34_model |
@@ -56,7 +56,7 @@ STAGES: tuple[Stage, ...] = (
           near_duplicates.run, near_duplicates.describe),
     Stage("val_split", ("raw_images", "clean_labels", "near_duplicates"), val_split.ValSplitConfig,
           val_split.run, val_split.describe),
-    Stage("balanced_train", ("raw_images", "clean_labels", "val_split"),
+    Stage("balanced_train", ("raw_images", "clean_labels", "val_split", "near_duplicates"),
           balanced_train.BalancedTrainConfig, balanced_train.run, balanced_train.describe),
     Stage("resnet34_model", ("raw_images", "balanced_train", "val_split"), TrainConfig,
           resnet34_model.run, resnet34_model.describe),

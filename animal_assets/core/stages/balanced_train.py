@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from animal_assets.core.export import Split, export_split, relocate, zip_tree
 from animal_assets.core.ingest import RawImages, load_raw_images, read_manifest
 from animal_assets.core.stages.base import FileRef, Json, Pictures, RunContext
 from animal_assets.core.stages.clean_labels import CleanLabels, read_decisions
+from animal_assets.core.stages.near_duplicates import NearDuplicates, read_groups
 from animal_assets.core.stages.raw_images import check_aligned
 from animal_assets.core.stages.val_split import original_jpeg
 
@@ -27,6 +29,11 @@ class BalancedTrainConfig:
     rotate_deg: float = 10.0  # largest rotation of a generated copy, in degrees
     translate: int = 4  # largest shift of a generated copy, in pixels
     seed: int = 0  # which images are copied and how each copy is augmented
+    # Near-copies (near_duplicates' groups) in the training set. "keep_all": every image is
+    # exported, but a group counts as one image when the classes are balanced, and a photograph
+    # with copies is repeated no more often than one without; "keep_one": only the first image
+    # of each group (within a class) is exported.
+    near_copies: Literal["keep_all", "keep_one"] = "keep_all"
 
 
 @dataclass(frozen=True)
@@ -36,20 +43,28 @@ class BalancedTrain:
     zip_path: str  # train/ and val/ in one archive, the deliverable
     n_generated: int
     counts_before: tuple[int, ...]
+    # per class, the training images with each near-copy group counted once
+    distinct_before: tuple[int, ...] = ()
+    n_left_out: int = 0  # near-copies left out of the export (keep_one)
 
 
 def run(config: BalancedTrainConfig, ctx: RunContext, *, raw_images: RawImages,
-        clean_labels: CleanLabels, val_split: Split) -> BalancedTrain:
-    return make_balanced_train(raw_images, clean_labels, val_split, ctx.folder(NAME), config)
+        clean_labels: CleanLabels, val_split: Split, near_duplicates: NearDuplicates) -> BalancedTrain:
+    return make_balanced_train(raw_images, clean_labels, val_split, ctx.folder(NAME), config,
+                               near=near_duplicates)
 
 
 def make_balanced_train(
     raw: RawImages, clean: CleanLabels, val: Split, out_dir: str | Path, params: BalancedTrainConfig,
+    *, near: NearDuplicates | None = None,
 ) -> BalancedTrain:
-    """Export the cleaned training set with minority classes oversampled by augmented copies."""
+    """Export the cleaned training set with minority classes oversampled by augmented copies.
+
+    ``near``: the near-copy groups, handled as ``params.near_copies`` says; without it every image
+    is a photograph of its own."""
     from animal_assets.core import split
 
-    check_aligned(raw, clean)
+    check_aligned(raw, clean, *([near] if near is not None else []))
     decisions = read_decisions(clean)
     val_ids = set(pd.read_csv(val.ids_path)["id"])
     train_mask = (decisions["label"].to_numpy() >= 0) & ~decisions["id"].isin(val_ids).to_numpy()
@@ -57,10 +72,13 @@ def make_balanced_train(
     counts_before = tuple(
         int(c) for c in np.bincount(train_labels[train_mask], minlength=raw.num_classes)
     )
+    group = read_groups(near) if near is not None else np.arange(len(train_labels))
     source_idx, generated = split.balance_plan(
-        train_labels, num_classes=raw.num_classes, max_factor=params.max_factor,
-        seed=params.seed,
+        train_labels, num_classes=raw.num_classes, max_factor=params.max_factor, group=group,
+        keep_one=params.near_copies == "keep_one", seed=params.seed,
     )
+    distinct = split.distinct_counts(train_labels, group, num_classes=raw.num_classes)
+    n_left_out = int(train_mask.sum() - (~generated).sum())
     images, _ = load_raw_images(raw)
     pixels = split.make_balanced_images(
         images, source_idx, generated, seed=params.seed, rotate_deg=params.rotate_deg,
@@ -93,6 +111,7 @@ def make_balanced_train(
     return BalancedTrain(
         train=train, val_dir=val.dir, zip_path=str(out_dir / "ds801-clean.zip"),
         n_generated=int(np.sum(generated)), counts_before=counts_before,
+        distinct_before=tuple(int(c) for c in distinct), n_left_out=n_left_out,
     )
 
 
@@ -109,7 +128,9 @@ def describe(bal: BalancedTrain, ctx: RunContext, *, raw_images: RawImages, **_)
     }, names, title="training images per class"), alt="training images per class")
     return {
         "n": sum(bal.train.counts), "n_generated": bal.n_generated,
+        "n_near_copies_left_out": bal.n_left_out,
         "counts_before": Json(list(bal.counts_before)),
+        "distinct_before": Json(list(bal.distinct_before)),
         "counts_after": Json(list(bal.train.counts)),
         **pictures.entries(),
         "export": FileRef(bal.train.dir),
