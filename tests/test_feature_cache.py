@@ -1,6 +1,8 @@
 """The content-addressed feature cache and the embeddings stage reading from it."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,39 @@ def test_other_settings_never_share_rows(tmp_path):
     FeatureCache(tmp_path, image_size=64, stages=False).add(["a"], np.ones((1, 3), np.float32))
     other = FeatureCache(tmp_path, image_size=128, stages=False)
     assert len(other) == 0 and other.missing(["a"]).tolist() == [0]
+
+
+@pytest.mark.parametrize("shorter", ["keys.json", "features.npy"])
+def test_a_stop_between_the_two_writes_keeps_the_rows_both_files_hold(tmp_path, shorter):
+    cache = FeatureCache(tmp_path, image_size=64, stages=False)
+    cache.add(["a", "b"], np.ones((2, 3), np.float32))
+    saved = (cache.dir / shorter).read_bytes()  # the file as it was before the next add
+    cache.add(["c"], np.full((1, 3), 2.0, np.float32))
+    (cache.dir / shorter).write_bytes(saved)
+    again = FeatureCache(tmp_path, image_size=64, stages=False)
+    assert len(again) == 2 and again.missing(["a", "b", "c"]).tolist() == [2]
+    again.add(["c"], np.full((1, 3), 3.0, np.float32))
+    np.testing.assert_array_equal(FeatureCache(tmp_path, image_size=64, stages=False).get(["c"]),
+                                  np.full((1, 3), 3.0, np.float32))
+
+
+def test_the_stage_keeps_its_cache_in_its_own_folder_unless_told_not_to(tmp_path):
+    from animal_assets.core.stages import RunContext
+    from animal_assets.core.stages.embeddings import CACHE_FOLDER, run
+
+    raw = read_dataset(make_dataset(tmp_path, n=8, k=2, seed=3, name="c"), tmp_path / "out" / "raw_images")
+    ctx = RunContext(output=tmp_path / "out", device="cpu", log=lambda _: None, warn=lambda _: None)
+    params = EmbeddingsConfig(image_size=32, batch_size=3, stages=True, precision="fp32")
+    first = run(params, ctx, raw_images=raw)
+    second = run(params, ctx, raw_images=raw)
+    assert (first.n_cached, second.n_cached) == (0, 8)
+    assert (tmp_path / "out" / "embeddings" / CACHE_FOLDER).is_dir()
+    # read back in one batch what was embedded in batches of 3: the same features
+    np.testing.assert_allclose(np.load(second.path), np.load(first.path), rtol=1e-5, atol=1e-6)
+    off = RunContext(output=tmp_path / "off", device="cpu", log=lambda _: None, warn=lambda _: None)
+    plain = run(dataclasses.replace(params, cache=False, batch_size=8), off, raw_images=raw)
+    assert plain.n_cached == 0 and not (tmp_path / "off" / "embeddings" / CACHE_FOLDER).exists()
+    np.testing.assert_allclose(np.load(plain.path), np.load(first.path), rtol=1e-5, atol=1e-6)
 
 
 def test_width_mismatch_is_refused(tmp_path):

@@ -123,6 +123,9 @@ def test_an_observed_input_change_reruns_everything_below_it_up_to_training(
     summary = runner.run(config=TINY, instance=instance, defs=defs, select=requested,
                          observe_first=False)
     assert sorted(summary["assets"]) == sorted(AUTOMATIC)
+    # every image left was embedded by the first run: read from the stage's feature cache
+    embedded = instance.get_latest_materialization_event(dg.AssetKey("embeddings")).asset_materialization
+    assert embedded.metadata["n_from_cache"].value == embedded.metadata["n"].value == len(labels)
     requested, cursor = _requested(defs, instance, cursor)
     assert requested == []  # the rerun settled it
     runner.observe(instance, defs)  # observed again, unchanged (as each command-line run does)

@@ -1,10 +1,11 @@
 """Image features kept on disk by content, so an image already embedded is never embedded again.
 
 A row is keyed by the SHA-256 of the image file's bytes; a cache folder holds the rows of one
-encoder setting only (input size, block statistics, precision, weights), so a feature is reused
-only where the same encoder would have computed it. Rows computed in another batch can differ
-from a fresh run by the rounding of the batched convolutions (bf16 more than float32), never by
-more: the encoder has no state that crosses images.
+encoder setting only (input size, block statistics, precision, weights, device), so a feature is
+reused only where the same encoder would have computed it. The encoder has no state that crosses
+images; on the CPU an image's features are the same bit for bit whatever batch it was embedded
+in (measured in float32 and bf16 on a 2-core Intel Xeon), elsewhere they could differ by the
+rounding of the batched convolutions, never by more.
 
 Layout: ``root/{settings key}/features.npy`` (M, D) float32 and ``keys.json`` (M hashes, the
 row order), both replaced atomically when rows are added.
@@ -45,13 +46,14 @@ class FeatureCache:
         self._keys: list[str] = []
         self._rows: dict[str, int] = {}
         self._features: np.ndarray | None = None
-        keys_path = self.dir / "keys.json"
-        if keys_path.is_file():
-            self._keys = json.loads(keys_path.read_text())
-            self._features = np.load(self.dir / "features.npy")
-            if len(self._keys) != len(self._features):
-                raise ValueError(f"{self.dir}: keys.json lists {len(self._keys)} images, "
-                                 f"features.npy holds {len(self._features)} rows; delete the folder")
+        keys_path, features_path = self.dir / "keys.json", self.dir / "features.npy"
+        if keys_path.is_file() and features_path.is_file():
+            keys, features = json.loads(keys_path.read_text()), np.load(features_path)
+            # Both only ever grow at the end, each replaced atomically: a run stopped between
+            # the two writes leaves one longer than the other, and their common first rows
+            # still belong together.
+            kept = min(len(keys), len(features))
+            self._keys, self._features = keys[:kept], (features[:kept] if kept else None)
             self._rows = {k: i for i, k in enumerate(self._keys)}
 
     def __len__(self) -> int:

@@ -28,6 +28,11 @@ class EmbeddingsConfig:
     # Encoder arithmetic. "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles,
     # float32 elsewhere.
     precision: Precision = "auto"
+    # Keep every embedded image's features in embeddings/cache/, keyed by the hash of its bytes
+    # and the settings above (with the device and the weights): a later run embeds only the
+    # images it has not seen, e.g. the new ones of a grown dataset. An image's features do not
+    # depend on the batch it was embedded in, so cached and fresh features are the same.
+    cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,16 @@ def head_features(features: np.ndarray, embeddings: Embeddings) -> np.ndarray:
     return np.ascontiguousarray(features[:, : embeddings.head_dim])
 
 
+#: The feature cache's folder inside the stage's own (``cache: true``).
+CACHE_FOLDER = "cache"
+
+
 def run(config: EmbeddingsConfig, ctx: RunContext, *, raw_images: RawImages) -> Embeddings:
+    # a cache the run names (shared by several output folders) first, else the stage's own
+    cache_dir = ctx.cache_dir or (str(ctx.folder(NAME, CACHE_FOLDER)) if config.cache else None)
     return compute_embeddings(raw_images, ctx.folder(NAME), config, device=ctx.device,
                               on_progress=ctx.progress_of("embedded images"),
-                              cache_dir=ctx.cache_dir)
+                              cache_dir=cache_dir)
 
 
 def compute_embeddings(
@@ -88,7 +99,8 @@ def compute_embeddings(
         from animal_assets.core.feature_cache import FeatureCache
 
         cache = FeatureCache(cache_dir, image_size=params.image_size, stages=params.stages,
-                             precision=precision, weights=embed.WEIGHTS_SHA256_PREFIX)
+                             precision=precision, weights=embed.WEIGHTS_SHA256_PREFIX,
+                             device=dev.type)
         keys = manifest["sha256"].tolist()
         todo = cache.missing(keys)
         if len(todo):
@@ -110,6 +122,7 @@ def describe(emb: Embeddings, ctx: RunContext, **_) -> dict:
     return {
         "n": emb.n, "dim": emb.dim, "head_dim": emb.head_dim, "image_size": emb.image_size,
         "device": emb.device, "precision": emb.precision,
+        "n_from_cache": emb.n_cached,
         "images_per_s": round(emb.n / max(emb.seconds, 1e-9), 1),
         "embeddings_file": FileRef(emb.path),
     }
