@@ -30,8 +30,8 @@ class EmbeddingsConfig:
     precision: Precision = "auto"
     # Keep every embedded image's features in embeddings/cache/, keyed by the hash of its bytes
     # and the settings above (with the device and the weights): a later run embeds only the
-    # images it has not seen, e.g. the new ones of a grown dataset. An image's features do not
-    # depend on the batch it was embedded in, so cached and fresh features are the same.
+    # images it has not seen, e.g. the new ones of a grown dataset. On the CPU an image's
+    # features do not depend on the batch it was embedded in: cached and fresh are the same.
     cache: bool = True
 
 
