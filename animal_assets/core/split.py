@@ -201,11 +201,7 @@ def balance_plan(
     group = np.arange(len(labels)) if group is None else np.asarray(group).astype(np.int64)
     if group.shape != labels.shape:
         raise ValueError(f"split.py: group must have shape {labels.shape}, got {group.shape}")
-    # one row stands for each group within a class: its first
-    _, first = np.unique(group[originals] * num_classes + labels[originals], return_index=True)
-    standing = np.zeros(len(originals), dtype=bool)
-    standing[first] = True
-    representatives = originals[standing]
+    representatives = _representatives(originals, labels, group, num_classes)
     if keep_one:
         originals = representatives
     counts = np.bincount(labels[representatives], minlength=num_classes)
@@ -222,12 +218,18 @@ def balance_plan(
     return source, generated
 
 
+def _representatives(rows: np.ndarray, labels: np.ndarray, group: np.ndarray, num_classes: int) -> np.ndarray:
+    """The first of ``rows`` of each group within a class, in row order: one row stands for it."""
+    _, first = np.unique(group[rows] * num_classes + labels[rows], return_index=True)
+    return rows[np.sort(first)]
+
+
 def distinct_counts(labels: np.ndarray, group: np.ndarray, *, num_classes: int) -> np.ndarray:
     """Per class, the rows with ``labels >= 0`` counting each group once: (K,) int64."""
     labels = np.asarray(labels).astype(np.int64)
-    rows = np.flatnonzero(labels >= 0)
-    keys = np.unique(np.asarray(group).astype(np.int64)[rows] * num_classes + labels[rows])
-    return np.bincount(keys % num_classes, minlength=num_classes)
+    rows = _representatives(np.flatnonzero(labels >= 0), labels, np.asarray(group).astype(np.int64),
+                            num_classes)
+    return np.bincount(labels[rows], minlength=num_classes)
 
 
 def make_balanced_images(
