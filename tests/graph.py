@@ -19,7 +19,8 @@ NAMES = [a.key.to_user_string() for a in PIPELINE_ASSETS]
 TINY = {"ops": {
     "embeddings": {"config": {"image_size": 64, "batch_size": 64}},
     "ood_scores": {"config": {"fraction": 0.06}},
-    "clean_labels": {"config": {"n_folds": 3}},
+    # the probe strength that the search (tests/test_pipeline.py runs it) picks on the tiny set
+    "clean_labels": {"config": {"n_folds": 3, "probe_c": 0.005}},
     "val_split": {"config": {"per_class": 3}},
     "resnet34_model": {"config": {"epochs": 1, "batch_size": 32, "max_lr": 0.05}},
     # one epoch on 200 images learns next to nothing: no floor under its accuracy
