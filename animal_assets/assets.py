@@ -1,8 +1,8 @@
 """The asset graph. Each asset reads its config, calls one core step and describes what it made.
 
-input_dataset ─▶ raw_images ─▶ embeddings ─▶ ood_scores ─▶ clean_labels ─▶ val_split
+input_dataset ─▶ raw_images ─▶ embeddings ─▶ neighbours ─▶ ood_scores ─▶ clean_labels ─▶ val_split
        raw_images ─▶ image_quality ─▶ clean_labels
-       raw_images, embeddings ─▶ near_duplicates ─▶ val_split
+       raw_images, neighbours ─▶ near_duplicates ─▶ clean_labels, val_split, balanced_train
        raw_images ─▶ ood_scores, clean_labels, val_split, balanced_train, resnet34_model, ablation_report
        embeddings ─▶ clean_labels          review_file ─▶ clean_labels
        clean_labels, val_split ─▶ balanced_train ─▶ resnet34_model ─▶ eval_report, ablation_report
@@ -317,22 +317,6 @@ def ood_scores(
                         raw_images=raw_images, embeddings=embeddings, neighbours=neighbours)
 
 
-@dg.asset(group_name=GROUP, tags=_part("cleaning"), deps=[review_file],
-          code_version="2", kinds={"python"},
-          automation_condition=RERUN)
-def clean_labels(
-    context: dg.AssetExecutionContext, config: CleanLabelsConfig, raw_images: RawImages,
-    image_quality: ImageQuality, embeddings: Embeddings, ood_scores: OodScores,
-    dataset: DatasetResource, storage: StorageResource,
-) -> dg.Output[CleanLabels]:
-    """Keep, relabel or drop each image: a cross-validated probe under an estimated noise model,
-    class floors; images ``image_quality`` drops under its ``drop`` policy; then a person's
-    review, which overrules the automatic decision of every image it lists."""
-    return _materialize("clean_labels", config, _run_context(context, dataset, storage), storage,
-                        raw_images=raw_images, image_quality=image_quality, embeddings=embeddings,
-                        ood_scores=ood_scores)
-
-
 @dg.asset(group_name=GROUP, tags=_part("cleaning"),
           code_version="2", kinds={"python"}, automation_condition=RERUN)
 def near_duplicates(
@@ -347,6 +331,23 @@ def near_duplicates(
     return _materialize("near_duplicates", config,
                         _run_context(context, dataset, storage, compute), storage,
                         raw_images=raw_images, neighbours=neighbours)
+
+
+@dg.asset(group_name=GROUP, tags=_part("cleaning"), deps=[review_file],
+          code_version="3", kinds={"python"},
+          automation_condition=RERUN)
+def clean_labels(
+    context: dg.AssetExecutionContext, config: CleanLabelsConfig, raw_images: RawImages,
+    image_quality: ImageQuality, embeddings: Embeddings, ood_scores: OodScores,
+    near_duplicates: NearDuplicates, dataset: DatasetResource, storage: StorageResource,
+) -> dg.Output[CleanLabels]:
+    """Keep, relabel or drop each image: a cross-validated probe under an estimated noise model,
+    class floors, one decision per group of copies (byte-identical or ``near_duplicates``');
+    images ``image_quality`` drops under its ``drop`` policy; then a person's review, which
+    overrules the automatic decision of every image it lists."""
+    return _materialize("clean_labels", config, _run_context(context, dataset, storage), storage,
+                        raw_images=raw_images, image_quality=image_quality, embeddings=embeddings,
+                        ood_scores=ood_scores, near_duplicates=near_duplicates)
 
 
 @dg.asset(group_name=GROUP, tags=_part("export"),
@@ -422,6 +423,6 @@ def ablation_report(
 
 
 PIPELINE_ASSETS = [
-    raw_images, image_quality, embeddings, neighbours, ood_scores, clean_labels, near_duplicates, val_split,
+    raw_images, image_quality, embeddings, neighbours, ood_scores, near_duplicates, clean_labels, val_split,
     balanced_train, resnet34_model, eval_report, ablation_report,
 ]

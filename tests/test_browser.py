@@ -3,7 +3,7 @@
 The tiny graph is materialized into a temporary Dagster home, ``dagster-webserver`` serves it on
 127.0.0.1 from ``workspace.yaml`` (as ``make ui`` does), and Debian's headless Chromium, driven
 over the Chrome DevTools Protocol (a websocket; no browser download, no driver binary), opens
-its pages. The tests assert on the rendered DOM: every asset and the 33 data edges of the
+its pages. The tests assert on the rendered DOM: every asset and the 34 data edges of the
 lineage, a command-line run on the page of its job, the check results, tables and the report
 summary shown inline, and a gallery image decoded from its ``data:`` URI (one click away: the UI
 shows markdown inline only below 1,000 characters). Screenshots go to the ``screenshots`` folder

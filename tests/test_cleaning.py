@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from animal_assets.core.cleaning import (
     CleaningConfig,
+    copy_groups,
     decide,
     duplicate_groups,
     summarise,
@@ -304,6 +305,72 @@ def test_ood_copy_drops_whole_group():
     ood[rows[1]] = True
     d = decide(given, probs, ood_flags=ood, dup_group=group, num_classes=3)
     assert (d["reason"][rows] == "ood").all() and (d["label"][rows] == -1).all()
+
+
+def near_case(group_given, group_probs):
+    """``dup_case``'s rows as near-copies: distinct files in one near-copy group."""
+    given, probs, _, rows = dup_case(group_given, group_probs, 0)
+    near = np.arange(300)
+    near[rows] = 1000
+    return given, probs, np.arange(300), near, rows
+
+
+@pytest.mark.parametrize("group_given, group_probs, expected", [
+    ([0, 1], [0.3, 0.6, 0.1], 1),  # conflict: the probable given label, for both copies
+    ([1, 0, 0], [0.55, 0.4, 0.05], 0),  # majority and probability agree
+    ([0, 1], [0.1, 0.15, 0.75], 2),  # conflict, third class confident: every copy takes it
+])
+def test_a_near_copy_group_with_conflicting_labels_gets_one_label_and_keeps_every_copy(
+        group_given, group_probs, expected):
+    given, probs, dup, near, rows = near_case(group_given, group_probs)
+    d = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=dup, num_classes=3,
+               near_group=near)
+    assert (d["label"][rows] == expected).all()
+    assert list(d["action"][rows]) == ["keep" if g == expected else "relabel" for g in group_given]
+    assert (d["reason"][rows] == "near_copy_conflict").all()
+    alone = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=dup, num_classes=3)
+    assert not alone["reason"].isin(["near_copy_conflict", "duplicate_conflict"]).any()
+
+
+def test_an_agreeing_near_copy_group_is_judged_on_its_mean():
+    """Two copies given 0: one looks like a 0, the other clearly like a 1; their mean says 1, so
+    both move, where alone only the second would."""
+    given, probs, dup, near, rows = near_case([0, 0], [0.45, 0.5, 0.05])
+    probs[rows[0]] = [0.5, 0.45, 0.05]
+    probs[rows[1]] = [0.1, 0.85, 0.05]
+    d = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=dup, num_classes=3,
+               near_group=near)
+    assert (d["label"][rows] == 1).all() and (d["reason"][rows] == "label_issue").all()
+    alone = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=dup, num_classes=3)
+    assert list(alone["label"][rows]) == [0, 1]
+
+
+def test_an_ood_near_copy_drops_its_whole_group():
+    given, probs, dup, near, rows = near_case([1, 1], [0.05, 0.9, 0.05])
+    ood = np.zeros(300, bool)
+    ood[rows[1]] = True
+    d = decide(given, probs, ood_flags=ood, dup_group=dup, num_classes=3, near_group=near)
+    assert (d["reason"][rows] == "ood").all() and (d["label"][rows] == -1).all()
+
+
+def test_byte_copies_inside_a_near_copy_group_keep_one_file_each():
+    """Rows 0 and 160 are one file, 200 a near-copy of it: 160 is dropped as a copy, 0 and 200
+    share the group's label."""
+    given, probs, dup, near, rows = near_case([0, 0, 1], [0.2, 0.7, 0.1])
+    dup[rows[1]] = dup[rows[0]]
+    d = decide(given, probs, ood_flags=np.zeros(300, bool), dup_group=dup, num_classes=3,
+               near_group=near)
+    assert d.at[rows[1], "reason"] == "duplicate" and d.at[rows[1], "label"] == -1
+    assert list(d["label"][[rows[0], rows[2]]]) == [1, 1]
+    assert set(d["reason"][[rows[0], rows[2]]]) == {"near_copy_conflict"}
+
+
+def test_copy_groups_join_byte_and_near_copy_links():
+    dup = np.array([0, 1, 0, 2, 3, 4])  # rows 0 and 2 are one file
+    near = np.array([0, 1, 2, 1, 4, 4])  # 1 ~ 3 and 4 ~ 5 are near-copies; 2 alone
+    assert copy_groups(dup, near).tolist() == [0, 1, 0, 1, 2, 2]
+    assert copy_groups(dup).tolist() == [0, 1, 0, 2, 3, 4]
+    assert copy_groups(np.array([7, 3, 7])).tolist() == [0, 1, 0]
 
 
 def test_summarise_counts(noisy):

@@ -33,6 +33,7 @@ DATA_EDGES = {
     ("raw_images", "clean_labels"),
     ("embeddings", "clean_labels"),
     ("ood_scores", "clean_labels"),
+    ("near_duplicates", "clean_labels"),
     ("raw_images", "near_duplicates"),
     ("neighbours", "near_duplicates"),
     ("near_duplicates", "val_split"),
@@ -56,8 +57,8 @@ DATA_EDGES = {
     ("resnet34_model", "ablation_report"),
 }
 #: Rerun by the automation sensor below a change; training and what needs it are on request.
-AUTOMATIC = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels",
-             "near_duplicates", "val_split", "balanced_train"]
+AUTOMATIC = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "near_duplicates",
+             "clean_labels", "val_split", "balanced_train"]
 ON_REQUEST = ["resnet34_model", "eval_report", "ablation_report"]
 
 

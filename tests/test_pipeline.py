@@ -135,9 +135,12 @@ def test_the_label_stage_applies_the_review_for_every_runner(tmp_path):
     review.write_text(f"id,action,label,note\n{dropped},drop,,a reviewer's call\n")
     ctx = RunContext(output=tmp_path / "out", dataset=str(demo.dataset_dir), review=str(review),
                      log=lambda _: None, warn=lambda _: None)
-    results = run_stages(ctx, params_from_run_config(TINY), stages=upto("clean_labels"),
+    # TINY's strength without it: the stage searches for its own
+    searched = {"ops": {**TINY["ops"], "clean_labels": {"config": {"n_folds": 3}}}}
+    results = run_stages(ctx, params_from_run_config(searched), stages=upto("clean_labels"),
                          describe=False)
-    assert list(results) == ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "clean_labels"]
+    assert list(results) == ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores",
+                             "near_duplicates", "clean_labels"]
     decisions = pd.read_csv(tmp_path / "out" / "clean_labels" / "decisions.csv").set_index("id")
     assert decisions.loc[dropped, "action"] == "drop" and decisions.loc[dropped, "source"] == "review"
     assert results["clean_labels"].summary["by_source"]["review"] == 1

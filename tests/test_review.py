@@ -169,7 +169,7 @@ def test_the_final_table_template_and_summary_are_written(tmp_path):
 # --------------------------------------------------------------------------------------------
 # the review loop on a Dagster instance
 
-UPSTREAM = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores"]
+UPSTREAM = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores", "near_duplicates"]
 
 
 def test_the_review_feeds_the_label_stage_alone():

@@ -116,7 +116,7 @@ def test_unknown_cells_and_presets_are_refused():
 
 
 def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
-    """A tiny class tree through raw_images -> embeddings -> ood_scores -> clean_labels."""
+    """A tiny class tree through the stages up to clean_labels (near_duplicates included)."""
     from animal_assets.core.config import params_from_run_config
     from animal_assets.core.family import Cell, run_cell
     from tests.test_benchmark import make_tree
@@ -135,7 +135,7 @@ def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
     again = run_cell(src, cell, 0, tmp_path / "work", params=params, cache_dir=tmp_path / "cache")
     assert first["seconds"]["n_embedded"] == first["n"] > 0
     assert again["seconds"]["n_embedded"] == 0  # every image read from the cache
-    steps = ("build", "read_and_embed", "ood_scores", "clean_labels")
+    steps = ("build", "read_and_embed", "ood_scores", "near_duplicates", "clean_labels")
     assert all(again["seconds"][k] >= 0 for k in steps)
     assert sum(again["seconds"][k] for k in steps) <= again["seconds"]["total"] + 0.2
     assert again["label_accuracy"] == first["label_accuracy"]

@@ -3,13 +3,14 @@
 A class-conditional noise model (:mod:`.noise_model`) gives every image
 ``P(true class | image, given label)``, with the true class prior estimated from the data; an
 image whose posterior divided by that prior prefers another class is relabelled to it.
-Out-of-distribution images and the extra copies of a byte-identical group are dropped.
+Out-of-distribution images and the extra copies of a byte-identical group are dropped; the
+labels of a near-copy group (:mod:`.near_duplicates`) are decided together.
 
 Guards against the failure modes of naive cleaning on small, noisy classes:
 
 * the probe is class-weighted, so it is not biased toward the large classes;
 * byte-identical copies collapse to one image carrying the label the posterior prefers for the
-  group;
+  group, and the members of a near-copy group all carry that group's label;
 * a per-class floor keeps at least a fixed fraction of each class's images, reinstating the
   least suspicious relabelled ones, so cleaning can never empty a small class.
 """
@@ -25,7 +26,9 @@ import pandas as pd
 from animal_assets.core.probe import check_labels
 from animal_assets.core.review import ACTIONS
 
-REASONS = ("", "ood", "quality", "label_issue", "duplicate_conflict", "duplicate")
+REASONS = ("", "ood", "quality", "label_issue", "duplicate_conflict", "near_copy_conflict", "duplicate")
+#: Reasons of a label decided for a group whose given labels disagree.
+CONFLICT_REASONS = ("duplicate_conflict", "near_copy_conflict")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +85,46 @@ def duplicate_groups(sha256: Sequence[str]) -> np.ndarray:
     return np.array([first.setdefault(h, len(first)) for h in sha256], dtype=np.int64)
 
 
+def copy_groups(dup_group: np.ndarray, near_group: np.ndarray | None = None) -> np.ndarray:
+    """Groups of the same picture: byte-identical copies joined with near-copy groups.
+
+    Parameters
+    ----------
+    dup_group : np.ndarray of int, shape (N,)
+        :func:`duplicate_groups` ids.
+    near_group : np.ndarray of int, shape (N,), optional
+        Near-copy group ids (``near_duplicates``); None: the byte-identical groups alone.
+
+    Returns
+    -------
+    np.ndarray of int64, shape (N,)
+        Ids numbered by first appearance; two images share one when a chain of byte-identical or
+        near-copy links joins them.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    dup = np.asarray(dup_group).astype(np.int64)
+    if near_group is None:
+        _, first, inverse = np.unique(dup, return_index=True, return_inverse=True)
+    else:
+        near = np.asarray(near_group).astype(np.int64)
+        if near.shape != dup.shape:
+            raise ValueError(f"cleaning.py: near_group must have shape {dup.shape}, got {near.shape}")
+        n = len(dup)
+        # each image linked to the first image of its byte group and of its near-copy group
+        links = [np.unique(g, return_index=True, return_inverse=True) for g in (dup, near)]
+        a = np.concatenate([np.arange(n)] * 2)
+        b = np.concatenate([idx[inv] for _, idx, inv in links])
+        graph = coo_matrix((np.ones(2 * n, dtype=np.int8), (a, b)), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+        _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    # renumber by first appearance
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse]
+
+
 def decide(
     labels: np.ndarray,
     pred_probs: np.ndarray,
@@ -91,20 +134,27 @@ def decide(
     num_classes: int,
     config: CleaningConfig = CleaningConfig(),
     quality_flags: np.ndarray | None = None,
+    near_group: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Keep, relabel or drop every image.
 
     Rules, in order:
 
+    A group of copies is the byte-identical copies of ``dup_group`` joined with the near-copy
+    groups of ``near_group`` (:func:`copy_groups`): the same picture, whose copies get one
+    decision.
+
     1. OOD images are dropped (``reason="ood"``), then the images ``quality_flags`` marks
-       (``reason="quality"``); a duplicate group with any OOD (or flagged) member is
+       (``reason="quality"``); a group of copies with any OOD (or flagged) member is
        dropped whole, because its copies are the same picture.
     2. Label issues among the non-OOD images: an image whose ``pred_probs`` argmax is not its
        given label is relabelled to that argmax (``reason="label_issue"``).
-    3. A byte-identical group keeps only its first copy; the others are dropped
-       (``reason="duplicate"``). The group's mean probabilities decide the label: if the copies'
-       given labels disagree, their argmax (``reason="duplicate_conflict"``); otherwise the
-       agreed label is judged like a single image (step 2 with the group's mean, the group
+    3. A group of copies: of each byte-identical group only the first copy is kept, the others
+       are dropped (``reason="duplicate"``); near-copies are all kept (``balanced_train`` counts
+       them as one image). The group's mean probabilities decide the label of every kept copy:
+       if the copies' given labels disagree, their argmax (``reason="duplicate_conflict"``, or
+       ``"near_copy_conflict"`` when the group holds more than one distinct file); otherwise
+       the agreed label is judged like a single image (step 2 with the group's mean, the group
        flagged when any copy is).
     4. Per-class floor: a class whose final count is below ``ceil(min_class_keep * base)``,
        base = its non-OOD given images that are not duplicate copies, gets images relabelled
@@ -129,6 +179,8 @@ def decide(
         Its ``min_class_keep``.
     quality_flags : np.ndarray of bool, shape (N,), optional
         Images dropped for their quality (``image_quality``'s ``drop`` policy).
+    near_group : np.ndarray of int, shape (N,), optional
+        Near-copy group ids (``near_duplicates``); None: byte-identical groups only.
 
     Returns
     -------
@@ -146,14 +198,14 @@ def decide(
     given = check_labels(labels, num_classes, n)
     ood = np.asarray(ood_flags, dtype=bool)
     quality = np.zeros(n, dtype=bool) if quality_flags is None else np.asarray(quality_flags, dtype=bool)
-    group = np.asarray(dup_group).astype(np.int64)
-    if ood.shape != (n,) or group.shape != (n,) or quality.shape != (n,):
+    dup = np.asarray(dup_group).astype(np.int64)
+    if ood.shape != (n,) or dup.shape != (n,) or quality.shape != (n,):
         raise ValueError(f"cleaning.py: ood_flags, quality_flags and dup_group must have shape ({n},)")
+    group_dense = copy_groups(dup, near_group)
 
     rows = np.arange(n)
     self_conf = pred_probs[rows, given]
-    # A byte-identical group is one picture: OOD if any copy is.
-    _, group_dense = np.unique(group, return_inverse=True)
+    # A group of copies is one picture: OOD if any copy is.
     ood = np.bincount(group_dense, weights=ood.astype(float))[group_dense] > 0
     quality = (np.bincount(group_dense, weights=quality.astype(float))[group_dense] > 0) & ~ood
     out = ood | quality  # left out of the labels: dropped whatever the probabilities say
@@ -182,17 +234,22 @@ def decide(
     for members in np.split(order, starts[1:]):
         if len(members) < 2 or out[members[0]]:
             continue
-        first, copies = members[0], members[1:]  # stable sort keeps index order within a group
+        # the first copy of each file stays (a stable sort keeps index order within a group)
+        _, first_of_file = np.unique(dup[members], return_index=True)
+        kept = members[np.sort(first_of_file)]
+        copies = np.setdiff1d(members, kept)
         final[copies], action[copies], reason[copies] = -1, "drop", "duplicate"
         mean = pred_probs[members].mean(axis=0)
         labels_here = np.unique(given[members])
         if len(labels_here) == 1:
-            judge(first, bool(issue[members].any()), mean)
+            flagged = bool(issue[members].any())
+            for i in kept:
+                judge(i, flagged, mean)
             continue
         best = int(mean.argmax())
-        final[first] = best
-        action[first] = "keep" if best == given[first] else "relabel"
-        reason[first] = "duplicate_conflict"
+        final[kept] = best
+        action[kept] = np.where(given[kept] == best, "keep", "relabel")
+        reason[kept] = "duplicate_conflict" if len(kept) == 1 else "near_copy_conflict"
 
     _apply_floor(final, action, reason, given, self_conf, out, num_classes, config.min_class_keep)
     kept = final >= 0
@@ -206,7 +263,7 @@ def decide(
 def _apply_floor(final, action, reason, given, self_conf, ood, num_classes, fraction) -> None:
     """Reinstate relabelled images in place until every class meets its floor (see :func:`decide`)."""
     # Copies and contested labels are left out: a group is one image, a conflict is not "given k".
-    settled = ~ood & (reason != "duplicate") & (reason != "duplicate_conflict")
+    settled = ~ood & (reason != "duplicate") & ~np.isin(reason, CONFLICT_REASONS)
     base = np.bincount(given[settled], minlength=num_classes)
     need = np.array([math.ceil(fraction * b - 1e-9) for b in base])
     while True:

@@ -2,10 +2,11 @@
 
 Every cell of the grid is a noisy benchmark built from the same clean class-folder source
 (:mod:`.benchmark`) with other class sizes and other noise. For each cell and seed the graph's
-own stage functions run ``raw_images`` -> ``embeddings`` -> ``ood_scores`` -> ``clean_labels``
-with the given run config, and the decisions are scored against the truth. Features are cached
-by image content (:mod:`.feature_cache`), so the source images are embedded once for the whole
-grid and a rerun embeds nothing.
+own stage functions run the stage table up to ``clean_labels`` (``raw_images``, ``image_quality``,
+``embeddings``, ``neighbours``, ``ood_scores``, ``near_duplicates``) with the given run config,
+and the decisions are scored against the truth. Features are cached by image content
+(:mod:`.feature_cache`), so the source images are embedded once for the whole grid and a rerun
+embeds nothing.
 
 The grid (16 cells, :data:`GRID`) crosses
 
@@ -182,8 +183,11 @@ def run_cell(source: str | Path, cell: Cell, seed: int, work: str | Path, *, par
                     "n_embedded": emb.n - emb.n_cached,
                     "read_and_embed": round(seconds["raw_images"] + seconds["embeddings"], 1),
                     "ood_scores": round(seconds["ood_scores"], 1),
+                    "near_duplicates": round(seconds["near_duplicates"], 1),
                     "clean_labels": round(seconds["clean_labels"], 1),
                     "total": round(time.perf_counter() - start, 1)},
+        # images that share their label decision with a byte-identical or near-copy
+        "in_copy_groups": int(decisions["copy_group"].duplicated(keep=False).sum()),
     })
     row["bars"] = bars(row, cell)
     if not keep:

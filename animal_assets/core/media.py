@@ -249,7 +249,7 @@ def decision_galleries(
         Usable images, aligned with ``decisions``.
     decisions : pandas.DataFrame, N rows
         ``id``, ``given``, ``label``, ``action``, ``reason``, ``confidence``, ``dup_group`` and
-        optionally ``source`` (``auto`` / ``review``).
+        optionally ``copy_group`` and ``source`` (``auto`` / ``review``).
     class_names : sequence of str, length K
         Names for the captions.
     max_items : int
@@ -291,7 +291,8 @@ def decision_galleries(
             images[rows], [f"{reason[i]}\n{_name(class_names, given[i])}\n{tag(i)}"
                            for i in rows],
             highlight=reviewed[rows], max_items=max_items)
-    group = d["dup_group"].to_numpy()
+    # the groups whose label was decided together (copy_group), else the byte-identical ones
+    group = d["copy_group" if "copy_group" in d else "dup_group"].to_numpy()
     frame = pd.DataFrame({"group": group, "given": given})
     by_group = frame.groupby("group", sort=False)["given"]
     conflicted = frame[((by_group.transform("size") > 1)

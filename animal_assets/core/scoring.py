@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-LABEL_REASONS = ("label_issue", "duplicate_conflict")
+LABEL_REASONS = ("label_issue", "duplicate_conflict", "near_copy_conflict")
 
 
 def _prf(y_true: np.ndarray, y_pred: np.ndarray) -> dict:

@@ -10,8 +10,8 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 | embeddings | raw_images |
 | neighbours | raw_images, embeddings |
 | ood_scores | raw_images, embeddings, neighbours |
-| clean_labels | raw_images, image_quality, embeddings, ood_scores (and ``ctx.review``) |
 | near_duplicates | raw_images, neighbours |
+| clean_labels | raw_images, image_quality, embeddings, ood_scores, near_duplicates (and ``ctx.review``) |
 | val_split | raw_images, clean_labels, near_duplicates |
 | balanced_train | raw_images, clean_labels, val_split, near_duplicates |
 | resnet34_model | raw_images, balanced_train, val_split |
@@ -50,10 +50,10 @@ STAGES: tuple[Stage, ...] = (
           neighbours.describe),
     Stage("ood_scores", ("raw_images", "embeddings", "neighbours"), ood_scores.OodScoresConfig,
           ood_scores.run, ood_scores.describe),
-    Stage("clean_labels", ("raw_images", "image_quality", "embeddings", "ood_scores"), CleaningConfig,
-          clean_labels.run, clean_labels.describe),
     Stage("near_duplicates", ("raw_images", "neighbours"), near_duplicates.NearDuplicatesConfig,
           near_duplicates.run, near_duplicates.describe),
+    Stage("clean_labels", ("raw_images", "image_quality", "embeddings", "ood_scores", "near_duplicates"),
+          CleaningConfig, clean_labels.run, clean_labels.describe),
     Stage("val_split", ("raw_images", "clean_labels", "near_duplicates"), val_split.ValSplitConfig,
           val_split.run, val_split.describe),
     Stage("balanced_train", ("raw_images", "clean_labels", "val_split", "near_duplicates"),

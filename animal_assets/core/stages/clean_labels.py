@@ -20,6 +20,7 @@ from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.stages.base import FileRef, Json, Pictures, RunContext, Table
 from animal_assets.core.stages.embeddings import Embeddings
 from animal_assets.core.stages.image_quality import ImageQuality, read_drops
+from animal_assets.core.stages.near_duplicates import NearDuplicates, read_groups
 from animal_assets.core.stages.ood_scores import OodScores
 from animal_assets.core.stages.raw_images import check_aligned, raw_version
 
@@ -34,8 +35,9 @@ AUTO = "auto"
 GALLERY_CAPTIONS = {
     "relabelled": "given -> new label, probability of the new label; framed: a reviewer's decision",
     "dropped": "reason, given label, id; framed: a reviewer's decision",
-    "duplicate_conflicts": "byte-identical copies with different given labels: group, given "
-                           "label, what it became (drop (copy): a copy of the kept image)",
+    "duplicate_conflicts": "copies (byte-identical or near-copies) with different given labels: "
+                           "group, given label, what it became (drop (copy): a byte-identical "
+                           "copy of the kept image)",
 }
 
 
@@ -49,11 +51,13 @@ class CleanLabels:
 
 
 def run(config: CleaningConfig, ctx: RunContext, *, raw_images: RawImages,
-        image_quality: ImageQuality, embeddings: Embeddings, ood_scores: OodScores) -> CleanLabels:
+        image_quality: ImageQuality, embeddings: Embeddings, ood_scores: OodScores,
+        near_duplicates: NearDuplicates) -> CleanLabels:
     """The automatic decisions (``clean_labels/auto``), then ``ctx.review`` applied over them
     (``clean_labels/decisions.csv``)."""
     auto = clean_label_decisions(raw_images, embeddings, ood_scores, ctx.folder(NAME, AUTO),
-                                 config, image_quality=image_quality)
+                                 config, image_quality=image_quality,
+                                 near_duplicates=near_duplicates)
     clean, _, _ = reviewed_clean_labels(auto, ctx.review, ctx.folder(NAME),
                                         num_classes=raw_images.num_classes,
                                         class_names=ctx.names(raw_images.num_classes))
@@ -63,21 +67,26 @@ def run(config: CleaningConfig, ctx: RunContext, *, raw_images: RawImages,
 def clean_label_decisions(
     raw: RawImages, embeddings: Embeddings, ood_scores: OodScores, out_dir: str | Path,
     config: CleaningConfig, *, image_quality: ImageQuality | None = None,
+    near_duplicates: NearDuplicates | None = None,
 ) -> CleanLabels:
     """Decide keep / relabel / drop for every usable image (see :mod:`animal_assets.core.cleaning`).
 
     The images ``image_quality`` drops (its ``drop`` policy) are left out like the OOD ones: the
-    probe does not learn from them and they are dropped, with the reason ``quality``.
+    probe does not learn from them and they are dropped, with the reason ``quality``. The labels
+    of each of ``near_duplicates``' groups are decided together, as those of byte-identical
+    copies are.
     """
     from animal_assets.core import cleaning, noise_model
     from animal_assets.core.probe import select_probe_c
 
-    check_aligned(raw, embeddings, ood_scores, *([image_quality] if image_quality else []))
+    check_aligned(raw, embeddings, ood_scores,
+                  *[handle for handle in (image_quality, near_duplicates) if handle])
     _, manifest = load_raw_images(raw, mmap=True)  # the manifest only
     features = np.load(embeddings.path)
     ood_table = pd.read_csv(ood_scores.path)
     labels = manifest["given"].to_numpy(dtype=np.int64)
     groups = cleaning.duplicate_groups(manifest["sha256"].tolist())
+    near_group = read_groups(near_duplicates) if near_duplicates else None
     ood_flags = ood_table["flag"].to_numpy(dtype=bool)
     quality = read_drops(image_quality) if image_quality else np.zeros(len(labels), dtype=bool)
     learn = ~(ood_flags | quality)  # the images the probe learns from
@@ -95,11 +104,13 @@ def clean_label_decisions(
     pred_probs = result.balanced()
     decisions = cleaning.decide(
         labels, pred_probs, ood_flags=ood_flags, quality_flags=quality, dup_group=groups,
-        num_classes=raw.num_classes, config=config,
+        num_classes=raw.num_classes, config=config, near_group=near_group,
     )
     decisions.insert(0, "id", manifest["id"].to_numpy())
     decisions["sha256"] = manifest["sha256"].to_numpy()
     decisions["dup_group"] = groups
+    # the group of copies whose label was decided together: byte-identical and near-copies
+    decisions["copy_group"] = cleaning.copy_groups(groups, near_group)
     decisions["ood_score"] = ood_table["score"].to_numpy()
     for k in range(raw.num_classes):
         decisions[f"p{k}"] = pred_probs[:, k].astype(np.float32)
