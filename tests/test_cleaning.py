@@ -363,6 +363,7 @@ def test_byte_copies_inside_a_near_copy_group_keep_one_file_each():
     assert d.at[rows[1], "reason"] == "duplicate" and d.at[rows[1], "label"] == -1
     assert list(d["label"][[rows[0], rows[2]]]) == [1, 1]
     assert set(d["reason"][[rows[0], rows[2]]]) == {"near_copy_conflict"}
+    assert d["copy_group"][rows].nunique() == 1 and d["copy_group"].nunique() == 300 - 2
 
 
 def test_copy_groups_join_byte_and_near_copy_links():

@@ -187,8 +187,9 @@ def decide(
     pandas.DataFrame, N rows
         Columns ``given``, ``label`` (final, -1 when dropped), ``action``, ``reason``,
         ``confidence`` (prob of the final label, of the given label when dropped),
-        ``label_issue`` (the argmax is not the given label) and ``self_confidence`` (prob of
-        the given label).
+        ``label_issue`` (the argmax is not the given label), ``self_confidence`` (prob of
+        the given label) and ``copy_group`` (the group of copies decided together,
+        :func:`copy_groups`).
     """
     pred_probs = np.asarray(pred_probs, dtype=np.float64)
     n = pred_probs.shape[0]
@@ -257,6 +258,7 @@ def decide(
     return pd.DataFrame({
         "given": given, "label": final, "action": action.astype(str), "reason": reason.astype(str),
         "confidence": confidence, "label_issue": issue, "self_confidence": self_conf,
+        "copy_group": group_dense,
     })
 
 

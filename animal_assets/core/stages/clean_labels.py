@@ -109,8 +109,6 @@ def clean_label_decisions(
     decisions.insert(0, "id", manifest["id"].to_numpy())
     decisions["sha256"] = manifest["sha256"].to_numpy()
     decisions["dup_group"] = groups
-    # the group of copies whose label was decided together: byte-identical and near-copies
-    decisions["copy_group"] = cleaning.copy_groups(groups, near_group)
     decisions["ood_score"] = ood_table["score"].to_numpy()
     for k in range(raw.num_classes):
         decisions[f"p{k}"] = pred_probs[:, k].astype(np.float32)
