@@ -22,6 +22,7 @@ def table_rows(stdout: str) -> list[list[str]]:
 # Each script with a figure its quick table must contain.
 SCRIPTS = [
     ("bench_knn.py", r"wall time, s \(exact\)"),
+    ("bench_neighbours.py", r"recall@10 against exact \(N=2,000\)"),
     ("bench_train.py", r"training images/s \(epoch 1 loop\)"),
     ("bench_embed.py", r"images/s at 64x64"),
     ("bench_ood_dims.py", r"OOD AUROC \(dims=64\)"),

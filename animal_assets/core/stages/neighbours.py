@@ -1,12 +1,14 @@
 """Stage ``neighbours``: each image's nearest neighbours by the cosine similarity of the encoder's
-head features (:mod:`animal_assets.core.knn`, exact), searched once for the stages that read
-them: ``ood_scores`` (the neighbours' distances or given labels) and ``near_duplicates`` (the
-closest few as candidate near-copies)."""
+head features, searched once for the stages that read them: ``ood_scores`` (the neighbours'
+distances or given labels) and ``near_duplicates`` (the closest few as candidate near-copies).
+The search is exact (:mod:`animal_assets.core.knn`) up to ``approximate_above`` images and
+approximate above (:mod:`animal_assets.core.ann`, faiss's inverted-file index)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,13 @@ class NeighboursConfig:
     # stages that read them use the first ones: ood_scores its k or label_k, near_duplicates
     # its k; each must be at most this.
     k: int = 50
+    # "exact" compares every pair of images (N x N products); "approximate" searches faiss's
+    # inverted-file index, nprobe of its cells per image (a neighbour in another cell is
+    # missed); "auto" is exact up to approximate_above images and approximate above.
+    method: Literal["auto", "exact", "approximate"] = "auto"
+    approximate_above: int = 200_000  # images; the exact search's time grows with N squared
+    nprobe: int = 32  # cells each image's approximate search reads; more is slower and closer to exact
+    seed: int = 0  # the approximate index's k-means
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Neighbours:
     raw_version: str
     k: int  # neighbours per image as stored (the config's k, or N - 1 where that is smaller)
     seconds: float
+    method: str = "exact"  # the search that ran ("auto" resolved)
 
 
 def run(config: NeighboursConfig, ctx: RunContext, *, raw_images: RawImages,
@@ -51,13 +61,25 @@ def find_neighbours(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
 
     if config.k < 1:
         raise ValueError(f"neighbours: k must be at least 1, got {config.k}")
+    if config.method not in ("auto", "exact", "approximate"):
+        raise ValueError(f"neighbours: method must be auto, exact or approximate, got {config.method!r}")
+    if config.nprobe < 1:
+        raise ValueError(f"neighbours: nprobe must be at least 1, got {config.nprobe}")
     check_aligned(raw, embeddings)
     # a copy of the head columns only: the rest of the matrix stays on disk
     head = np.array(head_features(np.load(embeddings.path, mmap_mode="r"), embeddings), dtype=np.float32)
     n = len(head)
     k = min(config.k, n - 1)
+    method = config.method
+    if method == "auto":
+        method = "approximate" if n > config.approximate_above else "exact"
     start = time.perf_counter()
-    if k >= 1:
+    if k >= 1 and method == "approximate":
+        from animal_assets.core.ann import approximate_knn
+
+        distances, indices = approximate_knn(head, k=k, nprobe=config.nprobe, seed=config.seed,
+                                             overwrite=True)  # head is this stage's own copy
+    elif k >= 1:
         distances, indices = knn(head, k=k, device=device)
     else:  # a single image has no neighbour
         distances, indices = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
@@ -67,7 +89,7 @@ def find_neighbours(raw: RawImages, embeddings: Embeddings, out_dir: str | Path,
     save_npy(paths["indices"], indices.astype(np.int64, copy=False))
     save_npy(paths["distances"], distances.astype(np.float32, copy=False))
     return Neighbours(indices_path=str(paths["indices"]), distances_path=str(paths["distances"]),
-                      raw_version=raw_version(raw), k=max(k, 0), seconds=seconds)
+                      raw_version=raw_version(raw), k=max(k, 0), seconds=seconds, method=method)
 
 
 def read(neighbours: Neighbours, k: int, *, reader: str) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +122,7 @@ def describe(neighbours: Neighbours, ctx: RunContext, **_) -> dict:
     return {
         "k": neighbours.k,
         "n": int(distances.shape[0]),
+        "method": neighbours.method,
         "search_seconds": round(neighbours.seconds, 2),
         "cosine_similarity_by_rank": Table(pd.DataFrame(rows), len(rows)),
         "indices_file": FileRef(neighbours.indices_path),

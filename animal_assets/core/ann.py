@@ -1,0 +1,125 @@
+"""Approximate cosine k-nearest neighbours, for inputs where the exact search's N x N products
+dominate the graph.
+
+faiss's inverted-file index (IVF-Flat) on the unit-normalised rows, inner product as the
+similarity: k-means (spherical, seeded) cuts the rows into ``nlist`` cells, and each query is
+compared with every row of the ``nprobe`` cells whose centres are most similar to it. A search
+costs about N x (nlist + nprobe x N / nlist) products instead of N x N; a neighbour is missed
+only when it lies in a cell that was not probed. Rows whose probed cells hold fewer than k other
+rows get their neighbours from an exact pass over all rows, so every row has k.
+
+The result has the exact search's layout (:func:`animal_assets.core.knn.knn`): distances
+``1 - cos`` ascending along each row, a row never its own neighbour, equal distances ordered by
+index. For a given seed, features and thread count it is the same on every run. What it
+measures against the exact search (recall, time, memory) is in benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Cells each query searches, unless the caller says otherwise.
+DEFAULT_NPROBE = 32
+#: Rows per k-means cell the index is trained on (a sample drawn with the seed); the k-means
+#: costs this x nlist^2 x D products per iteration, the search itself far more.
+TRAIN_ROWS_PER_CELL = 64
+#: Rows per batch of queries (bounds the memory of one batch's results).
+_QUERY_BATCH = 65_536
+
+
+def cells_for(n: int) -> int:
+    """The number of k-means cells for ``n`` rows: about 4 x sqrt(n), at least 39 rows per cell
+    (faiss's floor for a reliable k-means), at least 1."""
+    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+
+
+def approximate_knn(
+    features: np.ndarray,
+    *,
+    k: int = 10,
+    nprobe: int = DEFAULT_NPROBE,
+    nlist: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate cosine k-nearest neighbours of every row among the other rows.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, D)
+        One embedding per row; N must exceed k. All-zero rows have similarity 0 to everything.
+    k : int
+        Neighbours per row.
+    nprobe : int
+        Cells searched per query (at most ``nlist``); more is slower and closer to exact.
+    nlist : int, optional
+        K-means cells (default :func:`cells_for`).
+    seed : int
+        Seed of the k-means (its initial centres and its training sample).
+    overwrite : bool
+        Normalise ``features`` in place when it is a C-contiguous float32 array, instead of a
+        copy (one N x D array less in memory; the index holds another).
+
+    Returns
+    -------
+    distances : np.ndarray, float32, shape (N, k)
+        Cosine distances ``1 - cos``, ascending along each row.
+    indices : np.ndarray, int64, shape (N, k)
+        Row indices of the neighbours; among equal distances the lower index comes first.
+    """
+    import faiss
+
+    x = np.asarray(features) if overwrite else np.array(features, dtype=np.float32, order="C")
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+        x = np.array(x, dtype=np.float32, order="C")  # normalised in place below
+    if x.ndim != 2:
+        raise ValueError(f"ann.py: features must be 2-D (N, D), got shape {x.shape}")
+    n, d = x.shape
+    if not 1 <= k < n:
+        raise ValueError(f"ann.py: k must lie in 1..N-1 = {n - 1}, got {k}")
+    if nprobe < 1:
+        raise ValueError(f"ann.py: nprobe must be at least 1, got {nprobe}")
+    if not np.isfinite(x).all():
+        raise ValueError("ann.py: features contain NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    nlist = cells_for(n) if nlist is None else int(nlist)
+    if not 1 <= nlist <= n:
+        raise ValueError(f"ann.py: nlist must lie in 1..N = {n}, got {nlist}")
+
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.cp.spherical = True  # centres on the unit sphere, as the rows are
+    index.cp.max_points_per_centroid = TRAIN_ROWS_PER_CELL
+    index.train(x)
+    index.add(x)
+    index.nprobe = min(nprobe, nlist)
+
+    sims = np.empty((n, k + 1), dtype=np.float32)
+    found = np.empty((n, k + 1), dtype=np.int64)
+    for start in range(0, n, _QUERY_BATCH):
+        stop = min(start + _QUERY_BATCH, n)
+        sims[start:stop], found[start:stop] = index.search(x[start:stop], k + 1)
+    del index, quantizer
+
+    # Rows whose probed cells held too few rows (faiss pads with -1): an exact pass for them.
+    short = np.flatnonzero((found < 0).any(axis=1))
+    for start in range(0, len(short), 1024):
+        rows = short[start:start + 1024]
+        block = x[rows] @ x.T
+        top = np.argsort(-block, axis=1, kind="stable")[:, :k + 1]
+        found[rows] = top
+        sims[rows] = np.take_along_axis(block, top, axis=1)
+
+    # Leave each row out of its own list: where it was found, drop it; where a copy at the same
+    # similarity pushed it past the list's end, drop the last entry instead.
+    is_self = found == np.arange(n)[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+    keep = np.ones((n, k + 1), dtype=bool)
+    keep[np.arange(n), drop] = False
+    sims, found = sims[keep].reshape(n, k), found[keep].reshape(n, k)
+    distances = np.clip(1.0 - sims, 0.0, 2.0).astype(np.float32)
+    order = np.lexsort((found, distances), axis=-1)
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(found, order, axis=1)
