@@ -136,8 +136,9 @@ def main() -> None:
                          base_mb / ours["peak_mb"]))
             rows.append((f"recall@10 against exact (N={n:,})", recall[n], 1.0, recall[n]))
     _common.print_table(rows, _common.machine_label("cpu"))
-    for method, (a, b) in fits.items():
-        print(f"{method}: time grows as N^{b:.2f} (fitted on N = {', '.join(f'{n:,}' for n in sizes if (method, n) in results)})")
+    for method, (_, b) in fits.items():
+        fitted = ", ".join(f"{n:,}" for n in sizes if (method, n) in results)
+        print(f"{method}: time grows as N^{b:.2f} (fitted on N = {fitted})")
     big = [n for n in sizes if ("exact", n) not in results]
     if big:
         print("approximate only at N = " + ", ".join(f"{n:,} ({results['approximate', n]['seconds']:.0f} s, "
