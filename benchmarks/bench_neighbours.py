@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.5, help="noise, times each column's spread")
     parser.add_argument("--d", type=int, default=1280, help="columns of generated features (no --features)")
     parser.add_argument("--k", type=int, default=50, help="neighbours per row (the stage's default)")
-    parser.add_argument("--nprobe", type=int, default=32, help="cells each approximate query searches")
+    parser.add_argument("--nprobe", type=int, default=64, help="cells each approximate query searches")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="the searches run on the CPU")
     parser.add_argument("--json", help="append each measurement to this file as it finishes")

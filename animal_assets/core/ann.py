@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 #: Cells each query searches, unless the caller says otherwise.
-DEFAULT_NPROBE = 32
+DEFAULT_NPROBE = 64
 #: Rows per k-means cell the index is trained on (a sample drawn with the seed); the k-means
 #: costs this x nlist^2 x D products per iteration, the search itself far more.
 TRAIN_ROWS_PER_CELL = 64

@@ -33,7 +33,7 @@ class NeighboursConfig:
     # missed); "auto" is exact up to approximate_above images and approximate above.
     method: Literal["auto", "exact", "approximate"] = "auto"
     approximate_above: int = 200_000  # images; the exact search's time grows with N squared
-    nprobe: int = 32  # cells each image's approximate search reads; more is slower and closer to exact
+    nprobe: int = 64  # cells each image's approximate search reads; more is slower and closer to exact
     seed: int = 0  # the approximate index's k-means
 
 
