@@ -63,15 +63,13 @@ def approximate_knn(
 
     Returns
     -------
-    distances : np.ndarray, float32, shape (N, k)
-        Cosine distances ``1 - cos``, ascending along each row.
-    indices : np.ndarray, int64, shape (N, k)
-        Row indices of the neighbours; among equal distances the lower index comes first.
+    distances, indices : np.ndarray, shape (N, k)
+        In the layout of :func:`animal_assets.core.knn.knn`.
     """
     import faiss
 
-    x = np.asarray(features) if overwrite else np.array(features, dtype=np.float32, order="C")
-    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+    x = np.asarray(features)
+    if not (overwrite and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable):
         x = np.array(x, dtype=np.float32, order="C")  # normalised in place below
     if x.ndim != 2:
         raise ValueError(f"ann.py: features must be 2-D (N, D), got shape {x.shape}")
