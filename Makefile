@@ -37,8 +37,10 @@ ablation: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# One pytest-xdist worker per core; each test module stays on one worker, so its fixtures are
+# built once (tests/conftest.py gives each worker its share of the cores' threads).
 test: install chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # tests/test_browser.py drives Debian's headless Chromium: installed here when missing and run
 # as root; otherwise say how (the test fails without it unless ANIMAL_ASSETS_SKIP_BROWSER=1).

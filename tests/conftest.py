@@ -1,9 +1,31 @@
-"""Fixtures shared across test modules."""
+"""Fixtures shared across test modules, and the thread share of each pytest-xdist worker."""
 from __future__ import annotations
 
-import pytest
+import os
 
-from tests.graph import TinyGraph, materialize_tiny
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# `make test` runs one pytest-xdist worker per core. Torch's and OpenBLAS's thread pools each
+# start one thread per core in every worker, and workers that spin at OpenMP barriers on the
+# same cores slow each other down more than they gain, so every worker (and every process it
+# starts, which inherits the environment) gets its share of the cores. This runs before the
+# tests import NumPy or torch. Tests that compare thread counts set theirs explicitly.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ANIMAL_ASSETS_JOBS"):
+        os.environ.setdefault(_variable, str(max(1, _cores() // _WORKERS)))
+
+import pytest  # noqa: E402
+
+from tests.graph import TinyGraph, materialize_tiny  # noqa: E402
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core this process may run on (not the host's core count)."""
+    return _cores()
 
 
 @pytest.fixture(scope="session")
