@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--class-names", help="comma-separated class names, in label order")
     run.add_argument("--device", help="auto (default), cpu, cuda")
     run.add_argument("--precision", choices=PRECISIONS,
-                     help="encoder and trainer arithmetic; auto: bf16 on CUDA and on CPUs with AMX, "
-                          "else fp32 (default: the run config's)")
+                     help="encoder and trainer arithmetic; auto: bf16 on CUDA and on CPUs with bf16 in "
+                          "hardware (AMX, AVX-512 BF16), else fp32 (default: the run config's)")
     run.add_argument("--select", help="comma-separated assets to materialize (default: all)")
     run.add_argument("--unsynced", action="store_true",
                      help="materialize only unsynced assets and what is downstream of them")

@@ -9,11 +9,13 @@ from animal_assets.core import precision
 from animal_assets.core.precision import autocast, resolve_precision
 
 SAPPHIRE_RAPIDS = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"})
-EPYC = frozenset({"avx2", "avx512f", "avx512_bf16"})  # bf16 instructions, no matrix unit
+EPYC = frozenset({"avx2", "avx512f", "avx512_bf16"})  # Zen 4: AVX-512 BF16, no matrix unit
+OLDER = frozenset({"avx2", "fma"})  # no bf16 arithmetic: emulated
 
 
-@pytest.mark.parametrize("flags,expected", [(SAPPHIRE_RAPIDS, "bf16"), (EPYC, "fp32"), (frozenset(), "fp32")])
-def test_auto_takes_bf16_on_the_cpu_only_with_amx(monkeypatch, flags, expected):
+@pytest.mark.parametrize("flags,expected", [(SAPPHIRE_RAPIDS, "bf16"), (EPYC, "bf16"), (OLDER, "fp32"),
+                                            (frozenset(), "fp32")])
+def test_auto_takes_bf16_on_the_cpu_only_with_bf16_in_hardware(monkeypatch, flags, expected):
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     assert resolve_precision("auto", "cpu") == expected
     assert resolve_precision("auto", torch.device("cpu")) == expected
@@ -21,7 +23,7 @@ def test_auto_takes_bf16_on_the_cpu_only_with_amx(monkeypatch, flags, expected):
 
 @pytest.mark.parametrize("asked", ["fp32", "bf16"])
 def test_an_explicit_precision_is_kept_on_any_cpu(monkeypatch, asked):
-    for flags in (SAPPHIRE_RAPIDS, EPYC):
+    for flags in (SAPPHIRE_RAPIDS, EPYC, OLDER):
         monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
         assert resolve_precision(asked, "cpu") == asked
 

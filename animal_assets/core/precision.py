@@ -3,10 +3,11 @@
 Importing this module is cheap (PyTorch is imported when a precision is resolved), so the
 command line can offer its choices before anything heavy loads.
 
-``"auto"`` picks bf16 on CUDA devices that support it and on CPUs with AMX bf16 tiles (Intel
-Sapphire Rapids and later), where oneDNN runs bf16 convolutions on the tile unit; anywhere else
-(AMD, older Intel, a CPU whose flags cannot be read) it keeps float32, because bf16 without a
-matrix unit is emulated and slower. The figures behind that rule are in benchmarks/RESULTS.md.
+``"auto"`` picks bf16 on CUDA devices that support it and on CPUs with bf16 arithmetic in
+hardware: AMX bf16 tiles (Intel Sapphire Rapids and later) or AVX-512 BF16 (AMD Zen 4 and
+later, Intel Cooper Lake), where oneDNN runs bf16 convolutions natively. Anywhere else (older
+CPUs, a CPU whose flags cannot be read) it keeps float32, because bf16 there is emulated and
+slower. The figures behind that rule are in benchmarks/RESULTS.md.
 
 The CPU flags come from ``/proc/cpuinfo`` (Linux); elsewhere ``"auto"`` keeps float32 on the CPU.
 """
@@ -37,10 +38,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_bf16_matrix_unit() -> bool:
-    """True when the CPU has AMX bf16 tiles (``amx_bf16`` and ``amx_tile`` flags)."""
+def cpu_has_bf16_arithmetic() -> bool:
+    """True when the CPU computes bf16 products in hardware: AMX bf16 tiles (``amx_bf16`` and
+    ``amx_tile`` flags) or AVX-512 BF16 (``avx512_bf16``)."""
     flags = cpu_flags()
-    return "amx_bf16" in flags and "amx_tile" in flags
+    return ("amx_bf16" in flags and "amx_tile" in flags) or "avx512_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
@@ -49,8 +51,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     Parameters
     ----------
     precision : {"auto", "fp32", "bf16"}
-        What was asked for. An explicit ``"bf16"`` is honoured on any device (slow without a
-        matrix unit, but it lets a user compare).
+        What was asked for. An explicit ``"bf16"`` is honoured on any device (slow where it is
+        emulated, but it lets a user compare).
     device : torch.device or str
         Where the passes run (already resolved, e.g. ``cpu`` or ``cuda:0``).
 
@@ -74,7 +76,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if cpu_has_bf16_matrix_unit() else "fp32"
+        return "bf16" if cpu_has_bf16_arithmetic() else "fp32"
     return "fp32"
 
 

@@ -7,7 +7,7 @@ the device (see :mod:`animal_assets.core.augment`). The network is exactly
 the fixed constants :data:`NORM_MEAN` / :data:`NORM_STD`.
 
 ``precision`` chooses float32 or bf16 autocast (:mod:`animal_assets.core.precision`; ``auto``
-takes bf16 on CUDA and on CPUs with AMX). On the CPU the same seed, config and precision give
+takes bf16 on CUDA and on CPUs with bf16 in hardware). On the CPU the same seed, config and precision give
 identical weights. On CUDA, cuDNN autotuning trades that bit-exactness for speed.
 """
 from __future__ import annotations
@@ -55,8 +55,8 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # 0 disables Mixup; 0.2 is a common value
     seed: int = 0  # weight initialisation, batch order and augmentation
     device: str = "auto"  # "auto" picks CUDA when available, else the CPU
-    # Training arithmetic. "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles,
-    # float32 elsewhere.
+    # Training arithmetic. "auto": bf16 autocast on CUDA and on CPUs with bf16 in hardware
+    # (AMX, AVX-512 BF16), float32 elsewhere.
     precision: Precision = "auto"
     channels_last: bool = True  # NHWC memory layout with bf16 (tensor cores, AMX); fp32 keeps NCHW
     eval_batch_size: int = 1024  # images per forward pass when scoring val_split

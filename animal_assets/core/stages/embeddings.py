@@ -25,8 +25,8 @@ class EmbeddingsConfig:
     # head features: 4,592 values per image. The kNN scores use the head; the outlier
     # refinement and the label probe read all of them.
     stages: bool = True
-    # Encoder arithmetic. "auto": bf16 autocast on CUDA and on CPUs with AMX bf16 tiles,
-    # float32 elsewhere.
+    # Encoder arithmetic. "auto": bf16 autocast on CUDA and on CPUs with bf16 in hardware
+    # (AMX, AVX-512 BF16), float32 elsewhere.
     precision: Precision = "auto"
     # Keep every embedded image's features in embeddings/cache/, keyed by the hash of its bytes
     # and the settings above (with the device and the weights): a later run embeds only the
