@@ -9,6 +9,14 @@ the fixed constants :data:`NORM_MEAN` / :data:`NORM_STD`.
 ``precision`` chooses float32 or bf16 autocast (:mod:`animal_assets.core.precision`; ``auto``
 takes bf16 on CUDA and on CPUs with bf16 in hardware). On the CPU the same seed, config and precision give
 identical weights. On CUDA, cuDNN autotuning trades that bit-exactness for speed.
+
+``processes`` > 1 trains with PyTorch DDP on that many processes started by torchrun
+(:mod:`animal_assets.core.distributed`). Every process draws the same batch order and
+augmentations for the whole batch of ``batch_size`` images and trains on its share of the rows;
+the gradients are averaged so that each step is the step one process takes on the whole batch.
+BatchNorm: on CUDA the layers become ``SyncBatchNorm`` (statistics over the whole batch); on the
+CPU, where ``SyncBatchNorm`` does not run, each process normalises with its own share's
+statistics and the running statistics are those of the first process (DDP broadcasts them).
 """
 from __future__ import annotations
 
@@ -60,9 +68,13 @@ class TrainConfig:
     precision: Precision = "auto"
     channels_last: bool = True  # NHWC memory layout with bf16 (tensor cores, AMX); fp32 keeps NCHW
     eval_batch_size: int = 1024  # images per forward pass when scoring val_split
+    # Processes that train together with PyTorch DDP under torchrun: one per GPU (NCCL), or CPU
+    # processes (gloo) that share the cores; batch_size stays the whole step's batch. 1: this
+    # process alone.
+    processes: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.max_lr <= 0 or not 0 < self.pct_start < 1:
@@ -176,6 +188,43 @@ def _one_cycle(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
         cycle_momentum=False)  # keep config.momentum fixed instead of cycling 0.95 -> 0.85
 
 
+def _process_group() -> tuple[int, int] | None:
+    """(rank, number of processes) of the DDP group this process trains in; None outside one."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
+        return tdist.get_rank(), tdist.get_world_size()
+    return None
+
+
+def _distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` (on ``device``) wrapped for DDP; on CUDA its BatchNorm layers become
+    ``SyncBatchNorm`` first (in place: the optimiser sees the same parameters)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        for name, child in list(model.named_children()):
+            setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return DistributedDataParallel(model, device_ids=[index])
+    return DistributedDataParallel(model)
+
+
+def _my_share(x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, group: tuple[int, int],
+              channels_last: bool):
+    """This process's rows of the whole batch; the factor on its mean loss that makes DDP's
+    average of the processes' gradients the whole batch's gradient; and whether its loss counts
+    in the epoch's figures. A batch with fewer rows than processes is trained whole by every
+    process and counted by the first."""
+    rank, world = group
+    n = len(y_a)
+    if n < world:
+        return x, y_a, y_b, 1.0, rank == 0
+    rows = slice(rank, None, world)
+    mine = x[rows].contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return mine, y_a[rows], y_b[rows], world * len(mine) / n, True
+
+
 def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes: int,
                    config: TrainConfig, val_images: np.ndarray | None = None,
                    val_labels: np.ndarray | None = None,
@@ -219,6 +268,13 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
     if val_images is not None:
         _check_images(val_images, "train_resnet34 (val)")
         val_labels_np = _check_labels(val_labels, len(val_images), num_classes, "train_resnet34 (val)")
+    group = _process_group()
+    if config.processes > 1 and group is None:
+        from animal_assets.core.distributed import train_in_processes
+
+        return train_in_processes(train_images, labels_np, num_classes=num_classes, config=config,
+                                  val_images=val_images, val_labels=None if val_images is None else val_labels_np,
+                                  on_epoch=on_epoch, on_batch=on_batch)
 
     device = resolve_device(config.device)
     on_cuda = device.type == "cuda"
@@ -234,6 +290,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
             torch.manual_seed(config.seed)
             model = build_model(num_classes)
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        net = model if group is None else _distributed(model, device)
         normalise = _Normaliser(device, channels_last)
 
         data = _to_device_uint8(train_images, device)
@@ -261,7 +318,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
         step = 0
         for epoch in range(1, config.epochs + 1):
             t_epoch = time.perf_counter()
-            model.train()
+            net.train()
             loss_sum = torch.zeros((), device=device)
             correct_sum = torch.zeros((), device=device)
             perm = torch.randperm(n, generator=order_gen).to(device, non_blocking=True)
@@ -274,22 +331,31 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
                 lam = 1.0
                 if config.mixup_alpha > 0:
                     x, y_a, y_b, lam = mixup(x, y_a, alpha=config.mixup_alpha, generator=mix_gen)
+                share, counted = 1.0, True
+                if group is not None:
+                    x, y_a, y_b, share, counted = _my_share(x, y_a, y_b, group, channels_last)
                 with autocast(device, precision):
-                    out = model(x)
+                    out = net(x)
                     loss = lam * F.cross_entropy(out, y_a, label_smoothing=config.label_smoothing)
                     if lam < 1.0:
                         loss = loss + (1.0 - lam) * F.cross_entropy(out, y_b, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share if group is not None else loss).backward()
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                pred = out.detach().argmax(1)
-                # Summed on the device so the loop never waits for the GPU.
-                loss_sum += loss.detach().float() * len(idx)
-                correct_sum += lam * (pred == y_a).sum() + (1.0 - lam) * (pred == y_b).sum()
+                if counted:
+                    pred = out.detach().argmax(1)
+                    # Summed on the device so the loop never waits for the GPU.
+                    loss_sum += loss.detach().float() * len(y_a)
+                    correct_sum += lam * (pred == y_a).sum() + (1.0 - lam) * (pred == y_b).sum()
                 if on_batch is not None and (step % report_every == 0 or step == total_steps):
                     on_batch(step, total_steps)
+            if group is not None:
+                import torch.distributed as tdist
+
+                tdist.all_reduce(loss_sum)
+                tdist.all_reduce(correct_sum)
             if on_cuda:
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t_epoch
@@ -300,7 +366,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
                 "val_loss": None, "val_acc": None, "val_balanced_acc": None,
                 "lr": float(optimizer.param_groups[0]["lr"]),
             }
-            if val_images is not None and len(val_images):
+            if val_images is not None and len(val_images) and (group is None or group[0] == 0):
                 model.eval()
                 logits = _logits(model, val_data, batch_size=config.eval_batch_size, precision=precision,
                                  normalise=normalise)
@@ -315,6 +381,10 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
                 on_epoch(row)
         model.eval()
         model = model.to("cpu", memory_format=torch.contiguous_format)
+        if group is not None and on_cuda:  # back from SyncBatchNorm to torchvision's own layers
+            plain = build_model(num_classes)
+            plain.load_state_dict(model.state_dict())
+            model = plain.eval()
         return TrainResult(model=model, history=history, seconds=time.perf_counter() - t_start,
                            device=str(device), config=config, precision=precision)
     finally:
