@@ -5,6 +5,7 @@ import dagster as dg
 
 from animal_assets.assets import PIPELINE_ASSETS, input_dataset, review_file
 from animal_assets.checks import ALL_CHECKS
+from animal_assets.cluster import executor_from_environment
 from animal_assets.core.config import load_run_config
 from animal_assets.loggers import console_logger
 from animal_assets.resources import default_resources
@@ -16,7 +17,8 @@ JOB_OF_CONFIG = {"demo": "demo_pipeline"}
 
 
 def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.Definitions:
-    """The Definitions, with resources from the environment unless given."""
+    """The Definitions, with resources from the environment unless given, and the executor
+    ``ANIMAL_ASSETS_EXECUTOR`` names (:mod:`animal_assets.cluster`)."""
     assets = assets or PIPELINE_ASSETS
     return dg.Definitions(
         assets=[input_dataset, review_file, *assets],
@@ -46,6 +48,7 @@ def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.
         )],
         resources=resources or default_resources(),
         loggers={"console": console_logger},
+        executor=executor_from_environment(),
     )
 
 
