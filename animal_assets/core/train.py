@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 import torchvision
 from sklearn.metrics import balanced_accuracy_score
@@ -190,8 +191,6 @@ def _one_cycle(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
 
 def _process_group() -> tuple[int, int] | None:
     """(rank, number of processes) of the DDP group this process trains in; None outside one."""
-    import torch.distributed as tdist
-
     if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
         return tdist.get_rank(), tdist.get_world_size()
     return None
@@ -340,7 +339,7 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
                     if lam < 1.0:
                         loss = loss + (1.0 - lam) * F.cross_entropy(out, y_b, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                (loss * share if group is not None else loss).backward()
+                (loss * share).backward()  # share is 1.0 on one process: the same gradients
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -352,8 +351,6 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
                 if on_batch is not None and (step % report_every == 0 or step == total_steps):
                     on_batch(step, total_steps)
             if group is not None:
-                import torch.distributed as tdist
-
                 tdist.all_reduce(loss_sum)
                 tdist.all_reduce(correct_sum)
             if on_cuda:
