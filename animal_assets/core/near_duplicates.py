@@ -115,11 +115,18 @@ def thumbnails(images: np.ndarray, *, margin: int = 0, mirror: bool = False, siz
     return np.where(norm > 1e-3, flat / np.maximum(norm, 1e-3), 0.0).astype(np.float32)
 
 
-def _knn_pairs(vectors: np.ndarray, threshold: float, k: int, device: str, by: str) -> pd.DataFrame:
-    from animal_assets.core.knn import knn
-
+def _knn_pairs(vectors: np.ndarray, threshold: float, k: int, device: str, by: str,
+               approximate: bool = False) -> pd.DataFrame:
     kk = min(k, len(vectors) - 1)
-    distances, indices = knn(np.ascontiguousarray(vectors, dtype=np.float32), k=kk, device=device)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if approximate:
+        from animal_assets.core.ann import approximate_knn
+
+        distances, indices = approximate_knn(vectors, k=kk)
+    else:
+        from animal_assets.core.knn import knn
+
+        distances, indices = knn(vectors, k=kk, device=device)
     return _pairs(distances, indices, threshold, by)
 
 
@@ -134,11 +141,11 @@ def _pairs(distances: np.ndarray, indices: np.ndarray, threshold: float, by: str
 
 
 def _cross_pairs(thumbs: np.ndarray, other: np.ndarray, threshold: float, k: int,
-                 device: str, by: str) -> pd.DataFrame:
+                 device: str, by: str, approximate: bool = False) -> pd.DataFrame:
     """Pairs (i, j), i != j, where ``other[i]`` (a variant of image i: its mirror image, a crop)
     is among j's nearest thumbnails."""
     n = len(thumbs)
-    both = _knn_pairs(np.concatenate([thumbs, other]), threshold, k + 1, device, by)
+    both = _knn_pairs(np.concatenate([thumbs, other]), threshold, k + 1, device, by, approximate)
     a, b = both["a"].to_numpy(), both["b"].to_numpy()
     cross = (a < n) & (b >= n) & (b - n != a)
     a, b = a[cross], b[cross] - n
@@ -179,6 +186,7 @@ def find_near_copies(
     mirror: bool = False,
     corroborate: float | None = CORROBORATE,
     cropped: tuple[np.ndarray, ...] = (),
+    approximate: bool = False,
 ) -> NearCopies:
     """Near-copy pairs and groups (see the module docstring).
 
@@ -213,6 +221,9 @@ def find_near_copies(
     cropped : tuple of np.ndarray, each float32 (N, T)
         :func:`thumbnails` of the images with a ``margin``: an image cut by a margin whose thumbnail
         correlates with another's at ``thumb_threshold`` is its near-copy (a crop of it).
+    approximate : bool
+        Search the thumbnails with the approximate index (:func:`animal_assets.core.ann.approximate_knn`)
+        instead of comparing every pair: the neighbours stage's choice above its size threshold.
 
     Returns
     -------
@@ -237,11 +248,11 @@ def find_near_copies(
                 corr = np.maximum(corr, (mirrored[a] * thumbs[b]).sum(axis=1))
             pairs = pairs[corr >= corroborate]
         frames.append(pairs)
-        frames.append(_knn_pairs(thumbs, thumb_threshold, k, device, "thumbnail"))
+        frames.append(_knn_pairs(thumbs, thumb_threshold, k, device, "thumbnail", approximate))
         if mirror:
-            frames.append(_cross_pairs(thumbs, mirrored, thumb_threshold, k, device, "mirror"))
+            frames.append(_cross_pairs(thumbs, mirrored, thumb_threshold, k, device, "mirror", approximate))
         for crop in cropped:
-            frames.append(_cross_pairs(thumbs, crop, thumb_threshold, k, device, "thumbnail"))
+            frames.append(_cross_pairs(thumbs, crop, thumb_threshold, k, device, "thumbnail", approximate))
     for key, by, keep in ((np.asarray(hashes), "hash", _informative(np.asarray(hashes))),
                           (np.asarray(sha256, dtype=object), "bytes", np.ones(n, dtype=bool))):
         idx = np.flatnonzero(keep)

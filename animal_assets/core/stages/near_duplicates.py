@@ -62,7 +62,8 @@ def find_groups(raw: RawImages, neighbours: Neighbours, out_dir: str | Path,
     near = near_duplicates.find_near_copies(
         nearest, thumbs, hashes, manifest["sha256"].tolist(), threshold=config.threshold,
         thumb_threshold=config.thumb_threshold, k=config.k, device=device, mirrored=mirrored,
-        mirror=config.mirror, cropped=cropped)
+        mirror=config.mirror, cropped=cropped,
+        approximate=neighbours.method == "approximate")  # past the exact search's size, as neighbours
     ids = manifest["id"].to_numpy()
     given = manifest["given"].to_numpy()
     groups = near_duplicates.group_table(near, ids, given)
