@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import os
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
+from animal_assets.core.jobs import cpu_cores  # os and threads only: no NumPy, no torch
 
 # `make test` runs one pytest-xdist worker per core. Torch's and OpenBLAS's thread pools each
 # start one thread per core in every worker, and workers that spin at OpenMP barriers on the
@@ -15,7 +13,7 @@ def _cores() -> int:
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ANIMAL_ASSETS_JOBS"):
-        os.environ.setdefault(_variable, str(max(1, _cores() // _WORKERS)))
+        os.environ.setdefault(_variable, str(max(1, cpu_cores() // _WORKERS)))
 
 import pytest  # noqa: E402
 
@@ -25,7 +23,7 @@ from tests.graph import TinyGraph, materialize_tiny  # noqa: E402
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per core this process may run on (not the host's core count)."""
-    return _cores()
+    return cpu_cores()
 
 
 @pytest.fixture(scope="session")

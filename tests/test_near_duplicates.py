@@ -280,12 +280,24 @@ def test_balanced_train_counts_a_near_copy_group_once(tiny_graph, tmp_path, poli
         assert bal.n_left_out == 0 and set(ids[members]) <= kept
 
 
+def _approximate_searches(monkeypatch) -> list[int]:
+    """The row counts of every approximate search from here on (the search still runs)."""
+    from animal_assets.core import ann
+
+    searched, search = [], ann.approximate_knn
+
+    def counted(x, **kw):
+        searched.append(len(x))
+        return search(x, **kw)
+
+    monkeypatch.setattr(ann, "approximate_knn", counted)
+    return searched
+
+
 def test_the_approximate_thumbnail_search_groups_what_the_exact_one_groups(monkeypatch):
     """Past the neighbours stage's size threshold the thumbnails are searched in the approximate
     index too: on 4,000 thumbnails with 120 planted copies (60 re-encoded-like, 60 crop-like)
     it finds the same groups as comparing every pair."""
-    from animal_assets.core import ann
-
     rng = np.random.default_rng(11)
     n, t = 4000, 144
     thumbs = _unit(rng.standard_normal((n, t)).astype(np.float32))
@@ -295,13 +307,7 @@ def test_the_approximate_thumbnail_search_groups_what_the_exact_one_groups(monke
     thumbs[n - 120:n - 60] = _unit(thumbs[copied] + noise[:60])
     thumbs[n - 60:] = _unit(crop[cropped_from] + noise[60:])
     args = (_nn(made_features(5, n=n - 2)), thumbs, _no_hashes(n), [f"f{i}" for i in range(n)])
-    searched, search = [], ann.approximate_knn
-
-    def counted(x, **kw):
-        searched.append(len(x))
-        return search(x, **kw)
-
-    monkeypatch.setattr(ann, "approximate_knn", counted)
+    searched = _approximate_searches(monkeypatch)
     exact = find_near_copies(*args, cropped=(crop,))
     approximate = find_near_copies(*args, cropped=(crop,), approximate=True)
     assert searched == [n, 2 * n]  # the thumbnails, then the thumbnails with their crops
@@ -316,14 +322,12 @@ def test_the_stage_searches_the_thumbnails_as_the_neighbours_were_searched(tiny_
     thumbnails approximately too; on the tiny graph both find its groups."""
     import dataclasses
 
-    from animal_assets.core import ann
     from animal_assets.core.stages.near_duplicates import NearDuplicatesConfig, find_groups
 
     load = functools.partial(tiny_graph.defs.load_asset_value, instance=tiny_graph.instance)
     raw, neighbours, near = load("raw_images"), load("neighbours"), load("near_duplicates")
     assert neighbours.method == "exact"
-    searched, search = [], ann.approximate_knn
-    monkeypatch.setattr(ann, "approximate_knn", lambda x, **kw: searched.append(len(x)) or search(x, **kw))
+    searched = _approximate_searches(monkeypatch)
     again = find_groups(raw, dataclasses.replace(neighbours, method="approximate"), tmp_path,
                         NearDuplicatesConfig())
     n = raw.n_usable

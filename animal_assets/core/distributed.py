@@ -16,7 +16,6 @@ out".
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import os
 import subprocess
@@ -54,6 +53,7 @@ def train_in_processes(train_images: np.ndarray, train_labels: np.ndarray, *, nu
         When a training process fails; the message ends with its last output lines.
     """
     from animal_assets.core.device import resolve_device
+    from animal_assets.core.jobs import cpu_cores
 
     device = resolve_device(config.device)
     if device.type == "cuda" and torch.cuda.device_count() < config.processes:
@@ -61,8 +61,7 @@ def train_in_processes(train_images: np.ndarray, train_labels: np.ndarray, *, nu
                          f"{torch.cuda.device_count()} visible")
     env = dict(os.environ)
     if device.type == "cpu":  # the processes share the cores
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        env["OMP_NUM_THREADS"] = str(max(1, cores // config.processes))
+        env["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // config.processes))
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="animal-assets-ddp-") as tmp:
         folder = Path(tmp)
@@ -71,7 +70,7 @@ def train_in_processes(train_images: np.ndarray, train_labels: np.ndarray, *, nu
         if val_images is not None:
             np.save(folder / "val_images.npy", np.ascontiguousarray(val_images))
             np.save(folder / "val_labels.npy", np.asarray(val_labels, dtype=np.int64))
-        job = {"num_classes": num_classes, "config": dataclasses.asdict(config)}
+        job = {"num_classes": num_classes, "config": config.to_dict()}
         (folder / "job.json").write_text(json.dumps(job))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={config.processes}", "-m", __name__, str(folder)]

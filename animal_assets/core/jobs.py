@@ -15,6 +15,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_jobs() -> int:
     """Threads at once: ``ANIMAL_ASSETS_JOBS`` where set, else one per CPU core."""
     given = os.environ.get(JOBS_VARIABLE, "").strip()
@@ -26,7 +31,7 @@ def default_jobs() -> int:
         if jobs < 1:
             raise ValueError(f"{JOBS_VARIABLE}={given!r}: must be a whole number >= 1")
         return jobs
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cpu_cores()
 
 
 def map_ordered(fn: Callable[[T], R], parts: Iterable[T], *, jobs: int | None = None) -> Iterator[R]:
