@@ -28,6 +28,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from animal_assets.cluster import SHARD_POD
 from animal_assets.configs import (
     AblationConfig,
     BalancedTrainConfig,
@@ -231,15 +232,17 @@ def _run_context(context: dg.AssetExecutionContext, dataset: DatasetResource,
     )
 
 
-def _materialize(name: str, config, ctx: RunContext, storage: StorageResource, **inputs) -> dg.Output:
-    """Run the stage ``name`` on ``inputs`` and return its handle with its description."""
+def _materialize(name: str, config, ctx: RunContext, storage: StorageResource, *, run=None,
+                 describe=None, **inputs) -> dg.Output:
+    """Run the stage ``name`` on ``inputs`` and return its handle with its description
+    (``run`` and ``describe``: the stage's shard or merge functions instead of its own)."""
     if "raw_images" in inputs:
         _guard(inputs["raw_images"])
     stage = BY_NAME[name]
     with measure() as stats:
-        handle = stage.run(None if config is None else config.to_core(), ctx, **inputs)
+        handle = (run or stage.run)(None if config is None else config.to_core(), ctx, **inputs)
     storage.mark(name)
-    described = stage.describe(handle, ctx, **inputs)
+    described = (describe or stage.describe)(handle, ctx, **inputs)
     return dg.Output(handle, metadata={
         # where this asset's files are (Dagster's own "path" is the stored handle's pickle)
         "outputs": dg.MetadataValue.path(str(storage.path(name))),
@@ -426,3 +429,72 @@ PIPELINE_ASSETS = [
     raw_images, image_quality, embeddings, neighbours, ood_scores, near_duplicates, clean_labels, val_split,
     balanced_train, resnet34_model, eval_report, ablation_report,
 ]
+
+
+# -- shards ------------------------------------------------------------------------------------
+
+#: The partitioned asset of a sharded graph: the encoder's work, one partition per shard.
+SHARD_ASSET = "embedding_shards"
+
+
+def sharded_embeddings(shards: int) -> list[dg.AssetsDefinition]:
+    """``embedding_shards``, partitioned by shard (static partitions, one per shard of
+    :mod:`animal_assets.core.shards`), and ``embeddings``, which merges every shard back into
+    the one matrix the assets below read.
+
+    Each shard is its own run (a backfill of the partitions, or ``animal-assets run``), so shards
+    run side by side as Dagster runs: as processes here, as pods under the ``K8sRunLauncher``.
+    Declarative automation does not request a partitioned asset in the run of its unpartitioned
+    parent (Dagster's ``executable_in_same_run``: the partitions definitions must match), so
+    after a new ``raw_images`` the automation sensor reruns the shards on its next tick; until
+    they are all recomputed, ``embeddings`` skips (materializes nothing, and the assets below it
+    in that run are skipped too) and reruns as soon as they are.
+    """
+    from animal_assets.core.shards import parse_shard_key, shard_keys
+    from animal_assets.core.stages import embeddings as stage
+
+    partitions = dg.StaticPartitionsDefinition(shard_keys(shards))
+
+    @dg.asset(name=SHARD_ASSET, group_name=GROUP, tags=_part("cleaning"),
+              partitions_def=partitions, code_version="1", kinds={"pytorch"},
+              automation_condition=RERUN, op_tags={"dagster-k8s/config": SHARD_POD})
+    def embedding_shards(
+        context: dg.AssetExecutionContext, config: EmbeddingsConfig, raw_images: RawImages,
+        dataset: DatasetResource, storage: StorageResource, compute: DeviceResource,
+    ) -> dg.Output[stage.EmbeddingShard]:
+        """EfficientNet-Lite0 ImageNet features of the usable images of one shard (images by a
+        stable hash of their id); ``embeddings`` merges the shards."""
+        shard, n = parse_shard_key(context.partition_key)
+        return _materialize("embeddings", config,
+                            _run_context(context, dataset, storage, compute), storage,
+                            run=lambda cfg, ctx, **inputs: stage.run_shard(
+                                cfg, ctx, shard=shard, shards=n, **inputs),
+                            describe=stage.describe_shard, raw_images=raw_images)
+
+    @dg.asset(name="embeddings", group_name=GROUP, tags=_part("cleaning"),
+              code_version="2", kinds={"python"}, automation_condition=RERUN,
+              output_required=False)
+    def merged_embeddings(
+        context: dg.AssetExecutionContext, raw_images: RawImages,
+        embedding_shards: dict, dataset: DatasetResource, storage: StorageResource,
+    ):
+        """EfficientNet-Lite0 ImageNet features of every usable image, merged from
+        ``embedding_shards`` in the order of ``raw_images`` (the same matrix as unsharded)."""
+        try:
+            yield _materialize("embeddings", None, _run_context(context, dataset, storage),
+                               storage, run=stage.merge, raw_images=raw_images,
+                               embedding_shards=embedding_shards)
+        except stage.ShardsBehind as waiting:
+            context.log.info(f"{waiting}; nothing materialized")
+
+    return [embedding_shards, merged_embeddings]
+
+
+def pipeline_assets(shards: int = 1) -> list[dg.AssetsDefinition]:
+    """The graph's assets; with ``shards`` > 1, ``embeddings`` is computed per shard."""
+    if shards == 1:
+        return list(PIPELINE_ASSETS)
+    out = []
+    for asset in PIPELINE_ASSETS:
+        out.extend(sharded_embeddings(shards) if asset is embeddings else [asset])
+    return out

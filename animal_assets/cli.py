@@ -3,6 +3,7 @@
     animal-assets run --config demo                      # the built-in demo dataset
     animal-assets run --dataset ds801-train-set.tgz --test-set clean-test/ --json run.json
     animal-assets run --unsynced                         # rerun only what is out of date
+    ANIMAL_ASSETS_SHARDS=4 animal-assets run --parallel-shards 2   # embed in 4 shards, 2 at a time
     animal-assets observe --review review.csv            # record the input's and review's versions
     animal-assets status                                 # synced / unsynced per asset
 
@@ -26,6 +27,13 @@ from animal_assets.core.precision import PRECISIONS
 from animal_assets.core.preflight import ENV, RunInputs, expand
 
 
+def _positive(text: str) -> int:
+    """A whole number of at least 1 (an argparse type)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="animal-assets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="encoder and trainer arithmetic; auto: bf16 on CUDA and on CPUs with bf16 in "
                           "hardware (AMX, AVX-512 BF16), else fp32 (default: the run config's)")
     run.add_argument("--select", help="comma-separated assets to materialize (default: all)")
+    run.add_argument("--parallel-shards", type=_positive, default=1, metavar="N",
+                     help="on a sharded graph (ANIMAL_ASSETS_SHARDS > 1): run N shards at a time, "
+                          "each in its own process (default 1)")
     run.add_argument("--unsynced", action="store_true",
                      help="materialize only unsynced assets and what is downstream of them")
     run.add_argument("--json", help="write a run summary (per-asset time, memory, accuracy)")
@@ -236,10 +247,12 @@ def _main(args: argparse.Namespace) -> int:
                 "dataset", "truth", "test_set", "output", "review") else value
     if args.command == "run":
         from animal_assets.core.config import load_run_config, params_from_run_config
+        from animal_assets.core.shards import shards_from_environment
 
         # The inputs are checked before anything heavy is imported (torch, dagster) and before
         # the instance is touched, so a refusal answers at once; then the config.
         RunInputs.from_env().check(summary_json=args.json)
+        shards_from_environment()
         params_from_run_config(load_run_config(args.config))
     if not os.environ.get("DAGSTER_HOME"):
         # the project-local instance, as `make` sets it up: SQLite, no telemetry (runs offline)
@@ -268,7 +281,7 @@ def _main(args: argparse.Namespace) -> int:
         unsynced=args.unsynced, precision=args.precision,
         progress=None if args.no_progress else ProgressBar(sys.stderr),
         summary_json=str(expand(args.json)) if args.json else None,
-        console_errors=args.verbose,
+        console_errors=args.verbose, parallel_shards=args.parallel_shards,
     )
     if args.json:
         from animal_assets.core.atomic import write_json

@@ -1,16 +1,23 @@
-"""Which Dagster executor runs the jobs' steps, chosen when the definitions load.
+"""Which Dagster executor runs the jobs' steps, and in how many shards the per-image work is
+cut, both chosen when the definitions load.
 
 ``ANIMAL_ASSETS_EXECUTOR`` unset or empty: Dagster's default for the code location (each step a
 process on this machine). ``k8s``: dagster-k8s's ``k8s_job_executor``, each step a Kubernetes
 job (``pip install "animal-assets[k8s]"``); the pods' image, volumes and per-step resources
 (a GPU for ``embeddings`` and ``resnet34_model``) come from the run config's ``execution``
 section, as in ``deploy/k8s/run_config.yaml``. README, "Scaling out", has the deployment.
+
+``ANIMAL_ASSETS_SHARDS`` unset or 1: one ``embeddings`` step over every image. N > 1: the
+encoder's work is the partitioned asset ``embedding_shards``, one partition per shard of
+:mod:`animal_assets.core.shards`, merged by ``embeddings`` (:func:`animal_assets.assets.sharded_embeddings`).
 """
 from __future__ import annotations
 
 import os
 
 import dagster as dg
+
+from animal_assets.core.shards import SHARDS_VARIABLE, shards_from_environment  # noqa: F401 (re-exported)
 
 #: Environment variable: the executor of every job ("" for Dagster's default, or "k8s").
 EXECUTOR_VARIABLE = "ANIMAL_ASSETS_EXECUTOR"
@@ -35,3 +42,21 @@ def executor_from_environment() -> dg.ExecutorDefinition | None:
     except ImportError:
         raise ValueError(f"{EXECUTOR_VARIABLE}=k8s needs dagster-k8s: pip install 'animal-assets[k8s]'") from None
     return k8s_job_executor
+
+
+def sharded_run_config(run_config: dict, shards: int) -> dict:
+    """``run_config`` for a graph of ``shards`` shards: the encoder's settings, written under
+    ``embeddings`` as for one shard, belong to ``embedding_shards`` (the merge has none)."""
+    ops = dict(run_config.get("ops") or {})
+    if shards == 1 or "embeddings" not in ops:
+        return run_config
+    ops["embedding_shards"] = ops.pop("embeddings")
+    return {**run_config, "ops": ops}
+
+
+#: The Kubernetes resources of a shard's step (read by dagster-k8s from the op's tags, so a
+#: backfill of the shards, which takes no run config, asks for them too): one GPU for the encoder.
+SHARD_POD = {"container_config": {"resources": {
+    "requests": {"cpu": "4", "memory": "16Gi"},
+    "limits": {"memory": "32Gi", "nvidia.com/gpu": 1},
+}}}

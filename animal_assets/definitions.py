@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from animal_assets.assets import PIPELINE_ASSETS, input_dataset, review_file
+from animal_assets.assets import input_dataset, pipeline_assets, review_file
 from animal_assets.checks import ALL_CHECKS
-from animal_assets.cluster import executor_from_environment
+from animal_assets.cluster import executor_from_environment, sharded_run_config, shards_from_environment
 from animal_assets.core.config import load_run_config
 from animal_assets.loggers import console_logger
 from animal_assets.resources import default_resources
@@ -16,10 +16,13 @@ LOCATION = "animal_assets"
 JOB_OF_CONFIG = {"demo": "demo_pipeline"}
 
 
-def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.Definitions:
-    """The Definitions, with resources from the environment unless given, and the executor
-    ``ANIMAL_ASSETS_EXECUTOR`` names (:mod:`animal_assets.cluster`)."""
-    assets = assets or PIPELINE_ASSETS
+def build_defs(resources: dict | None = None, assets: list | None = None,
+               shards: int | None = None) -> dg.Definitions:
+    """The Definitions, with resources from the environment unless given, the executor
+    ``ANIMAL_ASSETS_EXECUTOR`` names and the per-image work in ``shards`` shards (default:
+    ``ANIMAL_ASSETS_SHARDS``, else 1) (:mod:`animal_assets.cluster`)."""
+    shards = shards_from_environment() if shards is None else shards
+    assets = assets or pipeline_assets(shards)
     return dg.Definitions(
         assets=[input_dataset, review_file, *assets],
         asset_checks=ALL_CHECKS,
@@ -34,7 +37,7 @@ def build_defs(resources: dict | None = None, assets: list | None = None) -> dg.
             ),
             dg.define_asset_job(
                 "demo_pipeline", selection=dg.AssetSelection.assets(*assets),
-                config=load_run_config("demo"),
+                config=sharded_run_config(load_run_config("demo"), shards),
                 description="The whole graph with the small, CPU-friendly demo config.",
             ),
         ],

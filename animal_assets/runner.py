@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from dataclasses import dataclass
 
 import dagster as dg
 
-from animal_assets.assets import PIPELINE_ASSETS
+from animal_assets.assets import SHARD_ASSET
+from animal_assets.cluster import sharded_run_config
 from animal_assets.core.atomic import OutputBusyError, output_lock
 from animal_assets.core.config import load_run_config
 from animal_assets.core.pipeline import summarise_run, with_precision
@@ -37,6 +39,12 @@ def _defs() -> dg.Definitions:
     from animal_assets.definitions import build_defs
 
     return build_defs()
+
+
+def pipeline_assets(defs: dg.Definitions) -> list:
+    """The graph's assets in the definitions (without the observable sources), in stage order."""
+    return [a for a in defs.assets
+            if isinstance(a, dg.AssetsDefinition) and a.key.to_user_string() not in SOURCES]
 
 
 def check_inputs(defs: dg.Definitions, *, summary_json: str | None = None) -> None:
@@ -115,25 +123,47 @@ def sync_status(
         now = versions[parent]
         return before != now and not (before == _INITIAL and now is None)
 
-    out: dict[str, str] = {}
-    for asset in PIPELINE_ASSETS:
-        key = asset.key
-        record = instance.fetch_materializations(key, limit=1).records
-        if not record:
-            out[key.to_user_string()] = "missing"
-            continue
-        provenance = dg.DataProvenance.from_tags(record[0].asset_materialization.tags)
+    def partitions_moved(parent: dg.AssetKey, storage_id: int | None) -> bool:
+        # What Dagster records for every partition of a parent together is a hash of theirs;
+        # the event it points at tells whether a partition was materialized since.
+        latest = instance.fetch_materializations(parent, limit=1).records
+        return storage_id is None or bool(latest) and latest[0].storage_id > storage_id
+
+    def unsynced_record(record, key) -> bool:
+        provenance = dg.DataProvenance.from_tags(record.asset_materialization.tags)
         parents = set(graph.get(key).parent_keys)
         code_version = defs.resolve_assets_def(key).code_versions_by_key.get(key)
-        unsynced = (
+        return (
             provenance is None
             or bool(code_version and code_version != provenance.code_version)
             or set(provenance.input_data_versions) != parents
-            or any(moved(p, v.value) for p, v in provenance.input_data_versions.items())
+            or any(partitions_moved(p, provenance.input_storage_ids.get(p))
+                   if graph.get(p).is_partitioned else moved(p, v.value)
+                   for p, v in provenance.input_data_versions.items())
         )
+
+    out: dict[str, str] = {}
+    for asset in pipeline_assets(defs):
+        key = asset.key
+        if asset.partitions_def is not None:  # every partition's latest materialization
+            keys = asset.partitions_def.get_partition_keys()
+            records = [instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[k]), limit=1).records
+                for k in keys]
+            if not all(records):
+                out[key.to_user_string()] = "missing"
+                continue
+            unsynced = any(unsynced_record(r[0], key) for r in records)
+        else:
+            record = instance.fetch_materializations(key, limit=1).records
+            if not record:
+                out[key.to_user_string()] = "missing"
+                continue
+            unsynced = unsynced_record(record[0], key)
         if unsynced:
             status = "unsynced"
-        elif any(out.get(p.to_user_string(), "synced") != "synced" for p in parents):
+        elif any(out.get(p.to_user_string(), "synced") != "synced"
+                 for p in graph.get(key).parent_keys):
             status = "upstream unsynced"
         else:
             status = "synced"
@@ -146,6 +176,7 @@ def run(
     instance: dg.DagsterInstance | None = None, defs: dg.Definitions | None = None,
     observe_first: bool = True, progress: ProgressBar | None = None,
     summary_json: str | None = None, precision: str | None = None, console_errors: bool = True,
+    parallel_shards: int = 1,
 ) -> dict:
     """Validate every input (:func:`check_inputs`), take the output folder's lock, then observe
     the input and the review file and materialize the selected assets (default: all) and their
@@ -160,7 +191,7 @@ def run(
     instance = instance or dg.DagsterInstance.get()
     defs = defs or _defs()
     check_inputs(defs, summary_json=summary_json)
-    names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
+    names = [a.key.to_user_string() for a in pipeline_assets(defs)]
     unknown = set(select or []) - set(names)
     if unknown:
         raise RunFailed(f"unknown asset(s) {sorted(unknown)}; the assets are {names}")
@@ -173,7 +204,7 @@ def run(
             return _run_locked(
                 run_id, config=config, select=select, unsynced=unsynced, instance=instance,
                 defs=defs, observe_first=observe_first, progress=progress, precision=precision,
-                console_errors=console_errors)
+                console_errors=console_errors, parallel_shards=parallel_shards)
     except OutputBusyError as err:
         raise RunFailed(str(err)) from None
 
@@ -221,11 +252,11 @@ def _restore_observations(instance: dg.DagsterInstance, before: dict[str, str | 
 
 
 def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observe_first, progress,
-                precision, console_errors) -> dict:
+                precision, console_errors, parallel_shards) -> dict:
     observed_before = _observed(instance)
     if observe_first:
         observe(instance, defs)
-    names = [a.key.to_user_string() for a in PIPELINE_ASSETS]
+    names = [a.key.to_user_string() for a in pipeline_assets(defs)]
     if unsynced:
         select = [n for n, s in sync_status(instance, defs).items() if s != "synced"]
         if not select:
@@ -233,30 +264,165 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     run_config = config if isinstance(config, dict) else load_run_config(config)
     if precision is not None:
         run_config = with_precision(run_config, precision)
+    shard_keys = _shard_keys(defs)
+    run_config = sharded_run_config(run_config, max(1, len(shard_keys)))
     tags = run_tags(config, run_config, defs)
-    job = defs.resolve_job_def(job_name(config, whole=not select))
-    if select:
-        job = job.get_subset(asset_selection={dg.AssetKey(n) for n in select})
-        # Dagster rejects config for ops outside the subset.
-        ops = {k: v for k, v in run_config.get("ops", {}).items() if k in select}
-        run_config = {**run_config, "ops": ops}
     console = {"log_level": "INFO" if progress is None else progress.console_level,
                "errors": console_errors}
     if progress is None:
         run_config = {"loggers": {"console": {"config": console}}, **run_config}
     else:
         progress.begin(select or names)
-        instance.add_event_listener(run_id, progress)
         run_config = {**run_config, "loggers": {"console": {"config": console}}}
-    result = job.execute_in_process(instance=instance, run_config=run_config,
-                                    raise_on_error=False, run_id=run_id, tags=tags)
+    if not shard_keys:
+        plan = [(select, None)]
+    else:
+        plan = _sharded_plan(defs, select or names)
+    results = []
+    for part, (selection, partitions) in enumerate(plan):
+        if partitions is None:
+            result = _execute(defs, config, selection, run_config, instance, tags,
+                              run_id=run_id if part == len(plan) - 1 else str(uuid.uuid4()),
+                              progress=progress)
+            outcomes = [(result.success, result)]
+        else:
+            outcomes = _execute_shards(defs, selection, run_config, instance, tags, partitions,
+                                       parallel_shards)
+        results.extend(r for _, r in outcomes)
+        failed = next((r for ok, r in outcomes if not ok), None)
+        if failed is not None:
+            if progress is not None:
+                progress.finish(False)
+            if not any(_materialized(r) for r in results):
+                _restore_observations(instance, observed_before)
+            raise RunFailed(failed if isinstance(failed, str) else _failure_line(failed),
+                            None if isinstance(failed, str) else failed)
     if progress is not None:
-        progress.finish(result.success)
-    if not result.success:
-        if not any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events):
-            _restore_observations(instance, observed_before)
-        raise RunFailed(_failure_line(result), result)
-    return _summary(result, defs)
+        progress.finish(True)
+    return _summary(results, defs)
+
+
+def _materialized(result) -> bool:
+    if isinstance(result, ShardRun):
+        return result.success
+    return any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events)
+
+
+def _execute(defs, config, selection, run_config, instance, tags, *, run_id, progress,
+             partition_key=None):
+    """One in-process run of ``selection`` (None: the whole graph)."""
+    job = defs.resolve_job_def(job_name(config, whole=not selection and not _shard_keys(defs)))
+    if selection or _shard_keys(defs):
+        job = job.get_subset(asset_selection={dg.AssetKey(n) for n in selection})
+        # Dagster rejects config for ops outside the subset.
+        ops = {k: v for k, v in run_config.get("ops", {}).items() if k in selection}
+        run_config = {**run_config, "ops": ops}
+    if progress is not None:
+        instance.add_event_listener(run_id, progress)
+    return job.execute_in_process(instance=instance, run_config=run_config,
+                                  raise_on_error=False, run_id=run_id, tags=tags,
+                                  partition_key=partition_key)
+
+
+def _shard_keys(defs: dg.Definitions) -> list[str]:
+    """The partition keys of the sharded asset; none for an unsharded graph."""
+    assets = [a for a in pipeline_assets(defs) if a.key.to_user_string() == SHARD_ASSET]
+    return assets[0].partitions_def.get_partition_keys() if assets else []
+
+
+def _sharded_plan(defs: dg.Definitions, selection: list[str]) -> list[tuple[list[str], list | None]]:
+    """The runs of ``selection`` on a sharded graph, in order: what lies above the shards, every
+    shard (one run each, a partition of ``embedding_shards``), what lies below them. The shards
+    join a selection that has assets both above and below them (a new raw_images must reach
+    ``embeddings`` through them)."""
+    graph = defs.resolve_asset_graph()
+    above = _reachable(graph, SHARD_ASSET, "parent_keys")
+    below = _reachable(graph, SHARD_ASSET, "child_keys")
+    selected = set(selection)
+    if selected & above and selected & below:
+        selected.add(SHARD_ASSET)
+    order = [a.key.to_user_string() for a in pipeline_assets(defs)]
+    first = [n for n in order if n in selected and n not in below and n != SHARD_ASSET]
+    last = [n for n in order if n in selected and n in below]
+    plan = []
+    if first:
+        plan.append((first, None))
+    if SHARD_ASSET in selected:
+        plan.append(([SHARD_ASSET], _shard_keys(defs)))
+    if last:
+        plan.append((last, None))
+    return plan
+
+
+def _reachable(graph, name: str, direction: str) -> set[str]:
+    """The assets above (``parent_keys``) or below (``child_keys``) ``name``."""
+    seen: set[str] = set()
+    todo = [dg.AssetKey(name)]
+    while todo:
+        for key in getattr(graph.get(todo.pop()), direction):
+            if key.to_user_string() not in seen:
+                seen.add(key.to_user_string())
+                todo.append(key)
+    return seen
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    """What a shard's run, executed in another process, reports back."""
+
+    run_id: str
+    partition: str
+    success: bool
+    failure: str
+    timings: dict
+
+
+def _execute_shards(defs, selection, run_config, instance, tags, keys, parallel_shards):
+    """Every shard's run: ``parallel_shards`` at a time, each in its own process (as a run
+    launcher would start them), or one after another in this process."""
+    ops = {k: v for k, v in run_config.get("ops", {}).items() if k in selection}
+    shard_config = {**run_config, "ops": ops}
+    if parallel_shards <= 1:
+        out = []
+        for key in keys:
+            result = _execute(defs, "pipeline", selection, shard_config, instance, tags,
+                              run_id=str(uuid.uuid4()), progress=None, partition_key=key)
+            out.append((result.success, result))
+            if not result.success:
+                break
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from animal_assets.core.jobs import cpu_cores
+
+    threads = max(1, cpu_cores() // parallel_shards)
+    # the resources travel as their fields (a ConfigurableResource does not pickle)
+    resources = {name: (type(r), r.model_dump()) for name, r in defs.resources.items()}
+    jobs = [(resources, len(keys), instance.get_ref(), shard_config, tags, key, threads)
+            for key in keys]
+    with ProcessPoolExecutor(max_workers=parallel_shards,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(_shard_run, jobs))
+    return [(run.success, run if run.success else run.failure) for run in runs]
+
+
+def _shard_run(job) -> ShardRun:
+    """One shard's run in a process of its own, on the same instance."""
+    resources, shards, instance_ref, run_config, tags, key, threads = job
+    import torch
+
+    from animal_assets.definitions import build_defs
+
+    torch.set_num_threads(threads)
+    defs = build_defs({name: cls(**fields) for name, (cls, fields) in resources.items()},
+                      shards=shards)
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        result = _execute(defs, "pipeline", [SHARD_ASSET], run_config, instance, tags,
+                          run_id=str(uuid.uuid4()), progress=None, partition_key=key)
+        return ShardRun(result.run_id, key, result.success,
+                        "" if result.success else _failure_line(result), _timings(result, defs))
+
 
 
 def job_name(config: str | dict, *, whole: bool = True) -> str:
@@ -352,34 +518,52 @@ def _error_line(data) -> str:
     return line
 
 
-def _summary(result, defs) -> dict:
+def _timings(result, defs) -> dict[str, dict]:
     timings: dict[str, dict] = {}
-    for asset in PIPELINE_ASSETS:
+    for asset in pipeline_assets(defs):
         name = asset.key.to_user_string()
         mats = result.asset_materializations_for_node(name)
         if mats:
             md = mats[-1].metadata
-            timings[name] = {
+            label = f"{name}[{mats[-1].partition}]" if mats[-1].partition else name
+            timings[label] = {
                 "seconds": md["wall_seconds"].value, "peak_rss_mb": md["peak_rss_mb"].value,
             }
-    checks = {
-        check_label(e): ("passed" if e.passed else f"failed ({e.severity.value}): {e.description}")
-        for e in result.get_asset_check_evaluations()
-    }
+    return timings
+
+
+def _summary(results: list, defs) -> dict:
+    """What the runs of one command did, the last run's report and checks first."""
+    timings: dict[str, dict] = {}
+    checks: dict[str, str] = {}
+    outputs = {}
+    for result in results:
+        if isinstance(result, ShardRun):
+            timings.update(result.timings)
+            continue
+        timings.update(_timings(result, defs))
+        checks.update({
+            check_label(e): ("passed" if e.passed else f"failed ({e.severity.value}): {e.description}")
+            for e in result.get_asset_check_evaluations()
+        })
+        for name in ("eval_report", "ablation_report"):
+            if result.asset_materializations_for_node(name):
+                outputs[name] = result.output_for_node(name)
     resources = defs.resources
     dataset = resources["dataset"]
-    if "eval_report" in timings:
-        report = result.output_for_node("eval_report")
-        summary = summarise_run(report, timings, dataset=dataset.path or "demo",
+    if "eval_report" in outputs:
+        summary = summarise_run(outputs["eval_report"], timings, dataset=dataset.path or "demo",
                                 device=resources["compute"].device)
     else:
         summary = {"assets": timings}
-    if "ablation_report" in timings:
-        ablation = result.output_for_node("ablation_report")
+    if "ablation_report" in outputs:
+        ablation = outputs["ablation_report"]
         summary["ablation"] = {"recipes": ablation["recipes"], "path": ablation["path"],
                                "markdown": ablation["markdown"]}
-    summary.update(run_id=result.run_id, checks=checks,
+    summary.update(run_id=results[-1].run_id, checks=checks,
                    outputs=str(resources["storage"].path()))
+    if len(results) > 1:
+        summary["run_ids"] = [r.run_id for r in results]
     return summary
 
 

@@ -27,6 +27,7 @@ SCRIPTS = [
     ("bench_embed.py", r"images/s at 64x64"),
     ("bench_ood_dims.py", r"OOD AUROC \(dims=64\)"),
     ("bench_precision.py", r"ResNet-34 training images/s"),
+    ("bench_shards.py", r"merged features equal one step's, byte for byte"),
 ]
 
 

@@ -71,3 +71,30 @@ def test_the_helm_values_run_the_code_location_with_the_kubernetes_executor():
     assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "animal_assets.definitions"]
     assert {e["name"]: e["value"] for e in deployment["env"]}[EXECUTOR_VARIABLE] == "k8s"
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+
+def test_a_sharded_graph_resolves_with_the_kubernetes_executor_and_each_shard_asks_for_a_gpu(monkeypatch):
+    """ANIMAL_ASSETS_SHARDS=16 on the cluster: a backfill of embedding_shards runs each shard as a
+    run of its own (a pod under the K8sRunLauncher); the shard's step asks for its GPU through
+    its op tags, which dagster-k8s reads for runs that carry no run config (a backfill's)."""
+    from dagster_k8s.job import USER_DEFINED_K8S_CONFIG_KEY, get_user_defined_k8s_config
+
+    monkeypatch.setenv(EXECUTOR_VARIABLE, "k8s")
+    monkeypatch.setenv("ANIMAL_ASSETS_SHARDS", "16")
+    defs = build_defs()
+    job = defs.resolve_job_def("pipeline")
+    assert job.executor_def.name == "k8s"
+    assert len(job.partitions_def.get_partition_keys()) == 16
+    run_config = yaml.safe_load((DEPLOY / "run_config.yaml").read_text())
+    dg.validate_run_config(job, run_config)
+    shard_step = job.graph.node_named("embedding_shards")
+    config = get_user_defined_k8s_config(shard_step.tags)
+    assert USER_DEFINED_K8S_CONFIG_KEY in shard_step.tags
+    assert int(config.container_config["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    assert "dagster-k8s/config" not in job.graph.node_named("embeddings").tags  # the merge: no GPU
+    values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert {e["name"]: e["value"] for e in deployment["env"]}["ANIMAL_ASSETS_SHARDS"] == "16"
+    coordinator = values["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["type"] == "QueuedRunCoordinator"
+    assert coordinator["config"]["queuedRunCoordinator"]["maxConcurrentRuns"] >= 4

@@ -39,7 +39,7 @@ from animal_assets.core.ingest import peek_labels
 OUTPUT_FOLDERS: dict[str, frozenset[str]] = {
     "raw_images": frozenset({"files", "images.npy", "manifest.csv", "raw.json", "violations.json"}),
     "image_quality": frozenset({"image_quality.csv", "quality_issues.jpg"}),
-    "embeddings": frozenset({"embeddings.npy", "cache"}),
+    "embeddings": frozenset({"embeddings.npy", "cache", "shards"}),
     "neighbours": frozenset({"indices.npy", "distances.npy"}),
     "ood_scores": frozenset({"ood_scores.csv", "most_outlying.jpg", "scores.png"}),
     "near_duplicates": frozenset({"near_duplicates.csv", "pairs.csv", "groups.csv",

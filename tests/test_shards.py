@@ -1,0 +1,256 @@
+"""Shards: the per-image work cut by a stable hash of the image id, one Dagster partition per
+shard, merged back for the assets that read every image.
+
+The graph runs on the tiny demo set once unsharded and once in four shards on two processes;
+the merged features must be the unsharded ones bit for bit, and the rerun loop (an observed
+input change, the automation's requests, ``--unsynced``) must hold on the sharded graph.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from animal_assets import runner
+from animal_assets.cluster import SHARDS_VARIABLE, sharded_run_config, shards_from_environment
+from animal_assets.core.shards import (
+    MAX_SHARDS,
+    check_count,
+    parse_shard_key,
+    shard_key,
+    shard_keys,
+    shard_of,
+    shard_rows,
+)
+from animal_assets.core.synthetic.demo import make_demo_dataset
+from animal_assets.definitions import build_defs
+from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
+from tests.graph import TINY, sqlite_instance
+
+#: The assets the automation reruns below an input change (the shards are added by the run).
+BEFORE_TRAINING = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores",
+                   "near_duplicates", "clean_labels", "val_split", "balanced_train"]
+
+
+# -- which image goes where ----------------------------------------------------------------------
+
+
+def test_an_image_keeps_its_shard_and_every_image_is_in_exactly_one():
+    ids = [f"img_{k:05d}" for k in range(4000)]
+    rows = [shard_rows(ids, k, 4) for k in range(4)]
+    assert sorted(np.concatenate(rows).tolist()) == list(range(4000))
+    assert all(900 < len(r) < 1100 for r in rows), [len(r) for r in rows]  # about N / 4 each
+    # more images: the old ones stay in their shard, at their old positions
+    grown = ids + [f"img_new_{k}" for k in range(500)]
+    for k in range(4):
+        again = shard_rows(grown, k, 4)
+        assert again[again < 4000].tolist() == rows[k].tolist()
+
+
+def test_an_image_id_hashes_the_same_in_every_process():
+    # Python's own hash() is salted per process; the shard must not be. Pinned: the first 8
+    # bytes of sha256(id) as a big-endian integer, modulo the count.
+    assert shard_of("img_0a1b2c3d-0000-4000-8000-000000000000", 16) == 0
+    assert [shard_of("img_00000", n) for n in (1, 2, 3, 4, 16)] == [0, 0, 1, 2, 10]
+
+
+def test_shard_names_sort_in_order_and_say_the_count():
+    assert shard_keys(4) == ["0-of-4", "1-of-4", "2-of-4", "3-of-4"]
+    assert shard_keys(16)[:2] == ["00-of-16", "01-of-16"] and shard_key(15, 16) == "15-of-16"
+    assert sorted(shard_keys(16)) == shard_keys(16)
+    assert [parse_shard_key(k) for k in shard_keys(3)] == [(0, 3), (1, 3), (2, 3)]
+    for bad in ("3", "4-of-4", "1-of-x", "01-of-4", "0-of-0"):
+        with pytest.raises(ValueError, match="not a shard name"):
+            parse_shard_key(bad)
+    for bad in (0, -1, MAX_SHARDS + 1, 2.0, True):
+        with pytest.raises(ValueError, match="whole number"):
+            check_count(bad)
+
+
+def test_the_shard_count_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(SHARDS_VARIABLE, raising=False)
+    assert shards_from_environment() == 1
+    monkeypatch.setenv(SHARDS_VARIABLE, " 8 ")
+    assert shards_from_environment() == 8
+    for bad in ("0", "two", "1.5", str(MAX_SHARDS + 1)):
+        monkeypatch.setenv(SHARDS_VARIABLE, bad)
+        with pytest.raises(ValueError, match=f"{SHARDS_VARIABLE}='{bad}': must be a whole number"):
+            shards_from_environment()
+
+
+def test_the_encoder_settings_go_to_the_shards():
+    config = {"ops": {"embeddings": {"config": {"image_size": 64}}, "val_split": {"config": {}}}}
+    assert sharded_run_config(config, 1) == config
+    assert sharded_run_config(config, 4) == {
+        "ops": {"embedding_shards": {"config": {"image_size": 64}}, "val_split": {"config": {}}}}
+
+
+def test_the_unsharded_graph_has_no_partitions_and_the_sharded_one_draws_the_merge():
+    plain = build_defs(shards=1).resolve_asset_graph()
+    assert not any(plain.get(k).is_partitioned for k in plain.get_all_asset_keys())
+    assert dg.AssetKey("embedding_shards") not in plain.get_all_asset_keys()
+    graph = build_defs(shards=4).resolve_asset_graph()
+    shards = graph.get(dg.AssetKey("embedding_shards"))
+    assert shards.partitions_def.get_partition_keys() == shard_keys(4)
+    assert set(shards.parent_keys) == {dg.AssetKey("raw_images")}
+    assert set(graph.get(dg.AssetKey("embeddings")).parent_keys) == {
+        dg.AssetKey("raw_images"), dg.AssetKey("embedding_shards")}
+    assert [k for k in graph.get_all_asset_keys() if graph.get(k).is_partitioned] == [shards.key]
+
+
+# -- the sharded graph -----------------------------------------------------------------------------
+
+
+@dataclass
+class Graph:
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    out: Path
+    dataset: Path
+
+
+def _graph(tmp: Path, dataset: Path, truth: Path, shards: int) -> Graph:
+    tmp.mkdir(parents=True, exist_ok=True)
+    defs = build_defs({
+        "storage": StorageResource(root=str(tmp / "out")),
+        "dataset": DatasetResource(path=str(dataset), truth_path=str(truth), demo_size="tiny"),
+        "compute": DeviceResource(device="cpu"),
+    }, shards=shards)
+    return Graph(sqlite_instance(tmp), defs, tmp / "out", dataset)
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    """The tiny demo set up to balanced_train, unsharded and in four shards on two processes."""
+    tmp = tmp_path_factory.mktemp("shards")
+    demo = make_demo_dataset(tmp / "demo", seed=0, size="tiny")
+    dataset = tmp / "input"
+    shutil.copytree(demo.dataset_dir, dataset)
+    one = _graph(tmp / "one", dataset, Path(demo.truth_path), 1)
+    runner.run(config=TINY, instance=one.instance, defs=one.defs, select=BEFORE_TRAINING)
+    four = _graph(tmp / "four", dataset, Path(demo.truth_path), 4)
+    summary = runner.run(config=TINY, instance=four.instance, defs=four.defs,
+                         select=BEFORE_TRAINING, parallel_shards=2)
+    return one, four, summary, tmp, demo
+
+
+@pytest.mark.slow
+def test_four_shards_on_two_processes_embed_bit_for_bit_as_one(graphs):
+    one, four, summary, _, _ = graphs
+    assert [n for n in summary["assets"] if n.startswith("embedding_shards")] == [
+        f"embedding_shards[{k}]" for k in shard_keys(4)]
+    assert len(summary["run_ids"]) == 1 + 4 + 1  # above the shards, each shard, below them
+    whole = np.load(one.out / "embeddings" / "embeddings.npy")
+    merged = np.load(four.out / "embeddings" / "embeddings.npy")
+    assert merged.dtype == whole.dtype == np.float32 and merged.shape == whole.shape
+    assert merged.tobytes() == whole.tobytes()
+    # each shard holds its own images' rows, no more
+    ids = pd.read_csv(four.out / "raw_images" / "manifest.csv").query("status == 'ok'") \
+        .sort_values("index")["id"].tolist()
+    for k in range(4):
+        part = np.load(four.out / "embeddings" / "shards" / shard_key(k, 4) / "embeddings.npy")
+        assert part.tobytes() == whole[shard_rows(ids, k, 4)].tobytes()
+    # so everything below is the same: the decisions, the validation set, the training set
+    for path in ("clean_labels/decisions.csv", "val_split/ids.csv"):
+        assert (four.out / path).read_bytes() == (one.out / path).read_bytes(), path
+    # each shard's run is a run of the pipeline job with its partition
+    runs = four.instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": shard_key(2, 4)}))
+    assert [r.dagster_run.job_name for r in runs] == ["pipeline"]
+    assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    status = runner.sync_status(four.instance, four.defs)
+    assert [status[n] for n in ["embedding_shards", *BEFORE_TRAINING]] == ["synced"] * 10
+
+
+@pytest.mark.slow
+def test_the_merge_waits_for_shards_behind_raw_images(graphs):
+    """What the automation sensor's first run after a new raw_images does: the shards are not in
+    it, so ``embeddings`` skips, and the assets below it in the run are skipped, not failed."""
+    _, four, _, tmp, demo = graphs
+    copy = tmp / "behind"
+    shutil.copytree(four.out.parent, copy)
+    dataset = tmp / "behind-input"
+    shutil.copytree(four.dataset, dataset)
+    _remove_one_image(dataset)
+    graph = _graph(copy, dataset, Path(demo.truth_path), 4)
+    runner.observe(graph.instance, graph.defs)  # what makes the sensor request raw_images
+    job = graph.defs.resolve_job_def("pipeline").get_subset(asset_selection={
+        dg.AssetKey(n) for n in ("raw_images", "embeddings", "neighbours")})
+    result = job.execute_in_process(instance=graph.instance, raise_on_error=False,
+                                    run_config={"ops": {}})
+    assert result.success
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert done == {"raw_images"}
+    skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
+    assert skipped == {"neighbours"}
+    logged = " ".join(e.user_message for e in graph.instance.all_logs(result.run_id))
+    assert "were embedded from another raw_images materialization" in logged
+    assert runner.sync_status(graph.instance, graph.defs)["embedding_shards"] == "unsynced"
+
+
+def _remove_one_image(dataset: Path) -> int:
+    """Take the first image and its label out of ``dataset``; the images left."""
+    labels_path = dataset / "data-labels.json"
+    labels = json.loads(labels_path.read_text())
+    gone = sorted(labels)[0]
+    del labels[gone]
+    labels_path.write_text(json.dumps(labels))
+    (dataset / "imgs" / f"{gone}.jpg").unlink()
+    return len(labels)
+
+
+def _requested(defs, instance, cursor):
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    names = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
+             if result.get_num_requested(k)]
+    return sorted(names), result.cursor
+
+
+@pytest.mark.slow
+def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
+    _, four, _, tmp, demo = graphs
+    copy = tmp / "loop"
+    shutil.copytree(four.out.parent, copy)
+    dataset = tmp / "loop-input"
+    shutil.copytree(four.dataset, dataset)
+    graph = _graph(copy, dataset, Path(demo.truth_path), 4)
+    requested, cursor = _requested(graph.defs, graph.instance, None)
+    assert requested == []  # synced
+
+    _remove_one_image(dataset)
+    runner.observe(graph.instance, graph.defs)
+    requested, cursor = _requested(graph.defs, graph.instance, cursor)
+    # Dagster requests the shards on the tick after raw_images (see assets.sharded_embeddings);
+    # a run of this selection adds them between raw_images and embeddings
+    assert requested == sorted(BEFORE_TRAINING)
+    summary = runner.run(config=TINY, instance=graph.instance, defs=graph.defs, select=requested,
+                         observe_first=False)
+    assert sorted(summary["assets"]) == sorted(
+        [*BEFORE_TRAINING, *(f"embedding_shards[{k}]" for k in shard_keys(4))])
+    for k in shard_keys(4):  # every image left was read from its shard's feature cache
+        event = graph.instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("embedding_shards"), asset_partitions=[k]), limit=1).records[0]
+        md = event.asset_materialization.metadata
+        assert md["n_from_cache"].value == md["n"].value > 0
+    requested, cursor = _requested(graph.defs, graph.instance, cursor)
+    assert requested == []  # the rerun settled it
+    status = runner.sync_status(graph.instance, graph.defs)
+    assert [status[n] for n in ["embedding_shards", *BEFORE_TRAINING]] == ["synced"] * 10
+
+    # another change, rerun with --unsynced: the shards are found unsynced and run first
+    left = _remove_one_image(dataset)
+    summary = runner.run(config=TINY, instance=graph.instance, defs=graph.defs, unsynced=True)
+    ran = sorted(summary["assets"])
+    assert [n for n in ran if n.startswith("embedding_shards")] == [
+        f"embedding_shards[{k}]" for k in shard_keys(4)]
+    status = runner.sync_status(graph.instance, graph.defs)
+    assert [status[n] for n in ["embedding_shards", *BEFORE_TRAINING]] == ["synced"] * 10
+    merged = np.load(copy / "out" / "embeddings" / "embeddings.npy")
+    assert merged.shape[0] == left
+    requested, cursor = _requested(graph.defs, graph.instance, cursor)
+    assert requested == []
