@@ -433,68 +433,101 @@ PIPELINE_ASSETS = [
 
 # -- shards ------------------------------------------------------------------------------------
 
-#: The partitioned asset of a sharded graph: the encoder's work, one partition per shard.
-SHARD_ASSET = "embedding_shards"
+#: The partitioned assets of a sharded graph, one partition per shard, by the stage they shard.
+SHARD_ASSETS = {"image_quality": "image_quality_shards", "embeddings": "embedding_shards"}
 
 
-def sharded_embeddings(shards: int) -> list[dg.AssetsDefinition]:
-    """``embedding_shards``, partitioned by shard (static partitions, one per shard of
-    :mod:`animal_assets.core.shards`), and ``embeddings``, which merges every shard back into
-    the one matrix the assets below read.
+def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
+    """For ``image_quality`` and ``embeddings``: the stage's per-shard asset, partitioned by
+    shard (static partitions, one per shard of :mod:`animal_assets.core.shards`), and the stage's
+    own asset, which merges every shard back into the one result the assets below read.
 
     Each shard is its own run (a backfill of the partitions, or ``animal-assets run``), so shards
     run side by side as Dagster runs: as processes here, as pods under the ``K8sRunLauncher``.
     Declarative automation does not request a partitioned asset in the run of its unpartitioned
     parent (Dagster's ``executable_in_same_run``: the partitions definitions must match), so
     after a new ``raw_images`` the automation sensor reruns the shards on its next tick; until
-    they are all recomputed, ``embeddings`` skips (materializes nothing, and the assets below it
-    in that run are skipped too) and reruns as soon as they are.
+    they are all recomputed, the merge skips (materializes nothing, and the assets below it in
+    that run are skipped too) and reruns as soon as they are.
     """
-    from animal_assets.core.shards import parse_shard_key, shard_keys
-    from animal_assets.core.stages import embeddings as stage
+    from animal_assets.core.shards import ShardsBehind, parse_shard_key, shard_keys
+    from animal_assets.core.stages import embeddings as embedding_stage
+    from animal_assets.core.stages import image_quality as quality_stage
 
     partitions = dg.StaticPartitionsDefinition(shard_keys(shards))
 
-    @dg.asset(name=SHARD_ASSET, group_name=GROUP, tags=_part("cleaning"),
-              partitions_def=partitions, code_version="1", kinds={"pytorch"},
-              automation_condition=RERUN, op_tags={"dagster-k8s/config": SHARD_POD})
-    def embedding_shards(
-        context: dg.AssetExecutionContext, config: EmbeddingsConfig, raw_images: RawImages,
-        dataset: DatasetResource, storage: StorageResource, compute: DeviceResource,
-    ) -> dg.Output[stage.EmbeddingShard]:
-        """EfficientNet-Lite0 ImageNet features of the usable images of one shard (images by a
-        stable hash of their id); ``embeddings`` merges the shards."""
-        shard, n = parse_shard_key(context.partition_key)
-        return _materialize("embeddings", config,
-                            _run_context(context, dataset, storage, compute), storage,
-                            run=lambda cfg, ctx, **inputs: stage.run_shard(
-                                cfg, ctx, shard=shard, shards=n, **inputs),
-                            describe=stage.describe_shard, raw_images=raw_images)
+    def shard_asset(name: str, module, config_type, *, kinds, op_tags, device: bool, doc: str):
+        @dg.asset(name=SHARD_ASSETS[name], group_name=GROUP, tags=_part(_PART[name]),
+                  partitions_def=partitions, code_version="1", kinds=kinds,
+                  automation_condition=RERUN, op_tags=op_tags, description=doc)
+        def per_shard(
+            context: dg.AssetExecutionContext, config: config_type, raw_images: RawImages,
+            dataset: DatasetResource, storage: StorageResource, compute: DeviceResource,
+        ) -> dg.Output:
+            shard, n = parse_shard_key(context.partition_key)
+            return _materialize(name, config,
+                                _run_context(context, dataset, storage, compute if device else None),
+                                storage,
+                                run=lambda cfg, ctx, **inputs: module.run_shard(
+                                    cfg, ctx, shard=shard, shards=n, **inputs),
+                                describe=module.describe_shard, raw_images=raw_images)
 
-    @dg.asset(name="embeddings", group_name=GROUP, tags=_part("cleaning"),
-              code_version="2", kinds={"python"}, automation_condition=RERUN,
-              output_required=False)
-    def merged_embeddings(
-        context: dg.AssetExecutionContext, raw_images: RawImages,
-        embedding_shards: dict, dataset: DatasetResource, storage: StorageResource,
-    ):
-        """EfficientNet-Lite0 ImageNet features of every usable image, merged from
-        ``embedding_shards`` in the order of ``raw_images`` (the same matrix as unsharded)."""
-        try:
-            yield _materialize("embeddings", None, _run_context(context, dataset, storage),
-                               storage, run=stage.merge, raw_images=raw_images,
-                               embedding_shards=embedding_shards)
-        except stage.ShardsBehind as waiting:
-            context.log.info(f"{waiting}; nothing materialized")
+        return per_shard
 
-    return [embedding_shards, merged_embeddings]
+    def merge_asset(name: str, module, *, code_version: str, doc: str):
+        shard_name = SHARD_ASSETS[name]
+
+        @dg.asset(name=name, group_name=GROUP, tags=_part(_PART[name]),
+                  ins={"shards": dg.AssetIn(shard_name)}, code_version=code_version,
+                  kinds={"python"}, automation_condition=RERUN, output_required=False,
+                  description=doc)
+        def merged(context: dg.AssetExecutionContext, raw_images: RawImages, shards: dict,
+                   dataset: DatasetResource, storage: StorageResource):
+            try:
+                yield _materialize(name, None, _run_context(context, dataset, storage), storage,
+                                   run=module.merge, raw_images=raw_images,
+                                   **{shard_name: shards})
+            except ShardsBehind as waiting:
+                context.log.info(f"{waiting}; nothing materialized")
+
+        return merged
+
+    return {
+        "image_quality": [
+            shard_asset("image_quality", quality_stage, ImageQualityConfig, kinds={"python"},
+                        op_tags=None, device=False,
+                        doc="Quality scores and flags of the usable images of one shard (images "
+                            "by a stable hash of their id); image_quality merges the shards."),
+            merge_asset("image_quality", quality_stage, code_version="1",
+                        doc="Quality scores and flags of every usable image, merged from "
+                            "image_quality_shards in the order of raw_images (the same table as "
+                            "unsharded). Under policy drop, clean_labels drops the flagged images."),
+        ],
+        "embeddings": [
+            shard_asset("embeddings", embedding_stage, EmbeddingsConfig, kinds={"pytorch"},
+                        op_tags={"dagster-k8s/config": SHARD_POD}, device=True,
+                        doc="EfficientNet-Lite0 ImageNet features of the usable images of one "
+                            "shard (images by a stable hash of their id); embeddings merges the "
+                            "shards."),
+            merge_asset("embeddings", embedding_stage, code_version="2",
+                        doc="EfficientNet-Lite0 ImageNet features of every usable image, merged "
+                            "from embedding_shards in the order of raw_images (the same matrix as "
+                            "unsharded)."),
+        ],
+    }
+
+
+#: The part tag of each sharded stage's assets.
+_PART = {"image_quality": "input", "embeddings": "cleaning"}
 
 
 def pipeline_assets(shards: int = 1) -> list[dg.AssetsDefinition]:
-    """The graph's assets; with ``shards`` > 1, ``embeddings`` is computed per shard."""
+    """The graph's assets; with ``shards`` > 1, ``image_quality`` and ``embeddings`` are
+    computed per shard (:func:`sharded_assets`)."""
     if shards == 1:
         return list(PIPELINE_ASSETS)
+    sharded = sharded_assets(shards)
     out = []
     for asset in PIPELINE_ASSETS:
-        out.extend(sharded_embeddings(shards) if asset is embeddings else [asset])
+        out.extend(sharded.get(asset.key.to_user_string(), [asset]))
     return out

@@ -45,12 +45,17 @@ def executor_from_environment() -> dg.ExecutorDefinition | None:
 
 
 def sharded_run_config(run_config: dict, shards: int) -> dict:
-    """``run_config`` for a graph of ``shards`` shards: the encoder's settings, written under
-    ``embeddings`` as for one shard, belong to ``embedding_shards`` (the merge has none)."""
+    """``run_config`` for a graph of ``shards`` shards: the settings of a sharded stage, written
+    under its name as for one shard (``embeddings``, ``image_quality``), belong to its per-shard
+    asset (``embedding_shards``, ``image_quality_shards``); the merges have none."""
+    from animal_assets.assets import SHARD_ASSETS
+
     ops = dict(run_config.get("ops") or {})
-    if shards == 1 or "embeddings" not in ops:
+    if shards == 1 or not set(SHARD_ASSETS) & set(ops):
         return run_config
-    ops["embedding_shards"] = ops.pop("embeddings")
+    for stage, per_shard in SHARD_ASSETS.items():
+        if stage in ops:
+            ops[per_shard] = ops.pop(stage)
     return {**run_config, "ops": ops}
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from animal_assets.assets import SHARD_ASSET
+from animal_assets.assets import SHARD_ASSETS
 from animal_assets.cluster import sharded_run_config
 from animal_assets.core.atomic import OutputBusyError, output_lock
 from animal_assets.core.config import load_run_config
@@ -324,31 +324,40 @@ def _execute(defs, config, selection, run_config, instance, tags, *, run_id, pro
                                   partition_key=partition_key)
 
 
+def _sharded(defs: dg.Definitions) -> list[str]:
+    """The partitioned (per-shard) assets of the graph, in stage order; none when unsharded."""
+    return [a.key.to_user_string() for a in pipeline_assets(defs)
+            if a.key.to_user_string() in SHARD_ASSETS.values() and a.partitions_def is not None]
+
+
 def _shard_keys(defs: dg.Definitions) -> list[str]:
-    """The partition keys of the sharded asset; none for an unsharded graph."""
-    assets = [a for a in pipeline_assets(defs) if a.key.to_user_string() == SHARD_ASSET]
-    return assets[0].partitions_def.get_partition_keys() if assets else []
+    """The shards' partition keys; none for an unsharded graph."""
+    names = _sharded(defs)
+    return defs.resolve_assets_def(names[0]).partitions_def.get_partition_keys() if names else []
 
 
 def _sharded_plan(defs: dg.Definitions, selection: list[str]) -> list[tuple[list[str], list | None]]:
-    """The runs of ``selection`` on a sharded graph, in order: what lies above the shards, every
-    shard (one run each, a partition of ``embedding_shards``), what lies below them. The shards
-    join a selection that has assets both above and below them (a new raw_images must reach
-    ``embeddings`` through them)."""
+    """The runs of ``selection`` on a sharded graph, in order: what lies above the per-shard
+    assets, every shard (one run each, the shard's partition of each selected per-shard asset),
+    what lies below them. A per-shard asset joins a selection that has assets both above and
+    below it (a new raw_images must reach its merge through it)."""
     graph = defs.resolve_asset_graph()
-    above = _reachable(graph, SHARD_ASSET, "parent_keys")
-    below = _reachable(graph, SHARD_ASSET, "child_keys")
     selected = set(selection)
-    if selected & above and selected & below:
-        selected.add(SHARD_ASSET)
+    below: set[str] = set()
+    for name in _sharded(defs):
+        under = _reachable(graph, name, "child_keys")
+        if selected & _reachable(graph, name, "parent_keys") and selected & under:
+            selected.add(name)
+        below |= under
+    per_shard = [n for n in _sharded(defs) if n in selected]
     order = [a.key.to_user_string() for a in pipeline_assets(defs)]
-    first = [n for n in order if n in selected and n not in below and n != SHARD_ASSET]
+    first = [n for n in order if n in selected and n not in below and n not in per_shard]
     last = [n for n in order if n in selected and n in below]
     plan = []
     if first:
         plan.append((first, None))
-    if SHARD_ASSET in selected:
-        plan.append(([SHARD_ASSET], _shard_keys(defs)))
+    if per_shard:
+        plan.append((per_shard, _shard_keys(defs)))
     if last:
         plan.append((last, None))
     return plan
@@ -399,7 +408,7 @@ def _execute_shards(defs, selection, run_config, instance, tags, keys, parallel_
     threads = max(1, cpu_cores() // parallel_shards)
     # the resources travel as their fields (a ConfigurableResource does not pickle)
     resources = {name: (type(r), r.model_dump()) for name, r in defs.resources.items()}
-    jobs = [(resources, len(keys), instance.get_ref(), shard_config, tags, key, threads)
+    jobs = [(resources, len(keys), instance.get_ref(), selection, shard_config, tags, key, threads)
             for key in keys]
     with ProcessPoolExecutor(max_workers=parallel_shards,
                              mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -409,7 +418,7 @@ def _execute_shards(defs, selection, run_config, instance, tags, keys, parallel_
 
 def _shard_run(job) -> ShardRun:
     """One shard's run in a process of its own, on the same instance."""
-    resources, shards, instance_ref, run_config, tags, key, threads = job
+    resources, shards, instance_ref, selection, run_config, tags, key, threads = job
     import torch
 
     from animal_assets.definitions import build_defs
@@ -418,7 +427,7 @@ def _shard_run(job) -> ShardRun:
     defs = build_defs({name: cls(**fields) for name, (cls, fields) in resources.items()},
                       shards=shards)
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        result = _execute(defs, "pipeline", [SHARD_ASSET], run_config, instance, tags,
+        result = _execute(defs, "pipeline", selection, run_config, instance, tags,
                           run_id=str(uuid.uuid4()), progress=None, partition_key=key)
         return ShardRun(result.run_id, key, result.success,
                         "" if result.success else _failure_line(result), _timings(result, defs))

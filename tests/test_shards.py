@@ -36,6 +36,12 @@ from tests.graph import TINY, sqlite_instance
 #: The assets the automation reruns below an input change (the shards are added by the run).
 BEFORE_TRAINING = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores",
                    "near_duplicates", "clean_labels", "val_split", "balanced_train"]
+#: The per-shard assets of a sharded graph.
+PER_SHARD = ["image_quality_shards", "embedding_shards"]
+
+
+def _shard_runs(keys) -> list[str]:
+    return sorted(f"{name}[{k}]" for name in PER_SHARD for k in keys)
 
 
 # -- which image goes where ----------------------------------------------------------------------
@@ -84,24 +90,31 @@ def test_the_shard_count_comes_from_the_environment(monkeypatch):
             shards_from_environment()
 
 
-def test_the_encoder_settings_go_to_the_shards():
-    config = {"ops": {"embeddings": {"config": {"image_size": 64}}, "val_split": {"config": {}}}}
+def test_the_settings_of_a_sharded_stage_go_to_its_shards():
+    config = {"ops": {"embeddings": {"config": {"image_size": 64}}, "val_split": {"config": {}},
+                      "image_quality": {"config": {"policy": "drop"}}}}
     assert sharded_run_config(config, 1) == config
-    assert sharded_run_config(config, 4) == {
-        "ops": {"embedding_shards": {"config": {"image_size": 64}}, "val_split": {"config": {}}}}
+    assert sharded_run_config(config, 4) == {"ops": {
+        "embedding_shards": {"config": {"image_size": 64}}, "val_split": {"config": {}},
+        "image_quality_shards": {"config": {"policy": "drop"}}}}
 
 
-def test_the_unsharded_graph_has_no_partitions_and_the_sharded_one_draws_the_merge():
+def test_the_unsharded_graph_has_no_partitions_and_the_sharded_one_draws_the_merges():
     plain = build_defs(shards=1).resolve_asset_graph()
     assert not any(plain.get(k).is_partitioned for k in plain.get_all_asset_keys())
-    assert dg.AssetKey("embedding_shards") not in plain.get_all_asset_keys()
+    assert {k.to_user_string() for k in plain.get_all_asset_keys()}.isdisjoint(PER_SHARD)
     graph = build_defs(shards=4).resolve_asset_graph()
-    shards = graph.get(dg.AssetKey("embedding_shards"))
-    assert shards.partitions_def.get_partition_keys() == shard_keys(4)
-    assert set(shards.parent_keys) == {dg.AssetKey("raw_images")}
-    assert set(graph.get(dg.AssetKey("embeddings")).parent_keys) == {
-        dg.AssetKey("raw_images"), dg.AssetKey("embedding_shards")}
-    assert [k for k in graph.get_all_asset_keys() if graph.get(k).is_partitioned] == [shards.key]
+    for stage, per_shard in zip(("image_quality", "embeddings"), PER_SHARD):
+        shards = graph.get(dg.AssetKey(per_shard))
+        assert shards.partitions_def.get_partition_keys() == shard_keys(4)
+        assert set(shards.parent_keys) == {dg.AssetKey("raw_images")}
+        assert set(graph.get(dg.AssetKey(stage)).parent_keys) == {
+            dg.AssetKey("raw_images"), dg.AssetKey(per_shard)}
+        # what read the stage reads the merge, as unsharded
+        assert {k.to_user_string() for k in graph.get(dg.AssetKey(stage)).child_keys} == {
+            k.to_user_string() for k in plain.get(dg.AssetKey(stage)).child_keys}
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()
+                  if graph.get(k).is_partitioned) == sorted(PER_SHARD)
 
 
 # -- the sharded graph -----------------------------------------------------------------------------
@@ -143,8 +156,7 @@ def graphs(tmp_path_factory):
 @pytest.mark.slow
 def test_four_shards_on_two_processes_embed_bit_for_bit_as_one(graphs):
     one, four, summary, _, _ = graphs
-    assert [n for n in summary["assets"] if n.startswith("embedding_shards")] == [
-        f"embedding_shards[{k}]" for k in shard_keys(4)]
+    assert sorted(n for n in summary["assets"] if "[" in n) == _shard_runs(shard_keys(4))
     assert len(summary["run_ids"]) == 1 + 4 + 1  # above the shards, each shard, below them
     whole = np.load(one.out / "embeddings" / "embeddings.npy")
     merged = np.load(four.out / "embeddings" / "embeddings.npy")
@@ -157,14 +169,15 @@ def test_four_shards_on_two_processes_embed_bit_for_bit_as_one(graphs):
         part = np.load(four.out / "embeddings" / "shards" / shard_key(k, 4) / "embeddings.npy")
         assert part.tobytes() == whole[shard_rows(ids, k, 4)].tobytes()
     # so everything below is the same: the decisions, the validation set, the training set
-    for path in ("clean_labels/decisions.csv", "val_split/ids.csv"):
+    for path in ("image_quality/image_quality.csv", "clean_labels/decisions.csv",
+                 "val_split/ids.csv"):
         assert (four.out / path).read_bytes() == (one.out / path).read_bytes(), path
     # each shard's run is a run of the pipeline job with its partition
     runs = four.instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": shard_key(2, 4)}))
     assert [r.dagster_run.job_name for r in runs] == ["pipeline"]
     assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
     status = runner.sync_status(four.instance, four.defs)
-    assert [status[n] for n in ["embedding_shards", *BEFORE_TRAINING]] == ["synced"] * 10
+    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 11
 
 
 @pytest.mark.slow
@@ -189,7 +202,8 @@ def test_the_merge_waits_for_shards_behind_raw_images(graphs):
     skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
     assert skipped == {"neighbours"}
     logged = " ".join(e.user_message for e in graph.instance.all_logs(result.run_id))
-    assert "were embedded from another raw_images materialization" in logged
+    assert "embeddings: shards ['0-of-4', '1-of-4', '2-of-4', '3-of-4'] were computed from " \
+        "another raw_images materialization" in logged
     assert runner.sync_status(graph.instance, graph.defs)["embedding_shards"] == "unsynced"
 
 
@@ -230,8 +244,7 @@ def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
     assert requested == sorted(BEFORE_TRAINING)
     summary = runner.run(config=TINY, instance=graph.instance, defs=graph.defs, select=requested,
                          observe_first=False)
-    assert sorted(summary["assets"]) == sorted(
-        [*BEFORE_TRAINING, *(f"embedding_shards[{k}]" for k in shard_keys(4))])
+    assert sorted(summary["assets"]) == sorted([*BEFORE_TRAINING, *_shard_runs(shard_keys(4))])
     for k in shard_keys(4):  # every image left was read from its shard's feature cache
         event = graph.instance.fetch_materializations(dg.AssetRecordsFilter(
             asset_key=dg.AssetKey("embedding_shards"), asset_partitions=[k]), limit=1).records[0]
@@ -240,16 +253,16 @@ def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
     requested, cursor = _requested(graph.defs, graph.instance, cursor)
     assert requested == []  # the rerun settled it
     status = runner.sync_status(graph.instance, graph.defs)
-    assert [status[n] for n in ["embedding_shards", *BEFORE_TRAINING]] == ["synced"] * 10
+    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 11
 
     # another change, rerun with --unsynced: the shards are found unsynced and run first
     left = _remove_one_image(dataset)
     summary = runner.run(config=TINY, instance=graph.instance, defs=graph.defs, unsynced=True)
-    ran = sorted(summary["assets"])
-    assert [n for n in ran if n.startswith("embedding_shards")] == [
-        f"embedding_shards[{k}]" for k in shard_keys(4)]
+    # everything: what the change made unsynced, and the training assets, never materialized
+    assert sorted(summary["assets"]) == sorted([*BEFORE_TRAINING, *_shard_runs(shard_keys(4)),
+                                                "resnet34_model", "eval_report", "ablation_report"])
     status = runner.sync_status(graph.instance, graph.defs)
-    assert [status[n] for n in ["embedding_shards", *BEFORE_TRAINING]] == ["synced"] * 10
+    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 11
     merged = np.load(copy / "out" / "embeddings" / "embeddings.npy")
     assert merged.shape[0] == left
     requested, cursor = _requested(graph.defs, graph.instance, cursor)

@@ -38,7 +38,7 @@ from animal_assets.core.ingest import peek_labels
 #: marker was written before the marker existed, and is adopted (see :func:`claim_asset_folder`).
 OUTPUT_FOLDERS: dict[str, frozenset[str]] = {
     "raw_images": frozenset({"files", "images.npy", "manifest.csv", "raw.json", "violations.json"}),
-    "image_quality": frozenset({"image_quality.csv", "quality_issues.jpg"}),
+    "image_quality": frozenset({"image_quality.csv", "quality_issues.jpg", "shards"}),
     "embeddings": frozenset({"embeddings.npy", "cache", "shards"}),
     "neighbours": frozenset({"indices.npy", "distances.npy"}),
     "ood_scores": frozenset({"ood_scores.csv", "most_outlying.jpg", "scores.png"}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -74,3 +74,32 @@ def shards_from_environment() -> int:
         return check_count(int(text))
     except ValueError:
         raise ValueError(f"{SHARDS_VARIABLE}={text!r}: must be a whole number from 1 to {MAX_SHARDS}") from None
+
+
+class ShardsBehind(ValueError):
+    """A shard is missing or was computed from another materialization of raw_images: the merge
+    waits until every shard has been computed again."""
+
+
+def checked_shards(handles: Mapping[str, object], version: str, what: str) -> list:
+    """The shard handles (each with ``shard``, ``shards`` and ``raw_version``) in shard order,
+    checked to be every shard of one count, all computed from the raw_images of ``version``.
+
+    Raises
+    ------
+    ShardsBehind
+        When a shard is missing or was computed from another raw_images.
+    """
+    shards = sorted(handles.values(), key=lambda s: s.shard)
+    if not shards:
+        raise ShardsBehind(f"{what}: no shard has been computed yet")
+    n = shards[0].shards
+    present = {s.shard for s in shards if s.shards == n}
+    if present != set(range(n)) or len(shards) != n:
+        missing = [shard_key(k, n) for k in range(n) if k not in present]
+        raise ShardsBehind(f"{what}: shards {missing} of {n} are missing")
+    behind = [shard_key(s.shard, n) for s in shards if s.raw_version != version]
+    if behind:
+        raise ShardsBehind(f"{what}: shards {behind} were computed from another raw_images "
+                           "materialization; they run again first")
+    return shards

@@ -12,7 +12,7 @@ import numpy as np
 from animal_assets.core.atomic import save_npy
 from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.precision import Precision
-from animal_assets.core.shards import check_count, shard_key, shard_rows
+from animal_assets.core.shards import check_count, checked_shards, shard_key, shard_rows
 from animal_assets.core.stages.base import FileRef, RunContext
 from animal_assets.core.stages.raw_images import raw_version
 
@@ -182,29 +182,15 @@ def run_shard(config: EmbeddingsConfig, ctx: RunContext, *, raw_images: RawImage
                           **done)
 
 
-class ShardsBehind(ValueError):
-    """A shard was embedded from another materialization of raw_images (or is missing): the
-    merge waits until every shard has been recomputed."""
-
-
 def merge(config: EmbeddingsConfig | None, ctx: RunContext, *, raw_images: RawImages,
           embedding_shards: Mapping[str, EmbeddingShard]) -> Embeddings:
     """One (N, D) matrix from every shard, each image's row where :func:`run` puts it: the same
-    bytes as one unsharded run on the CPU. Raises :class:`ShardsBehind` while a shard is
-    missing or was computed from another raw_images, ValueError when the shards disagree."""
-    shards = sorted(embedding_shards.values(), key=lambda s: s.shard)
-    if not shards:
-        raise ShardsBehind("embeddings: no shard has been embedded yet")
-    n = shards[0].shards
-    present = {s.shard for s in shards if s.shards == n}
-    if present != set(range(n)) or len(shards) != n:
-        missing = [shard_key(k, n) for k in range(n) if k not in present]
-        raise ShardsBehind(f"embeddings: shards {missing} of {n} are missing")
+    bytes as one unsharded run on the CPU. Raises
+    :class:`~animal_assets.core.shards.ShardsBehind` while a shard is missing or was computed
+    from another raw_images, ValueError when the shards disagree."""
     version = raw_version(raw_images)
-    behind = [shard_key(s.shard, n) for s in shards if s.raw_version != version]
-    if behind:
-        raise ShardsBehind(f"embeddings: shards {behind} were embedded from another raw_images "
-                           "materialization; they run again first")
+    shards = checked_shards(embedding_shards, version, NAME)
+    n = shards[0].shards
     settings = {(s.dim, s.image_size, s.head_dim, s.precision, s.device) for s in shards}
     if len(settings) > 1:
         raise ValueError(f"embeddings: the shards were embedded with different settings {sorted(settings)}")
