@@ -10,7 +10,15 @@ that its time is extrapolated from its measured growth (marked so in the table).
 table: recall@10 of the approximate search where the exact one ran, and the growth exponent of
 each method's time (the slope of log time on log N).
 
+With ``--ood``, each size also runs what ``ood_scores`` does after the search, on the
+approximate neighbours: the label entropy of the 50 nearest (labels from ``--labels``, the
+source rows' given labels, else drawn at random), the self-training refinement on the
+features, the estimated outlier share and the flags, with the stage's default settings; its
+time and peak memory per size and its growth exponent (baseline: linear growth from the
+smallest size).
+
     python benchmarks/bench_neighbours.py --features head.npy --sizes 30000,100000,300000,1000000
+    python benchmarks/bench_neighbours.py --features head.npy --labels given.npy --ood --exact-up-to 0
     python benchmarks/bench_neighbours.py --quick              # 1,000 and 2,000 x 64, seconds
 """
 from __future__ import annotations
@@ -28,8 +36,10 @@ from bench_knn import clustered_features
 SCRIPT = str(Path(__file__).resolve())
 
 
-def make_features(n: int, d: int, source: str | None, noise: float, seed: int) -> np.ndarray:
-    """``n`` rows: real rows plus noise when ``source`` names a .npy file, else clustered random."""
+def make_features(n: int, d: int, source: str | None, noise: float, seed: int,
+                  drawn: list | None = None) -> np.ndarray:
+    """``n`` rows: real rows plus noise when ``source`` names a .npy file, else clustered random.
+    ``drawn`` (a list) receives the source rows drawn, chunk by chunk."""
     if source is None:
         return clustered_features(n, d, seed=seed)
     real = np.load(source, mmap_mode="r")
@@ -39,6 +49,8 @@ def make_features(n: int, d: int, source: str | None, noise: float, seed: int) -
     for start in range(0, n, 50_000):  # in chunks: one N x D array in memory, not three
         stop = min(start + 50_000, n)
         rows = np.sort(rng.integers(0, len(real), stop - start))
+        if drawn is not None:
+            drawn.append(rows)
         out[start:stop] = real[rows]
         out[start:stop] += noise * spread * rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32)
     return out
@@ -58,8 +70,35 @@ def worker(method: str, n: int, args, indices_path: str) -> None:
             from animal_assets.core.knn import knn
 
             _, indices = knn(features, k=args.k, device="cpu")
-    np.save(indices_path, indices[:, :10])
+    np.save(indices_path, indices if args.ood and method == "approximate" else indices[:, :10])
     _common.report({"seconds": stats.seconds, "peak_mb": stats.peak_rss_mb})
+
+
+def ood_worker(n: int, args, indices_path: str) -> None:
+    """What ``ood_scores`` computes after the search, on ``n`` generated rows and their
+    approximate neighbours, with the stage's defaults; report time and peak memory."""
+    from animal_assets.core import ood, ood_refine
+    from animal_assets.core.profiling import measure
+    from animal_assets.core.stages.ood_scores import OodScoresConfig
+
+    drawn: list = []
+    features = make_features(n, args.d, args.features, args.noise, args.seed, drawn)
+    indices = np.load(indices_path)
+    if args.labels and drawn:
+        given = np.load(args.labels)[np.concatenate(drawn)].astype(np.int64)
+    else:
+        given = np.random.default_rng(args.seed).integers(0, 10, n)
+    params = OodScoresConfig()
+    with measure() as stats:
+        scores = ood.neighbour_label_entropy(indices[:, : params.label_k], given,
+                                             num_classes=int(given.max()) + 1)
+        scores = ood_refine.self_train(features, scores, rounds=params.refine_rounds,
+                                       out_share=params.refine_share,
+                                       in_share=params.refine_in_share)
+        fraction = ood.estimate_outlier_share(scores)
+        flags = ood.flag_outliers(scores, fraction=fraction)
+    _common.report({"seconds": stats.seconds, "peak_mb": stats.peak_rss_mb,
+                    "flagged": int(flags.sum())})
 
 
 def growth(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
@@ -80,24 +119,30 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=64, help="cells each approximate query searches")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="the searches run on the CPU")
+    parser.add_argument("--ood", action="store_true", help="also time ood_scores' work after the search")
+    parser.add_argument("--labels", help="(M,) .npy of the --features rows' given labels, for --ood")
     parser.add_argument("--json", help="append each measurement to this file as it finishes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "ood":
+        ood_worker(args.n, args, args.indices)
+        return
     if args.worker:
         worker(args.worker, args.n, args, args.indices)
         return
     _common.IN_PROCESS = _common.IN_PROCESS or args.quick
     sizes = [1000, 2000] if args.quick else [int(s) for s in args.sizes.split(",")]
     if args.quick:
-        args.d, args.features, args.k = 64, None, 10
+        args.d, args.features, args.k, args.ood = 64, None, 50, True
     source = Path(args.features).name + f" + noise {args.noise}" if args.features else "clustered random"
     d = np.load(args.features, mmap_mode="r").shape[1] if args.features else args.d
     _common.print_header(f"neighbours search, N x {d:,} float32 ({source}), k={args.k}, "
                          f"nprobe={args.nprobe}")
     forwarded = ["--d", str(args.d), "--k", str(args.k), "--nprobe", str(args.nprobe), "--seed", str(args.seed),
-                 "--noise", str(args.noise), *(["--features", args.features] if args.features else [])]
+                 "--noise", str(args.noise), *(["--features", args.features] if args.features else []),
+                 *(["--ood"] if args.ood else []), *(["--labels", args.labels] if args.labels else [])]
     results: dict[tuple[str, int], dict] = {}
     recall: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_neighbours_") as tmp:
@@ -111,8 +156,16 @@ def main() -> None:
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps({"method": method, "n": n, **results[method, n]}) + "\n")
+            if args.ood:
+                results["ood", n] = _common.run_worker(
+                    SCRIPT, ["--worker", "ood", "--n", str(n), "--indices",
+                             str(Path(tmp) / f"approximate-{n}.npy"), *forwarded])
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({"method": "ood_scores", "n": n, **results["ood", n]}) + "\n")
             if ("exact", n) in results:
-                found, exact = np.load(Path(tmp) / f"approximate-{n}.npy"), np.load(Path(tmp) / f"exact-{n}.npy")
+                found = np.load(Path(tmp) / f"approximate-{n}.npy")[:, :10]
+                exact = np.load(Path(tmp) / f"exact-{n}.npy")
                 recall[n] = float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
 
     exact_sizes = [n for n in sizes if ("exact", n) in results]
@@ -135,9 +188,21 @@ def main() -> None:
             rows.append((f"peak RSS while searching, MiB (N={n:,})", ours["peak_mb"], base_mb,
                          base_mb / ours["peak_mb"]))
             rows.append((f"recall@10 against exact (N={n:,})", recall[n], 1.0, recall[n]))
+    if args.ood:
+        first = sizes[0]
+        for n in sizes:
+            took = results["ood", n]
+            linear = results["ood", first]["seconds"] * n / first
+            rows.append((f"ood_scores after the search, s (N={n:,}; baseline linear from N={first:,})",
+                         took["seconds"], linear, linear / took["seconds"]))
+            matrix = n * d * 4 / 2**20  # the features alone
+            rows.append((f"ood_scores peak RSS, MiB (N={n:,}; baseline the N x {d:,} features alone)",
+                         took["peak_mb"], matrix, matrix / took["peak_mb"]))
+        if len(sizes) >= 2:
+            fits["ood_scores"] = growth(sizes, [results["ood", n]["seconds"] for n in sizes])
     _common.print_table(rows, _common.machine_label("cpu"))
     for method, (_, b) in fits.items():
-        fitted = ", ".join(f"{n:,}" for n in sizes if (method, n) in results)
+        fitted = ", ".join(f"{n:,}" for n in sizes if (method if method != "ood_scores" else "ood", n) in results)
         print(f"{method}: time grows as N^{b:.2f} (fitted on N = {fitted})")
     big = [n for n in sizes if ("exact", n) not in results]
     if big:
