@@ -264,9 +264,9 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     run_config = config if isinstance(config, dict) else load_run_config(config)
     if precision is not None:
         run_config = with_precision(run_config, precision)
+    tags = run_tags(config, run_config, defs)
     shard_keys = _shard_keys(defs)
     run_config = sharded_run_config(run_config, max(1, len(shard_keys)))
-    tags = run_tags(config, run_config, defs)
     console = {"log_level": "INFO" if progress is None else progress.console_level,
                "errors": console_errors}
     if progress is None:
@@ -431,7 +431,6 @@ def _shard_run(job) -> ShardRun:
                           run_id=str(uuid.uuid4()), progress=None, partition_key=key)
         return ShardRun(result.run_id, key, result.success,
                         "" if result.success else _failure_line(result), _timings(result, defs))
-
 
 
 def job_name(config: str | dict, *, whole: bool = True) -> str:

@@ -31,12 +31,13 @@ TINY = {"ops": {
 }}
 
 
-def make_defs(tmp_path: Path, dataset: str = "", *, truth: str = "", assets=None) -> dg.Definitions:
+def make_defs(tmp_path: Path, dataset: str = "", *, truth: str = "", assets=None,
+              shards: int = 1) -> dg.Definitions:
     return build_defs({
         "storage": StorageResource(root=str(tmp_path / "out")),
         "dataset": DatasetResource(path=dataset, truth_path=truth, demo_size="tiny"),
         "compute": DeviceResource(device="cpu"),
-    }, assets=assets)
+    }, assets=assets, shards=shards)
 
 
 def sqlite_instance(tmp_path: Path) -> dg.DagsterInstance:

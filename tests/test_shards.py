@@ -28,10 +28,8 @@ from animal_assets.core.shards import (
     shard_of,
     shard_rows,
 )
-from animal_assets.core.synthetic.demo import make_demo_dataset
 from animal_assets.definitions import build_defs
-from animal_assets.resources import DatasetResource, DeviceResource, StorageResource
-from tests.graph import TINY, sqlite_instance
+from tests.graph import TINY, make_defs, sqlite_instance
 
 #: The assets the automation reruns below an input change (the shards are added by the run).
 BEFORE_TRAINING = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores",
@@ -130,27 +128,21 @@ class Graph:
 
 def _graph(tmp: Path, dataset: Path, truth: Path, shards: int) -> Graph:
     tmp.mkdir(parents=True, exist_ok=True)
-    defs = build_defs({
-        "storage": StorageResource(root=str(tmp / "out")),
-        "dataset": DatasetResource(path=str(dataset), truth_path=str(truth), demo_size="tiny"),
-        "compute": DeviceResource(device="cpu"),
-    }, shards=shards)
+    defs = make_defs(tmp, str(dataset), truth=str(truth), shards=shards)
     return Graph(sqlite_instance(tmp), defs, tmp / "out", dataset)
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
-    """The tiny demo set up to balanced_train, unsharded and in four shards on two processes."""
+def graphs(tiny_graph, tmp_path_factory):
+    """The session's tiny graph (unsharded), and its input in four shards on two processes up to
+    balanced_train."""
     tmp = tmp_path_factory.mktemp("shards")
-    demo = make_demo_dataset(tmp / "demo", seed=0, size="tiny")
-    dataset = tmp / "input"
-    shutil.copytree(demo.dataset_dir, dataset)
-    one = _graph(tmp / "one", dataset, Path(demo.truth_path), 1)
-    runner.run(config=TINY, instance=one.instance, defs=one.defs, select=BEFORE_TRAINING)
-    four = _graph(tmp / "four", dataset, Path(demo.truth_path), 4)
+    one = Graph(tiny_graph.instance, tiny_graph.defs, tiny_graph.tmp / "out", tiny_graph.dataset)
+    truth = next((tiny_graph.tmp / "demo").rglob("truth.json"))
+    four = _graph(tmp / "four", tiny_graph.dataset, truth, 4)
     summary = runner.run(config=TINY, instance=four.instance, defs=four.defs,
                          select=BEFORE_TRAINING, parallel_shards=2)
-    return one, four, summary, tmp, demo
+    return one, four, summary, tmp, truth
 
 
 @pytest.mark.slow
@@ -184,13 +176,13 @@ def test_four_shards_on_two_processes_embed_bit_for_bit_as_one(graphs):
 def test_the_merge_waits_for_shards_behind_raw_images(graphs):
     """What the automation sensor's first run after a new raw_images does: the shards are not in
     it, so ``embeddings`` skips, and the assets below it in the run are skipped, not failed."""
-    _, four, _, tmp, demo = graphs
+    _, four, _, tmp, truth = graphs
     copy = tmp / "behind"
     shutil.copytree(four.out.parent, copy)
     dataset = tmp / "behind-input"
     shutil.copytree(four.dataset, dataset)
     _remove_one_image(dataset)
-    graph = _graph(copy, dataset, Path(demo.truth_path), 4)
+    graph = _graph(copy, dataset, truth, 4)
     runner.observe(graph.instance, graph.defs)  # what makes the sensor request raw_images
     job = graph.defs.resolve_job_def("pipeline").get_subset(asset_selection={
         dg.AssetKey(n) for n in ("raw_images", "embeddings", "neighbours")})
@@ -227,12 +219,12 @@ def _requested(defs, instance, cursor):
 
 @pytest.mark.slow
 def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
-    _, four, _, tmp, demo = graphs
+    _, four, _, tmp, truth = graphs
     copy = tmp / "loop"
     shutil.copytree(four.out.parent, copy)
     dataset = tmp / "loop-input"
     shutil.copytree(four.dataset, dataset)
-    graph = _graph(copy, dataset, Path(demo.truth_path), 4)
+    graph = _graph(copy, dataset, truth, 4)
     requested, cursor = _requested(graph.defs, graph.instance, None)
     assert requested == []  # synced
 
