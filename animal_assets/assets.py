@@ -30,6 +30,7 @@ import dagster as dg
 
 from animal_assets.cluster import SHARD_POD
 from animal_assets.configs import (
+    CONFIGS,
     AblationConfig,
     BalancedTrainConfig,
     CleanLabelsConfig,
@@ -47,7 +48,7 @@ from animal_assets.core import review
 from animal_assets.core.export import Split
 from animal_assets.core.ingest import DatasetError, RawImages, dataset_fingerprint
 from animal_assets.core.profiling import measure
-from animal_assets.core.stages import BY_NAME, RunContext
+from animal_assets.core.stages import BY_NAME, STAGES, RunContext
 from animal_assets.core.stages.balanced_train import BalancedTrain
 from animal_assets.core.stages.base import FileRef, Json, Markdown, Table
 from animal_assets.core.stages.clean_labels import CleanLabels
@@ -433,14 +434,17 @@ PIPELINE_ASSETS = [
 
 # -- shards ------------------------------------------------------------------------------------
 
-#: The partitioned assets of a sharded graph, one partition per shard, by the stage they shard.
-SHARD_ASSETS = {"image_quality": "image_quality_shards", "embeddings": "embedding_shards"}
+#: The partitioned asset of each stage that can run in shards (the stage table's ``sharding``).
+SHARD_ASSETS = {stage.name: stage.sharding.asset for stage in STAGES if stage.sharding}
 
 
 def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
-    """For ``image_quality`` and ``embeddings``: the stage's per-shard asset, partitioned by
-    shard (static partitions, one per shard of :mod:`animal_assets.core.shards`), and the stage's
-    own asset, which merges every shard back into the one result the assets below read.
+    """For each stage that can run in shards (``image_quality``, ``embeddings``): its per-shard
+    asset, partitioned by shard (static partitions, one per shard of
+    :mod:`animal_assets.core.shards`), and the stage's own asset, which merges every shard back
+    into the one result the assets below read. Each keeps the kinds, tags and code version of
+    the stage's unsharded asset; a shard of a stage that uses the device asks Kubernetes for a
+    GPU.
 
     Each shard is its own run (a backfill of the partitions, or ``animal-assets run``), so shards
     run side by side as Dagster runs: as processes here, as pods under the ``K8sRunLauncher``.
@@ -451,74 +455,60 @@ def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
     that run are skipped too) and reruns as soon as they are.
     """
     from animal_assets.core.shards import ShardsBehind, parse_shard_key, shard_keys
-    from animal_assets.core.stages import embeddings as embedding_stage
-    from animal_assets.core.stages import image_quality as quality_stage
 
     partitions = dg.StaticPartitionsDefinition(shard_keys(shards))
+    unsharded = {a.key.to_user_string(): a for a in PIPELINE_ASSETS}
 
-    def shard_asset(name: str, module, config_type, *, kinds, op_tags, device: bool, doc: str):
-        @dg.asset(name=SHARD_ASSETS[name], group_name=GROUP, tags=_part(_PART[name]),
-                  partitions_def=partitions, code_version="1", kinds=kinds,
-                  automation_condition=RERUN, op_tags=op_tags, description=doc)
+    def shard_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
+        sharding = stage.sharding
+        device = "compute" in plain.required_resource_keys
+        spec = plain.specs_by_key[plain.key]
+
+        @dg.asset(name=sharding.asset, group_name=GROUP, tags=_part(spec.tags["part"]),
+                  partitions_def=partitions, code_version="1", kinds=spec.kinds,
+                  automation_condition=RERUN,
+                  op_tags={"dagster-k8s/config": SHARD_POD} if device else None,
+                  description=f"What {stage.name} computes, for the usable images of one shard "
+                              f"(images by a stable hash of their id); {stage.name} merges the "
+                              "shards.")
         def per_shard(
-            context: dg.AssetExecutionContext, config: config_type, raw_images: RawImages,
-            dataset: DatasetResource, storage: StorageResource, compute: DeviceResource,
+            context: dg.AssetExecutionContext, config: CONFIGS[stage.name],
+            raw_images: RawImages, dataset: DatasetResource, storage: StorageResource,
+            compute: DeviceResource,
         ) -> dg.Output:
             shard, n = parse_shard_key(context.partition_key)
-            return _materialize(name, config,
-                                _run_context(context, dataset, storage, compute if device else None),
-                                storage,
-                                run=lambda cfg, ctx, **inputs: module.run_shard(
+            ctx = _run_context(context, dataset, storage, compute if device else None)
+            return _materialize(stage.name, config, ctx, storage,
+                                run=lambda cfg, ctx, **inputs: sharding.run_shard(
                                     cfg, ctx, shard=shard, shards=n, **inputs),
-                                describe=module.describe_shard, raw_images=raw_images)
+                                describe=sharding.describe_shard, raw_images=raw_images)
 
         return per_shard
 
-    def merge_asset(name: str, module, *, code_version: str, doc: str):
-        shard_name = SHARD_ASSETS[name]
+    def merge_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
+        sharding = stage.sharding
+        spec = plain.specs_by_key[plain.key]
+        first_line = " ".join(spec.description.split("\n\n")[0].split())
 
-        @dg.asset(name=name, group_name=GROUP, tags=_part(_PART[name]),
-                  ins={"shards": dg.AssetIn(shard_name)}, code_version=code_version,
+        @dg.asset(name=stage.name, group_name=GROUP, tags=_part(spec.tags["part"]),
+                  ins={"shards": dg.AssetIn(sharding.asset)}, code_version=spec.code_version,
                   kinds={"python"}, automation_condition=RERUN, output_required=False,
-                  description=doc)
+                  description=f"{first_line} Merged from {sharding.asset} in the order of "
+                              "raw_images: the same result as unsharded.")
         def merged(context: dg.AssetExecutionContext, raw_images: RawImages, shards: dict,
                    dataset: DatasetResource, storage: StorageResource):
             try:
-                yield _materialize(name, None, _run_context(context, dataset, storage), storage,
-                                   run=module.merge, raw_images=raw_images,
-                                   **{shard_name: shards})
+                yield _materialize(stage.name, None, _run_context(context, dataset, storage),
+                                   storage, run=sharding.merge, raw_images=raw_images,
+                                   **{sharding.asset: shards})
             except ShardsBehind as waiting:
                 context.log.info(f"{waiting}; nothing materialized")
 
         return merged
 
-    return {
-        "image_quality": [
-            shard_asset("image_quality", quality_stage, ImageQualityConfig, kinds={"python"},
-                        op_tags=None, device=False,
-                        doc="Quality scores and flags of the usable images of one shard (images "
-                            "by a stable hash of their id); image_quality merges the shards."),
-            merge_asset("image_quality", quality_stage, code_version="1",
-                        doc="Quality scores and flags of every usable image, merged from "
-                            "image_quality_shards in the order of raw_images (the same table as "
-                            "unsharded). Under policy drop, clean_labels drops the flagged images."),
-        ],
-        "embeddings": [
-            shard_asset("embeddings", embedding_stage, EmbeddingsConfig, kinds={"pytorch"},
-                        op_tags={"dagster-k8s/config": SHARD_POD}, device=True,
-                        doc="EfficientNet-Lite0 ImageNet features of the usable images of one "
-                            "shard (images by a stable hash of their id); embeddings merges the "
-                            "shards."),
-            merge_asset("embeddings", embedding_stage, code_version="2",
-                        doc="EfficientNet-Lite0 ImageNet features of every usable image, merged "
-                            "from embedding_shards in the order of raw_images (the same matrix as "
-                            "unsharded)."),
-        ],
-    }
-
-
-#: The part tag of each sharded stage's assets.
-_PART = {"image_quality": "input", "embeddings": "cleaning"}
+    return {stage.name: [shard_asset(stage, unsharded[stage.name]),
+                         merge_asset(stage, unsharded[stage.name])]
+            for stage in STAGES if stage.sharding}
 
 
 def pipeline_assets(shards: int = 1) -> list[dg.AssetsDefinition]:

@@ -52,3 +52,14 @@ BalancedTrainConfig = _config_class("BalancedTrainConfig", _PARAMS["balanced_tra
 Resnet34Config = _config_class("Resnet34Config", _PARAMS["resnet34_model"])
 EvalReportConfig = _config_class("EvalReportConfig", _PARAMS["eval_report"])
 AblationConfig = _config_class("AblationConfig", _PARAMS["ablation_report"])
+
+
+#: Each stage's run config class, by stage name.
+CONFIGS = {
+    "raw_images": RawImagesConfig, "image_quality": ImageQualityConfig,
+    "embeddings": EmbeddingsConfig, "neighbours": NeighboursConfig, "ood_scores": OodScoresConfig,
+    "clean_labels": CleanLabelsConfig, "near_duplicates": NearDuplicatesConfig,
+    "val_split": ValSplitConfig, "balanced_train": BalancedTrainConfig,
+    "resnet34_model": Resnet34Config, "eval_report": EvalReportConfig,
+    "ablation_report": AblationConfig,
+}

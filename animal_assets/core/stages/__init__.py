@@ -17,6 +17,10 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 | resnet34_model | raw_images, balanced_train, val_split |
 | eval_report | resnet34_model, val_split, clean_labels, ood_scores |
 | ablation_report | raw_images, clean_labels, val_split, balanced_train, resnet34_model |
+
+``image_quality`` and ``embeddings`` are per image: with ``ANIMAL_ASSETS_SHARDS`` > 1 each runs per
+shard as its ``sharding.asset`` (``image_quality_shards``, ``embedding_shards``), which the stage's
+own asset merges.
 """
 from __future__ import annotations
 
@@ -36,16 +40,20 @@ from animal_assets.core.stages import (
     resnet34_model,
     val_split,
 )
-from animal_assets.core.stages.base import RunContext, Stage
+from animal_assets.core.stages.base import RunContext, Sharding, Stage
 from animal_assets.core.train import TrainConfig
 
 STAGES: tuple[Stage, ...] = (
     Stage("raw_images", (), raw_images.RawImagesConfig, raw_images.run, raw_images.describe,
           gate=raw_images.require_conforming),
     Stage("image_quality", ("raw_images",), image_quality.ImageQualityConfig, image_quality.run,
-          image_quality.describe),
+          image_quality.describe,
+          sharding=Sharding("image_quality_shards", image_quality.run_shard, image_quality.merge,
+                            image_quality.describe_shard)),
     Stage("embeddings", ("raw_images",), embeddings.EmbeddingsConfig, embeddings.run,
-          embeddings.describe),
+          embeddings.describe,
+          sharding=Sharding("embedding_shards", embeddings.run_shard, embeddings.merge,
+                            embeddings.describe_shard)),
     Stage("neighbours", ("raw_images", "embeddings"), neighbours.NeighboursConfig, neighbours.run,
           neighbours.describe),
     Stage("ood_scores", ("raw_images", "embeddings", "neighbours"), ood_scores.OodScoresConfig,

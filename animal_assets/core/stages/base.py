@@ -62,6 +62,18 @@ class RunContext:
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """How a per-image stage runs in shards (``ANIMAL_ASSETS_SHARDS``,
+    :mod:`animal_assets.core.shards`): each shard's result is a partition of the asset ``asset``,
+    and the stage's own asset merges them back into the handle ``run`` would have returned."""
+
+    asset: str  # the partitioned asset's name
+    run_shard: Callable[..., Any]  # run_shard(config, ctx, raw_images=, shard=, shards=) -> handle
+    merge: Callable[..., Any]  # merge(None, ctx, raw_images=, <asset>={key: handle}) -> the stage's
+    describe_shard: Callable[[Any, RunContext], dict]
+
+
+@dataclass(frozen=True)
 class Stage:
     """One row of the stage table."""
 
@@ -73,6 +85,7 @@ class Stage:
     # gate(handle) raises when the stages below must not run on this result
     gate: Callable[[Any], None] | None = None
     optional: bool = False  # run only when asked for (the ablation)
+    sharding: Sharding | None = None  # a per-image stage that can run in shards
 
 
 # -- the pieces of a description ---------------------------------------------------------------
