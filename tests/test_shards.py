@@ -259,3 +259,22 @@ def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
     assert merged.shape[0] == left
     requested, cursor = _requested(graph.defs, graph.instance, cursor)
     assert requested == []
+
+
+@pytest.mark.slow
+def test_the_dagster_free_runner_runs_the_same_shards(tiny_graph, tmp_path):
+    """The stage functions the sharded graph calls, called by the runner without dagster: three
+    shards in turn give the unsharded graph's features and quality table."""
+    from animal_assets.core.config import params_from_run_config
+    from animal_assets.core.pipeline import run_stages
+    from animal_assets.core.stages import RunContext, upto
+
+    ctx = RunContext(output=tmp_path / "out", dataset=str(tiny_graph.dataset), device="cpu",
+                     log=lambda line: None, warn=lambda line: None)
+    results = run_stages(ctx, params_from_run_config(TINY), stages=upto("embeddings"), shards=3,
+                         describe=False)
+    assert sorted(p.name for p in (tmp_path / "out" / "embeddings" / "shards").iterdir()) == shard_keys(3)
+    whole = tiny_graph.tmp / "out"
+    assert Path(results["embeddings"].path).read_bytes() == (whole / "embeddings" / "embeddings.npy").read_bytes()
+    assert Path(results["image_quality"].path).read_bytes() == (
+        whole / "image_quality" / "image_quality.csv").read_bytes()

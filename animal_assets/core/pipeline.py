@@ -24,6 +24,7 @@ from animal_assets.core.config import load_run_config, params_from_run_config
 from animal_assets.core.precision import PRECISIONS
 from animal_assets.core.preflight import claim_asset_folder, expand, preflight
 from animal_assets.core.profiling import measure
+from animal_assets.core.shards import check_count, shard_key, shards_from_environment
 from animal_assets.core.stages import STAGES, RunContext, Stage
 
 def with_precision(run_config: dict, precision: str) -> dict:
@@ -50,10 +51,11 @@ def run_pipeline(
     dataset: str, out_dir: str | Path, *, run_config: dict, device: str = "auto",
     truth_path: str | None = None, test_set: str | None = None,
     class_names: list[str] | None = None, log=print, ablation: bool = False,
-    summary_json: str | None = None, review: str | None = None,
+    summary_json: str | None = None, review: str | None = None, shards: int = 1,
 ) -> dict:
     """Run every stage of the table and return the summary (per-stage wall time and peak
-    memory, accuracies); the ablation only with ``ablation``.
+    memory, accuracies); the ablation only with ``ablation``; the per-image stages in
+    ``shards`` shards.
 
     Every input is validated first (:func:`animal_assets.core.preflight.preflight`, the same
     rules as the Dagster graph's) and the stages run under the output folder's lock.
@@ -70,7 +72,7 @@ def run_pipeline(
     stages = [s for s in STAGES if ablation or not s.optional]
     timings: dict[str, dict] = {}
     with output_lock(out, holder=f"the dagster-free runner (pid {os.getpid()})"):
-        results = run_stages(ctx, params, stages=stages, timings=timings)
+        results = run_stages(ctx, params, stages=stages, timings=timings, shards=shards)
     summary = summarise_run(results["eval_report"], timings, dataset=dataset, device=device)
     if "ablation_report" in results:
         result = results["ablation_report"]
@@ -79,16 +81,24 @@ def run_pipeline(
 
 
 def run_stages(ctx: RunContext, params: dict, *, stages: Sequence[Stage] = STAGES,
-               describe: bool = True, timings: dict | None = None) -> dict:
+               describe: bool = True, timings: dict | None = None, shards: int = 1) -> dict:
     """Run ``stages`` in order on what the earlier ones returned; returns the handles by stage
     name. With ``describe``, each stage's pictures are written and its warnings logged as in the
-    Dagster graph; ``timings`` gains each stage's wall time and peak memory."""
+    Dagster graph; ``timings`` gains each stage's wall time and peak memory. With ``shards`` > 1
+    a stage that can run in shards runs each shard in turn, then merges them, as the sharded
+    graph does."""
     results: dict = {}
     for stage in stages:
         inputs = {name: results[name] for name in stage.inputs}
         ctx.log(f"[{stage.name}] running")
         with measure() as stats:
-            handle = stage.run(params.get(stage.name), ctx, **inputs)
+            if shards > 1 and stage.sharding is not None:
+                parts = {shard_key(k, shards): stage.sharding.run_shard(
+                    params.get(stage.name), ctx, shard=k, shards=shards, **inputs)
+                    for k in range(shards)}
+                handle = stage.sharding.merge(None, ctx, **inputs, **{stage.sharding.asset: parts})
+            else:
+                handle = stage.run(params.get(stage.name), ctx, **inputs)
         claim_asset_folder(ctx.output, stage.name)  # written by the stage: marked as the tool's
         if stage.gate is not None:
             stage.gate(handle)
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-set", help="an external clean test set, same format and classes")
     parser.add_argument("--class-names", help="comma-separated class names")
     parser.add_argument("--json", help="write the run summary here")
+    parser.add_argument("--shards", type=int, help="run the per-image stages in this many shards, "
+                        "one after another (default: ANIMAL_ASSETS_SHARDS, else 1)")
     parser.add_argument("--ablation", nargs="?", const="config",
                         help="also run the ablation: on the run config's recipes, or on these "
                         "(comma-separated, or 'all'): raw, ood_removed, labels_corrected, full")
@@ -162,6 +174,7 @@ def _main(args: argparse.Namespace) -> int:
         truth_path=args.truth, test_set=args.test_set, review=args.review,
         class_names=args.class_names.split(",") if args.class_names else None,
         ablation=bool(args.ablation), summary_json=args.json,
+        shards=shards_from_environment() if args.shards is None else check_count(args.shards),
     )
     if args.json:
         write_json(expand(args.json), summary)
