@@ -160,7 +160,7 @@ def test_four_shards_on_two_processes_embed_bit_for_bit_as_one(graphs):
     for k in range(4):
         part = np.load(four.out / "embeddings" / "shards" / shard_key(k, 4) / "embeddings.npy")
         assert part.tobytes() == whole[shard_rows(ids, k, 4)].tobytes()
-    # so everything below is the same: the decisions, the validation set, the training set
+    # so what is computed from them is the same: the quality table, decisions, validation set
     for path in ("image_quality/image_quality.csv", "clean_labels/decisions.csv",
                  "val_split/ids.csv"):
         assert (four.out / path).read_bytes() == (one.out / path).read_bytes(), path
