@@ -33,9 +33,14 @@ def shard_of(image_id: str, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % n
 
 
+def shard_assignment(ids: Sequence[str], n: int) -> np.ndarray:
+    """(len(ids),) int: the shard of each image of ``ids``."""
+    return np.fromiter((shard_of(i, n) for i in ids), np.int64, len(ids))
+
+
 def shard_rows(ids: Sequence[str], shard: int, n: int) -> np.ndarray:
     """Positions in ``ids`` of the images of ``shard`` (of ``n``), in their order in ``ids``."""
-    return np.flatnonzero(np.fromiter((shard_of(i, n) == shard for i in ids), bool, len(ids)))
+    return np.flatnonzero(shard_assignment(ids, n) == shard)
 
 
 def shard_key(shard: int, n: int) -> str:

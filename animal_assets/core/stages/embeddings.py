@@ -12,7 +12,13 @@ import numpy as np
 from animal_assets.core.atomic import save_npy
 from animal_assets.core.ingest import RawImages, load_raw_images
 from animal_assets.core.precision import Precision
-from animal_assets.core.shards import check_count, checked_shards, shard_key, shard_rows
+from animal_assets.core.shards import (
+    check_count,
+    checked_shards,
+    shard_assignment,
+    shard_key,
+    shard_rows,
+)
 from animal_assets.core.stages.base import FileRef, RunContext
 from animal_assets.core.stages.raw_images import raw_version
 
@@ -197,8 +203,9 @@ def merge(config: EmbeddingsConfig | None, ctx: RunContext, *, raw_images: RawIm
     _, manifest = load_raw_images(raw_images, mmap=True)
     ids = manifest["id"].tolist()
     features = np.empty((len(ids), shards[0].dim), np.float32)
+    assignment = shard_assignment(ids, n)
     for s in shards:
-        rows = shard_rows(ids, s.shard, n)
+        rows = np.flatnonzero(assignment == s.shard)
         part = np.load(s.path, mmap_mode="r")
         if part.shape != (len(rows), s.dim):
             raise ValueError(f"{s.path}: {part.shape[0]} rows, shard {shard_key(s.shard, n)} "

@@ -15,7 +15,13 @@ import pandas as pd
 from animal_assets.core.atomic import atomic_path
 from animal_assets.core.image_quality import Thresholds
 from animal_assets.core.ingest import RawImages, load_raw_images
-from animal_assets.core.shards import check_count, checked_shards, shard_key, shard_rows
+from animal_assets.core.shards import (
+    check_count,
+    checked_shards,
+    shard_assignment,
+    shard_key,
+    shard_rows,
+)
 from animal_assets.core.stages.base import FileRef, Json, Pictures, RunContext, Table
 from animal_assets.core.stages.raw_images import check_aligned, raw_version
 
@@ -143,9 +149,10 @@ def merge(config: ImageQualityConfig | None, ctx: RunContext, *, raw_images: Raw
     _, manifest = load_raw_images(raw_images, mmap=True)
     ids = manifest["id"].tolist()
     parts, order = [], []
+    assignment = shard_assignment(ids, shards[0].shards)
     for s in shards:
         part = pd.read_csv(s.path, keep_default_na=False, float_precision="round_trip")
-        rows = shard_rows(ids, s.shard, s.shards)
+        rows = np.flatnonzero(assignment == s.shard)
         if len(part) != len(rows) or part["id"].tolist() != [ids[i] for i in rows]:
             raise ValueError(f"{s.path}: its rows are not the images of shard "
                              f"{shard_key(s.shard, s.shards)}")
