@@ -272,8 +272,10 @@ def _main(args: argparse.Namespace) -> int:
             print(f"{name} data version: {version}")
         return 0
     if args.command == "status":
-        for name, status in runner.sync_status().items():
-            print(f"{name:16s} {status}")
+        statuses = runner.sync_status()
+        width = max([16, *map(len, statuses)])
+        for name, status in statuses.items():
+            print(f"{name:{width}s} {status}")
         return 0
     summary = runner.run(
         config=args.config,  # by name: the run is tagged with it, and the demo runs as its job

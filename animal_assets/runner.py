@@ -580,8 +580,9 @@ def print_summary(summary: dict) -> None:
         print(summary["message"])
         return
     print(f"run {summary.get('run_id')}")
+    width = max([16, *map(len, summary["assets"])])
     for name, t in summary["assets"].items():
-        print(f"  {name:16s} {t['seconds']:8.1f} s  peak {t['peak_rss_mb']:7.0f} MiB")
+        print(f"  {name:{width}s} {t['seconds']:8.1f} s  peak {t['peak_rss_mb']:7.0f} MiB")
     for name, verdict in summary.get("checks", {}).items():
         print(f"  check {name}: {verdict}")
     print(f"outputs: {summary.get('outputs')}")
