@@ -434,10 +434,6 @@ PIPELINE_ASSETS = [
 
 # -- shards ------------------------------------------------------------------------------------
 
-#: The partitioned asset of each stage that can run in shards (the stage table's ``sharding``).
-SHARD_ASSETS = {stage.name: stage.sharding.asset for stage in STAGES if stage.sharding}
-
-
 def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
     """For each stage that can run in shards (``image_quality``, ``embeddings``): its per-shard
     asset, partitioned by shard (static partitions, one per shard of

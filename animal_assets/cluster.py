@@ -1,5 +1,5 @@
-"""Which Dagster executor runs the jobs' steps, and in how many shards the per-image work is
-cut, both chosen when the definitions load.
+"""Which Dagster executor runs the jobs' steps, chosen when the definitions load, and what a
+sharded graph changes in a run config and in a shard's pod.
 
 ``ANIMAL_ASSETS_EXECUTOR`` unset or empty: Dagster's default for the code location (each step a
 process on this machine). ``k8s``: dagster-k8s's ``k8s_job_executor``, each step a Kubernetes
@@ -7,9 +7,9 @@ job (``pip install "animal-assets[k8s]"``); the pods' image, volumes and per-ste
 (a GPU for ``embeddings`` and ``resnet34_model``) come from the run config's ``execution``
 section, as in ``deploy/k8s/run_config.yaml``. README, "Scaling out", has the deployment.
 
-``ANIMAL_ASSETS_SHARDS`` unset or 1: one ``embeddings`` step over every image. N > 1: the
-encoder's work is the partitioned asset ``embedding_shards``, one partition per shard of
-:mod:`animal_assets.core.shards`, merged by ``embeddings`` (:func:`animal_assets.assets.sharded_embeddings`).
+``ANIMAL_ASSETS_SHARDS`` (:func:`animal_assets.core.shards.shards_from_environment`) > 1 makes
+each per-image stage a partitioned asset merged by the stage's own
+(:func:`animal_assets.assets.sharded_assets`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import os
 
 import dagster as dg
 
-from animal_assets.core.shards import SHARDS_VARIABLE, shards_from_environment  # noqa: F401 (re-exported)
+from animal_assets.core.stages import SHARD_ASSETS
 
 #: Environment variable: the executor of every job ("" for Dagster's default, or "k8s").
 EXECUTOR_VARIABLE = "ANIMAL_ASSETS_EXECUTOR"
@@ -48,8 +48,6 @@ def sharded_run_config(run_config: dict, shards: int) -> dict:
     """``run_config`` for a graph of ``shards`` shards: the settings of a sharded stage, written
     under its name as for one shard (``embeddings``, ``image_quality``), belong to its per-shard
     asset (``embedding_shards``, ``image_quality_shards``); the merges have none."""
-    from animal_assets.assets import SHARD_ASSETS
-
     ops = dict(run_config.get("ops") or {})
     if shards == 1 or not set(SHARD_ASSETS) & set(ops):
         return run_config

@@ -5,7 +5,8 @@ import dagster as dg
 
 from animal_assets.assets import input_dataset, pipeline_assets, review_file
 from animal_assets.checks import ALL_CHECKS
-from animal_assets.cluster import executor_from_environment, sharded_run_config, shards_from_environment
+from animal_assets.cluster import executor_from_environment, sharded_run_config
+from animal_assets.core.shards import shards_from_environment
 from animal_assets.core.config import load_run_config
 from animal_assets.loggers import console_logger
 from animal_assets.resources import default_resources

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from animal_assets.assets import SHARD_ASSETS
 from animal_assets.cluster import sharded_run_config
 from animal_assets.core.atomic import OutputBusyError, output_lock
 from animal_assets.core.config import load_run_config
 from animal_assets.core.pipeline import summarise_run, with_precision
 from animal_assets.core.preflight import InputError
+from animal_assets.core.stages import SHARD_ASSETS
 from animal_assets.progress import ProgressBar
 
 
@@ -281,7 +281,8 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     results = []
     for part, (selection, partitions) in enumerate(plan):
         if partitions is None:
-            result = _execute(defs, config, selection, run_config, instance, tags,
+            # (a sharded graph's runs each select a part of it: they run as ``pipeline``)
+            result = _execute(defs, job_name(config, whole=not selection), selection, run_config, instance, tags,
                               run_id=run_id if part == len(plan) - 1 else str(uuid.uuid4()),
                               progress=progress)
             outcomes = [(result.success, result)]
@@ -308,11 +309,11 @@ def _materialized(result) -> bool:
     return any(e.event_type_value == "ASSET_MATERIALIZATION" for e in result.all_events)
 
 
-def _execute(defs, config, selection, run_config, instance, tags, *, run_id, progress,
+def _execute(defs, job: str, selection, run_config, instance, tags, *, run_id, progress,
              partition_key=None):
-    """One in-process run of ``selection`` (None: the whole graph)."""
-    job = defs.resolve_job_def(job_name(config, whole=not selection and not _shard_keys(defs)))
-    if selection or _shard_keys(defs):
+    """One in-process run of the job ``job`` on ``selection`` (None: the whole job)."""
+    job = defs.resolve_job_def(job)
+    if selection:
         job = job.get_subset(asset_selection={dg.AssetKey(n) for n in selection})
         # Dagster rejects config for ops outside the subset.
         ops = {k: v for k, v in run_config.get("ops", {}).items() if k in selection}

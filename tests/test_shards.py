@@ -18,15 +18,17 @@ import pandas as pd
 import pytest
 
 from animal_assets import runner
-from animal_assets.cluster import SHARDS_VARIABLE, sharded_run_config, shards_from_environment
+from animal_assets.cluster import sharded_run_config
 from animal_assets.core.shards import (
     MAX_SHARDS,
+    SHARDS_VARIABLE,
     check_count,
     parse_shard_key,
     shard_key,
     shard_keys,
     shard_of,
     shard_rows,
+    shards_from_environment,
 )
 from animal_assets.definitions import build_defs
 from tests.graph import TINY, make_defs, sqlite_instance

@@ -76,6 +76,8 @@ STAGES: tuple[Stage, ...] = (
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}
+#: The partitioned asset of each stage that can run in shards, by stage name.
+SHARD_ASSETS = {stage.name: stage.sharding.asset for stage in STAGES if stage.sharding}
 
 
 def upto(name: str) -> tuple[Stage, ...]:
@@ -84,4 +86,4 @@ def upto(name: str) -> tuple[Stage, ...]:
     return STAGES[: names.index(name) + 1]
 
 
-__all__ = ["BY_NAME", "STAGES", "RunContext", "Stage", "upto"]
+__all__ = ["BY_NAME", "SHARD_ASSETS", "STAGES", "RunContext", "Stage", "upto"]
