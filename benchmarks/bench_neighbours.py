@@ -1,5 +1,5 @@
-"""The neighbours search as the input grows: approximate (faiss's inverted-file index,
-``animal_assets.core.ann``) against exact (``animal_assets.core.knn``).
+"""The neighbours search as the input grows: approximate (faiss's inverted-file index of 4-bit
+codes with an exact re-ranking, ``animal_assets.core.ann``) against exact (``animal_assets.core.knn``).
 
 Features: with ``--features``, rows drawn at random from a real embedding file (e.g. DS801's
 head features) plus Gaussian noise of ``--noise`` times each column's spread, so the real data's
@@ -17,8 +17,18 @@ features, the estimated outlier share and the flags, with the stage's default se
 time and peak memory per size and its growth exponent (baseline: linear growth from the
 smallest size).
 
+With ``--near``, each size also runs what ``near_duplicates`` does after the search, with the
+stage's defaults and the approximate searches it uses past the neighbours' threshold: the pairs
+of the 5 nearest features, the thumbnail search, the two crop searches (each over 2N
+thumbnails), the hash buckets and the groups. The thumbnails (plain, mirrored, cut by 2 and 4
+pixels) are those of ``--images`` (uint8 (M, H, W, 3), aligned with ``--features``) for each
+drawn row plus the same share of noise, or clustered random ones without it; 1 % of the rows
+are planted near-copies of another row (thumbnails and features within a small noise), so
+there are groups to join. The images' own decoding and thumbnailing (linear in N) is not timed.
+
     python benchmarks/bench_neighbours.py --features head.npy --sizes 30000,100000,300000,1000000
     python benchmarks/bench_neighbours.py --features head.npy --labels given.npy --ood --exact-up-to 0
+    python benchmarks/bench_neighbours.py --features head.npy --images images.npy --near --exact-up-to 0
     python benchmarks/bench_neighbours.py --quick              # 1,000 and 2,000 x 64, seconds
 """
 from __future__ import annotations
@@ -32,6 +42,8 @@ import numpy as np
 
 import _common
 from bench_knn import clustered_features
+
+from animal_assets.core.ann import DEFAULT_NPROBE
 
 SCRIPT = str(Path(__file__).resolve())
 
@@ -65,13 +77,89 @@ def worker(method: str, n: int, args, indices_path: str) -> None:
         if method == "approximate":
             from animal_assets.core.ann import approximate_knn
 
-            _, indices = approximate_knn(features, k=args.k, nprobe=args.nprobe, overwrite=True)
+            distances, indices = approximate_knn(features, k=args.k, nprobe=args.nprobe, overwrite=True)
         else:
             from animal_assets.core.knn import knn
 
-            _, indices = knn(features, k=args.k, device="cpu")
-    np.save(indices_path, indices if args.ood and method == "approximate" else indices[:, :10])
+            distances, indices = knn(features, k=args.k, device="cpu")
+    keep_all = (args.ood or args.near) and method == "approximate"
+    np.save(indices_path, indices if keep_all else indices[:, :10])
+    if keep_all:
+        np.save(_distances_path(indices_path), distances)
     _common.report({"seconds": stats.seconds, "peak_mb": stats.peak_rss_mb})
+
+
+def _distances_path(indices_path: str) -> str:
+    return indices_path[: -len(".npy")] + "-distances.npy"
+
+
+def _thumbnail_rows(n: int, args, drawn: np.ndarray, planted: np.ndarray, source: np.ndarray) -> list:
+    """The four thumbnail arrays (plain, mirrored, cut by each search margin) of ``n`` rows:
+    each drawn row's real thumbnails plus noise, re-centred and scaled to unit length; a
+    planted row takes its source row's with a hundredth of that noise."""
+    from animal_assets.core import near_duplicates as nd
+
+    rng = np.random.default_rng(args.seed + 1)
+    if args.images:
+        images = np.load(args.images, mmap_mode="r")
+        kinds = [nd.thumbnails(images), nd.thumbnails(images, mirror=True),
+                 *(nd.thumbnails(images, margin=m) for m in nd.SEARCH_MARGINS)]
+    else:
+        base = clustered_features(max(n // 10, 100), nd.THUMB * nd.THUMB, seed=args.seed)
+        kinds = [base + 0.05 * rng.standard_normal(base.shape, dtype=np.float32) for _ in range(4)]
+        drawn = drawn % len(base)
+    out = []
+    for real in kinds:
+        spread = real.std(axis=0)
+        rows = np.empty((n, real.shape[1]), dtype=np.float32)
+        for start in range(0, n, 50_000):
+            stop = min(start + 50_000, n)
+            rows[start:stop] = real[drawn[start:stop]]
+            scale = np.where(planted[start:stop], args.noise / 100, args.noise)[:, None]
+            rows[start:stop] += scale * spread * rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32)
+        rows[planted] = rows[source[planted]] + (args.noise / 100) * spread * rng.standard_normal(
+            (int(planted.sum()), real.shape[1]), dtype=np.float32)
+        rows -= rows.mean(axis=1, keepdims=True)
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-3)
+        out.append(rows)
+    return out
+
+
+def near_worker(n: int, args, indices_path: str) -> None:
+    """What ``near_duplicates`` computes after the search, on ``n`` generated rows: their
+    approximate feature neighbours, synthetic thumbnails, random hashes; report time, peak
+    memory and the groups found."""
+    from animal_assets.core import near_duplicates as nd
+    from animal_assets.core.profiling import measure
+    from animal_assets.core.stages.near_duplicates import NearDuplicatesConfig
+
+    drawn_chunks: list = []
+    make_features(n, args.d, args.features, args.noise, args.seed, drawn_chunks)
+    drawn = np.concatenate(drawn_chunks) if drawn_chunks else np.arange(n)
+    rng = np.random.default_rng(args.seed + 2)
+    planted = rng.random(n) < 0.01
+    source = rng.integers(0, n, n)
+    own = source == np.arange(n)
+    source[own] = (source[own] + 1) % n  # a planted row copies another
+    thumbs, mirrored, *cropped = _thumbnail_rows(n, args, drawn, planted, source)
+    hashes = rng.integers(0, 2**64, n, dtype=np.uint64)
+    hashes[planted] = hashes[source[planted]]
+    sha256 = [f"{i:064x}" for i in range(n)]
+    ids = np.array([f"img_{i}" for i in range(n)], dtype=object)
+    given = rng.integers(0, 10, n)
+    config = NearDuplicatesConfig()
+    nearest = (np.load(_distances_path(indices_path), mmap_mode="r")[:, : config.k],
+               np.load(indices_path, mmap_mode="r")[:, : config.k])
+    with measure() as stats:
+        near = nd.find_near_copies(
+            (np.ascontiguousarray(nearest[0]), np.ascontiguousarray(nearest[1])), thumbs, hashes, sha256,
+            threshold=config.threshold, thumb_threshold=config.thumb_threshold, k=config.k, device="cpu",
+            mirrored=mirrored, mirror=config.mirror, cropped=tuple(cropped), approximate=True)
+        groups = nd.group_table(near, ids, given)
+    rows = np.flatnonzero(planted)
+    _common.report({"seconds": stats.seconds, "peak_mb": stats.peak_rss_mb, "planted": len(rows),
+                    "found": int((near.group[rows] == near.group[source[rows]]).sum()),
+                    "groups": len(groups)})
 
 
 def ood_worker(n: int, args, indices_path: str) -> None:
@@ -116,11 +204,13 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.5, help="noise, times each column's spread")
     parser.add_argument("--d", type=int, default=1280, help="columns of generated features (no --features)")
     parser.add_argument("--k", type=int, default=50, help="neighbours per row (the stage's default)")
-    parser.add_argument("--nprobe", type=int, default=64, help="cells each approximate query searches")
+    parser.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE, help="cells each approximate query searches")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="the searches run on the CPU")
     parser.add_argument("--ood", action="store_true", help="also time ood_scores' work after the search")
     parser.add_argument("--labels", help="(M,) .npy of the --features rows' given labels, for --ood")
+    parser.add_argument("--near", action="store_true", help="also time near_duplicates' work after the search")
+    parser.add_argument("--images", help="(M, H, W, 3) uint8 .npy of the --features rows' images, for --near")
     parser.add_argument("--json", help="append each measurement to this file as it finishes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -129,20 +219,24 @@ def main() -> None:
     if args.worker == "ood":
         ood_worker(args.n, args, args.indices)
         return
+    if args.worker == "near":
+        near_worker(args.n, args, args.indices)
+        return
     if args.worker:
         worker(args.worker, args.n, args, args.indices)
         return
     _common.IN_PROCESS = _common.IN_PROCESS or args.quick
     sizes = [1000, 2000] if args.quick else [int(s) for s in args.sizes.split(",")]
     if args.quick:
-        args.d, args.features, args.k, args.ood = 64, None, 50, True
+        args.d, args.features, args.k, args.ood, args.near = 64, None, 50, True, True
     source = Path(args.features).name + f" + noise {args.noise}" if args.features else "clustered random"
     d = np.load(args.features, mmap_mode="r").shape[1] if args.features else args.d
     _common.print_header(f"neighbours search, N x {d:,} float32 ({source}), k={args.k}, "
                          f"nprobe={args.nprobe}")
     forwarded = ["--d", str(args.d), "--k", str(args.k), "--nprobe", str(args.nprobe), "--seed", str(args.seed),
                  "--noise", str(args.noise), *(["--features", args.features] if args.features else []),
-                 *(["--ood"] if args.ood else []), *(["--labels", args.labels] if args.labels else [])]
+                 *(["--ood"] if args.ood else []), *(["--labels", args.labels] if args.labels else []),
+                 *(["--near"] if args.near else []), *(["--images", args.images] if args.images else [])]
     results: dict[tuple[str, int], dict] = {}
     recall: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_neighbours_") as tmp:
@@ -156,6 +250,13 @@ def main() -> None:
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps({"method": method, "n": n, **results[method, n]}) + "\n")
+            if args.near:
+                results["near", n] = _common.run_worker(
+                    SCRIPT, ["--worker", "near", "--n", str(n), "--indices",
+                             str(Path(tmp) / f"approximate-{n}.npy"), *forwarded])
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({"method": "near_duplicates", "n": n, **results["near", n]}) + "\n")
             if args.ood:
                 results["ood", n] = _common.run_worker(
                     SCRIPT, ["--worker", "ood", "--n", str(n), "--indices",
@@ -200,9 +301,22 @@ def main() -> None:
                          took["peak_mb"], matrix, matrix / took["peak_mb"]))
         if len(sizes) >= 2:
             fits["ood_scores"] = growth(sizes, [results["ood", n]["seconds"] for n in sizes])
+    if args.near:
+        first = sizes[0]
+        for n in sizes:
+            took = results["near", n]
+            linear = results["near", first]["seconds"] * n / first
+            rows.append((f"near_duplicates after the search, s (N={n:,}; baseline linear from N={first:,})",
+                         took["seconds"], linear, linear / took["seconds"]))
+            rows.append((f"near_duplicates peak RSS, MiB (N={n:,})", took["peak_mb"], took["peak_mb"], 1.0))
+            rows.append((f"planted near-copies grouped with their source (N={n:,}; baseline the planted rows)",
+                         took["found"], took["planted"], took["found"] / max(took["planted"], 1)))
+        if len(sizes) >= 2:
+            fits["near_duplicates"] = growth(sizes, [results["near", n]["seconds"] for n in sizes])
     _common.print_table(rows, _common.machine_label("cpu"))
     for method, (_, b) in fits.items():
-        fitted = ", ".join(f"{n:,}" for n in sizes if (method if method != "ood_scores" else "ood", n) in results)
+        key = {"ood_scores": "ood", "near_duplicates": "near"}.get(method, method)
+        fitted = ", ".join(f"{n:,}" for n in sizes if (key, n) in results)
         print(f"{method}: time grows as N^{b:.2f} (fitted on N = {fitted})")
     big = [n for n in sizes if ("exact", n) not in results]
     if big:

@@ -2,7 +2,8 @@
 head features, searched once for the stages that read them: ``ood_scores`` (the neighbours'
 distances or given labels) and ``near_duplicates`` (the closest few as candidate near-copies).
 The search is exact (:mod:`animal_assets.core.knn`) up to ``approximate_above`` images and
-approximate above (:mod:`animal_assets.core.ann`, faiss's inverted-file index)."""
+approximate above (:mod:`animal_assets.core.ann`, faiss's inverted-file index of product-quantised
+codes, re-ranked exactly)."""
 from __future__ import annotations
 
 import time
@@ -29,11 +30,12 @@ class NeighboursConfig:
     # its k; each must be at most this.
     k: int = 50
     # "exact" compares every pair of images (N x N products); "approximate" searches faiss's
-    # inverted-file index, nprobe of its cells per image (a neighbour in another cell is
-    # missed); "auto" is exact up to approximate_above images and approximate above.
+    # inverted-file index of 4-bit codes, nprobe of its cells per image (a neighbour in another
+    # cell is missed), and re-ranks the codes' short list exactly; "auto" is exact up to
+    # approximate_above images and approximate above.
     method: Literal["auto", "exact", "approximate"] = "auto"
     approximate_above: int = 200_000  # images; the exact search's time grows with N squared
-    nprobe: int = 64  # cells each image's approximate search reads; more is slower and closer to exact
+    nprobe: int = 96  # cells each image's approximate search reads; more is slower and closer to exact
     seed: int = 0  # the approximate index's k-means
 
 
