@@ -34,7 +34,7 @@ class NeighboursConfig:
     # cell is missed), and re-ranks the codes' short list exactly; "auto" is exact up to
     # approximate_above images and approximate above.
     method: Literal["auto", "exact", "approximate"] = "auto"
-    approximate_above: int = 200_000  # images; the exact search's time grows with N squared
+    approximate_above: int = 100_000  # images; the exact search's time grows with N squared
     nprobe: int = 96  # cells each image's approximate search reads; more is slower and closer to exact
     seed: int = 0  # the approximate index's k-means
 
