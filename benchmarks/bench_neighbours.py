@@ -23,8 +23,9 @@ of the 5 nearest features, the thumbnail search, the two crop searches (each ove
 thumbnails), the hash buckets and the groups. The thumbnails (plain, mirrored, cut by 2 and 4
 pixels) are those of ``--images`` (uint8 (M, H, W, 3), aligned with ``--features``) for each
 drawn row plus the same share of noise, or clustered random ones without it; 1 % of the rows
-are planted near-copies of another row (thumbnails and features within a small noise), so
-there are groups to join. The images' own decoding and thumbnailing (linear in N) is not timed.
+are planted near-copies of another row (its thumbnails within a hundredth of that noise; every
+row's hash is drawn at random, so only the thumbnail searches can join a copy to its source).
+The images' own decoding and thumbnailing (linear in N) is not timed.
 
     python benchmarks/bench_neighbours.py --features head.npy --sizes 30000,100000,300000,1000000
     python benchmarks/bench_neighbours.py --features head.npy --labels given.npy --ood --exact-up-to 0
@@ -115,8 +116,8 @@ def _thumbnail_rows(n: int, args, drawn: np.ndarray, planted: np.ndarray, source
         for start in range(0, n, 50_000):
             stop = min(start + 50_000, n)
             rows[start:stop] = real[drawn[start:stop]]
-            scale = np.where(planted[start:stop], args.noise / 100, args.noise)[:, None]
-            rows[start:stop] += scale * spread * rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32)
+            rows[start:stop] += args.noise * spread * rng.standard_normal((stop - start, real.shape[1]),
+                                                                        dtype=np.float32)
         rows[planted] = rows[source[planted]] + (args.noise / 100) * spread * rng.standard_normal(
             (int(planted.sum()), real.shape[1]), dtype=np.float32)
         rows -= rows.mean(axis=1, keepdims=True)
@@ -142,8 +143,7 @@ def near_worker(n: int, args, indices_path: str) -> None:
     own = source == np.arange(n)
     source[own] = (source[own] + 1) % n  # a planted row copies another
     thumbs, mirrored, *cropped = _thumbnail_rows(n, args, drawn, planted, source)
-    hashes = rng.integers(0, 2**64, n, dtype=np.uint64)
-    hashes[planted] = hashes[source[planted]]
+    hashes = rng.integers(0, 2**64, n, dtype=np.uint64)  # no two equal: the hash detector finds nothing
     sha256 = [f"{i:064x}" for i in range(n)]
     ids = np.array([f"img_{i}" for i in range(n)], dtype=object)
     given = rng.integers(0, 10, n)

@@ -4,14 +4,15 @@ dominate the graph.
 faiss's inverted-file index with product-quantised codes, searched with its fast-scan kernels,
 on the unit-normalised rows, inner product as the similarity; then an exact re-ranking. K-means
 (spherical, seeded) cuts the rows into ``nlist`` cells; each row is stored in its cell as a
-code of 4 bits per 4 feature values (``d / 2`` bytes; 160 for 1,280 values), and each query reads
-the codes of the ``nprobe`` cells whose centres are most similar to it. The codes give the
-approximate similarities of a short list of candidates (``SHORT_LIST``, at least twice k), whose
-exact inner products (a flat copy of the rows) then pick and order the k. A neighbour is missed when it lies
-in a cell that was not probed, or when the codes rank it below that short list. Reading 16-byte
-blocks of codes instead of whole rows is what makes a million rows a search of minutes on two
-cores rather than hours (benchmarks/RESULTS.md). Rows whose probed cells hold fewer than k other
-rows get their neighbours from an exact pass over all rows, so every row has k.
+code of 4 bits per 4 feature values (``d / 2`` bytes: 160 for 1,280 values), and each query
+reads the codes of the ``nprobe`` cells whose centres are most similar to it. The codes give
+the approximate similarities of a short list of candidates (``SHORT_LIST``, at least twice k),
+whose exact inner products (a flat copy of the rows) then pick and order the k. A neighbour is
+missed when it lies in a cell that was not probed, or when the codes rank it below that short
+list. Reading 160-byte codes instead of 5 KiB rows is what makes a million rows a search of
+minutes on two cores rather than hours (benchmarks/RESULTS.md). Rows whose probed cells hold
+fewer than k other rows get their neighbours from an exact pass over all rows, so every row
+has k.
 
 The result has the exact search's layout (:func:`animal_assets.core.knn.knn`): distances
 ``1 - cos`` ascending along each row, a row never its own neighbour, equal distances ordered by
