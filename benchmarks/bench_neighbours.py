@@ -47,6 +47,8 @@ from bench_knn import clustered_features
 from animal_assets.core.ann import DEFAULT_NPROBE
 
 SCRIPT = str(Path(__file__).resolve())
+#: The stages timed after the search (their flag and worker, their name), in the order they run.
+AFTER_SEARCH = (("near", "near_duplicates"), ("ood", "ood_scores"))
 
 
 def make_features(n: int, d: int, source: str | None, noise: float, seed: int,
@@ -250,20 +252,16 @@ def main() -> None:
                 if args.json:
                     with open(args.json, "a") as f:
                         f.write(json.dumps({"method": method, "n": n, **results[method, n]}) + "\n")
-            if args.near:
-                results["near", n] = _common.run_worker(
-                    SCRIPT, ["--worker", "near", "--n", str(n), "--indices",
+            # the stages' work after the search, on the approximate neighbours
+            for kind, stage in AFTER_SEARCH:
+                if not getattr(args, kind):
+                    continue
+                results[kind, n] = _common.run_worker(
+                    SCRIPT, ["--worker", kind, "--n", str(n), "--indices",
                              str(Path(tmp) / f"approximate-{n}.npy"), *forwarded])
                 if args.json:
                     with open(args.json, "a") as f:
-                        f.write(json.dumps({"method": "near_duplicates", "n": n, **results["near", n]}) + "\n")
-            if args.ood:
-                results["ood", n] = _common.run_worker(
-                    SCRIPT, ["--worker", "ood", "--n", str(n), "--indices",
-                             str(Path(tmp) / f"approximate-{n}.npy"), *forwarded])
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps({"method": "ood_scores", "n": n, **results["ood", n]}) + "\n")
+                        f.write(json.dumps({"method": stage, "n": n, **results[kind, n]}) + "\n")
             if ("exact", n) in results:
                 found = np.load(Path(tmp) / f"approximate-{n}.npy")[:, :10]
                 exact = np.load(Path(tmp) / f"exact-{n}.npy")
@@ -289,33 +287,28 @@ def main() -> None:
             rows.append((f"peak RSS while searching, MiB (N={n:,})", ours["peak_mb"], base_mb,
                          base_mb / ours["peak_mb"]))
             rows.append((f"recall@10 against exact (N={n:,})", recall[n], 1.0, recall[n]))
-    if args.ood:
-        first = sizes[0]
+    first = sizes[0]
+    for kind, stage in AFTER_SEARCH:
+        if not getattr(args, kind):
+            continue
         for n in sizes:
-            took = results["ood", n]
-            linear = results["ood", first]["seconds"] * n / first
-            rows.append((f"ood_scores after the search, s (N={n:,}; baseline linear from N={first:,})",
+            took = results[kind, n]
+            linear = results[kind, first]["seconds"] * n / first
+            rows.append((f"{stage} after the search, s (N={n:,}; baseline linear from N={first:,})",
                          took["seconds"], linear, linear / took["seconds"]))
-            matrix = n * d * 4 / 2**20  # the features alone
-            rows.append((f"ood_scores peak RSS, MiB (N={n:,}; baseline the N x {d:,} features alone)",
-                         took["peak_mb"], matrix, matrix / took["peak_mb"]))
+            if kind == "ood":
+                matrix = n * d * 4 / 2**20  # the features alone
+                rows.append((f"ood_scores peak RSS, MiB (N={n:,}; baseline the N x {d:,} features alone)",
+                             took["peak_mb"], matrix, matrix / took["peak_mb"]))
+            else:
+                rows.append((f"near_duplicates peak RSS, MiB (N={n:,})", took["peak_mb"], took["peak_mb"], 1.0))
+                rows.append((f"planted near-copies grouped with their source (N={n:,}; baseline the planted rows)",
+                             took["found"], took["planted"], took["found"] / max(took["planted"], 1)))
         if len(sizes) >= 2:
-            fits["ood_scores"] = growth(sizes, [results["ood", n]["seconds"] for n in sizes])
-    if args.near:
-        first = sizes[0]
-        for n in sizes:
-            took = results["near", n]
-            linear = results["near", first]["seconds"] * n / first
-            rows.append((f"near_duplicates after the search, s (N={n:,}; baseline linear from N={first:,})",
-                         took["seconds"], linear, linear / took["seconds"]))
-            rows.append((f"near_duplicates peak RSS, MiB (N={n:,})", took["peak_mb"], took["peak_mb"], 1.0))
-            rows.append((f"planted near-copies grouped with their source (N={n:,}; baseline the planted rows)",
-                         took["found"], took["planted"], took["found"] / max(took["planted"], 1)))
-        if len(sizes) >= 2:
-            fits["near_duplicates"] = growth(sizes, [results["near", n]["seconds"] for n in sizes])
+            fits[stage] = growth(sizes, [results[kind, n]["seconds"] for n in sizes])
     _common.print_table(rows, _common.machine_label("cpu"))
     for method, (_, b) in fits.items():
-        key = {"ood_scores": "ood", "near_duplicates": "near"}.get(method, method)
+        key = dict((stage, kind) for kind, stage in AFTER_SEARCH).get(method, method)
         fitted = ", ".join(f"{n:,}" for n in sizes if (key, n) in results)
         print(f"{method}: time grows as N^{b:.2f} (fitted on N = {fitted})")
     big = [n for n in sizes if ("exact", n) not in results]
