@@ -51,6 +51,16 @@ SCRIPT = str(Path(__file__).resolve())
 AFTER_SEARCH = (("near", "near_duplicates"), ("ood", "ood_scores"))
 
 
+def _draws(n: int, real: np.ndarray, seed: int):
+    """The seeded stream behind :func:`make_features`: per chunk of 50,000 rows, its bounds, the
+    source rows drawn and their noise (unscaled)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, 50_000):  # in chunks: one N x D array in memory, not three
+        stop = min(start + 50_000, n)
+        rows = np.sort(rng.integers(0, len(real), stop - start))
+        yield start, stop, rows, rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32)
+
+
 def make_features(n: int, d: int, source: str | None, noise: float, seed: int,
                   drawn: list | None = None) -> np.ndarray:
     """``n`` rows: real rows plus noise when ``source`` names a .npy file, else clustered random.
@@ -58,17 +68,23 @@ def make_features(n: int, d: int, source: str | None, noise: float, seed: int,
     if source is None:
         return clustered_features(n, d, seed=seed)
     real = np.load(source, mmap_mode="r")
-    rng = np.random.default_rng(seed)
     spread = np.asarray(real[: min(len(real), 20_000)], dtype=np.float32).std(axis=0)
     out = np.empty((n, real.shape[1]), dtype=np.float32)
-    for start in range(0, n, 50_000):  # in chunks: one N x D array in memory, not three
-        stop = min(start + 50_000, n)
-        rows = np.sort(rng.integers(0, len(real), stop - start))
+    for start, stop, rows, gauss in _draws(n, real, seed):
         if drawn is not None:
             drawn.append(rows)
         out[start:stop] = real[rows]
-        out[start:stop] += noise * spread * rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32)
+        out[start:stop] += noise * spread * gauss
     return out
+
+
+def source_rows(n: int, source: str | None, seed: int) -> np.ndarray:
+    """The source row of each of :func:`make_features`' ``n`` rows (``arange(n)`` without a
+    source), without holding the features."""
+    if source is None:
+        return np.arange(n)
+    real = np.load(source, mmap_mode="r")
+    return np.concatenate([rows for _, _, rows, _ in _draws(n, real, seed)])
 
 
 def worker(method: str, n: int, args, indices_path: str) -> None:
@@ -136,9 +152,7 @@ def near_worker(n: int, args, indices_path: str) -> None:
     from animal_assets.core.profiling import measure
     from animal_assets.core.stages.near_duplicates import NearDuplicatesConfig
 
-    drawn_chunks: list = []
-    make_features(n, args.d, args.features, args.noise, args.seed, drawn_chunks)
-    drawn = np.concatenate(drawn_chunks) if drawn_chunks else np.arange(n)
+    drawn = source_rows(n, args.features, args.seed)
     rng = np.random.default_rng(args.seed + 2)
     planted = rng.random(n) < 0.01
     source = rng.integers(0, n, n)
