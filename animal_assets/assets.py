@@ -234,19 +234,20 @@ def _run_context(context: dg.AssetExecutionContext, dataset: DatasetResource,
 
 
 def _materialize(name: str, config, ctx: RunContext, storage: StorageResource, *, run=None,
-                 describe=None, **inputs) -> dg.Output:
+                 describe=None, folder: str | None = None, **inputs) -> dg.Output:
     """Run the stage ``name`` on ``inputs`` and return its handle with its description
-    (``run`` and ``describe``: the stage's shard or merge functions instead of its own)."""
+    (``run`` and ``describe``: the stage's shard or merge functions instead of its own;
+    ``folder``: the output folder they write, when not the stage's)."""
     if "raw_images" in inputs:
         _guard(inputs["raw_images"])
     stage = BY_NAME[name]
     with measure() as stats:
         handle = (run or stage.run)(None if config is None else config.to_core(), ctx, **inputs)
-    storage.mark(name)
+    storage.mark(folder or name)
     described = (describe or stage.describe)(handle, ctx, **inputs)
     return dg.Output(handle, metadata={
         # where this asset's files are (Dagster's own "path" is the stored handle's pickle)
-        "outputs": dg.MetadataValue.path(str(storage.path(name))),
+        "outputs": dg.MetadataValue.path(str(storage.path(folder or name))),
         **{key: _metadata_value(value) for key, value in described.items()},
         "wall_seconds": round(stats.seconds, 2), "peak_rss_mb": round(stats.peak_rss_mb, 1),
     })
@@ -435,12 +436,13 @@ PIPELINE_ASSETS = [
 # -- shards ------------------------------------------------------------------------------------
 
 def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
-    """For each stage that can run in shards (``image_quality``, ``embeddings``): its per-shard
-    asset, partitioned by shard (static partitions, one per shard of
+    """For each stage that can run in shards (``raw_images``, ``image_quality``, ``embeddings``):
+    its per-shard asset, partitioned by shard (static partitions, one per shard of
     :mod:`animal_assets.core.shards`), and the stage's own asset, which merges every shard back
     into the one result the assets below read. Each keeps the kinds, tags and code version of
     the stage's unsharded asset; a shard of a stage that uses the device asks Kubernetes for a
-    GPU.
+    GPU. ``raw_image_shards`` reads the input (each shard's files); ``raw_images`` takes the
+    format policies and applies them to the merged whole.
 
     Each shard is its own run (a backfill of the partitions, or ``animal-assets run``), so shards
     run side by side as Dagster runs: as processes here, as pods under the ``K8sRunLauncher``.
@@ -502,14 +504,58 @@ def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
 
         return merged
 
-    return {stage.name: [shard_asset(stage, unsharded[stage.name]),
-                         merge_asset(stage, unsharded[stage.name])]
-            for stage in STAGES if stage.sharding}
+    def input_shard_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
+        sharding = stage.sharding
+
+        @dg.asset(name=sharding.asset, group_name=GROUP, tags=_part("input"), deps=[input_dataset],
+                  partitions_def=partitions, code_version="1", kinds={"python"},
+                  automation_condition=RERUN,
+                  description="The files of the input whose ids fall in one shard (by a stable "
+                              "hash of the id), read, checked and decoded; raw_images merges the "
+                              "shards and applies the format policies to the whole input.")
+        def per_shard(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                      storage: StorageResource) -> dg.Output:
+            shard, n = parse_shard_key(context.partition_key)
+            dataset.check(storage)
+            return _materialize(stage.name, None, _run_context(context, dataset, storage), storage,
+                                run=lambda cfg, ctx: sharding.run_shard(cfg, ctx, shard=shard, shards=n),
+                                describe=sharding.describe_shard, folder=sharding.asset)
+
+        return per_shard
+
+    def input_merge_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
+        sharding = stage.sharding
+        spec = plain.specs_by_key[plain.key]
+        first_line = " ".join(spec.description.split("\n\n")[0].split())
+
+        @dg.asset(name=stage.name, group_name=GROUP, tags=_part(spec.tags["part"]),
+                  ins={"shards": dg.AssetIn(sharding.asset)}, code_version=spec.code_version,
+                  kinds={"python"}, automation_condition=RERUN, output_required=False,
+                  description=f"{first_line} Merged from {sharding.asset}, the format policies "
+                              "applied to the whole input: the same result as unsharded.")
+        def merged(context: dg.AssetExecutionContext, config: CONFIGS[stage.name], shards: dict,
+                   dataset: DatasetResource, storage: StorageResource):
+            dataset.check(storage)
+            try:
+                yield _materialize(stage.name, config, _run_context(context, dataset, storage),
+                                   storage, run=sharding.merge, **{sharding.asset: shards})
+            except ShardsBehind as waiting:
+                context.log.info(f"{waiting}; nothing materialized")
+
+        return merged
+
+    def pair(stage) -> list[dg.AssetsDefinition]:
+        plain = unsharded[stage.name]
+        if stage.inputs:
+            return [shard_asset(stage, plain), merge_asset(stage, plain)]
+        return [input_shard_asset(stage, plain), input_merge_asset(stage, plain)]
+
+    return {stage.name: pair(stage) for stage in STAGES if stage.sharding}
 
 
 def pipeline_assets(shards: int = 1) -> list[dg.AssetsDefinition]:
-    """The graph's assets; with ``shards`` > 1, ``image_quality`` and ``embeddings`` are
-    computed per shard (:func:`sharded_assets`)."""
+    """The graph's assets; with ``shards`` > 1, ``raw_images``, ``image_quality`` and
+    ``embeddings`` are computed per shard (:func:`sharded_assets`)."""
     if shards == 1:
         return list(PIPELINE_ASSETS)
     sharded = sharded_assets(shards)

@@ -17,7 +17,7 @@ import os
 
 import dagster as dg
 
-from animal_assets.core.stages import SHARD_ASSETS
+from animal_assets.core.stages import BY_NAME, SHARD_ASSETS
 
 #: Environment variable: the executor of every job ("" for Dagster's default, or "k8s").
 EXECUTOR_VARIABLE = "ANIMAL_ASSETS_EXECUTOR"
@@ -47,12 +47,13 @@ def executor_from_environment() -> dg.ExecutorDefinition | None:
 def sharded_run_config(run_config: dict, shards: int) -> dict:
     """``run_config`` for a graph of ``shards`` shards: the settings of a sharded stage, written
     under its name as for one shard (``embeddings``, ``image_quality``), belong to its per-shard
-    asset (``embedding_shards``, ``image_quality_shards``); the merges have none."""
+    asset (``embedding_shards``, ``image_quality_shards``), whose merge has none; those of
+    ``raw_images`` stay with its merge, which applies the format policies to the whole input."""
     ops = dict(run_config.get("ops") or {})
     if shards == 1 or not set(SHARD_ASSETS) & set(ops):
         return run_config
     for stage, per_shard in SHARD_ASSETS.items():
-        if stage in ops:
+        if stage in ops and not BY_NAME[stage].sharding.settings_on_merge:
             ops[per_shard] = ops.pop(stage)
     return {**run_config, "ops": ops}
 

@@ -18,7 +18,7 @@ from animal_assets.core.atomic import OutputBusyError, output_lock
 from animal_assets.core.config import load_run_config
 from animal_assets.core.pipeline import summarise_run, with_precision
 from animal_assets.core.preflight import InputError
-from animal_assets.core.stages import SHARD_ASSETS
+from animal_assets.core.stages import SHARD_ASSETS, STAGES
 from animal_assets.progress import ProgressBar
 
 
@@ -338,29 +338,34 @@ def _shard_keys(defs: dg.Definitions) -> list[str]:
 
 
 def _sharded_plan(defs: dg.Definitions, selection: list[str]) -> list[tuple[list[str], list | None]]:
-    """The runs of ``selection`` on a sharded graph, in order: what lies above the per-shard
-    assets, every shard (one run each, the shard's partition of each selected per-shard asset),
-    what lies below them. A per-shard asset joins a selection that has assets both above and
-    below it (a new raw_images must reach its merge through it)."""
+    """The runs of ``selection`` on a sharded graph, in order: runs of the unpartitioned assets
+    and, between them, every shard of one layer of per-shard assets (one run each, the shard's
+    partition of each selected per-shard asset): the input's shards, ``raw_images``, the shards
+    of the stages that read it, what lies below them. A per-shard asset joins a selection that
+    has assets both above and below it (a new raw_images must reach its merge through it), and
+    the input's shards join a selection of ``raw_images`` (the input is read in shards)."""
     graph = defs.resolve_asset_graph()
+    order = [a.key.to_user_string() for a in pipeline_assets(defs)]  # parents first
+    sharded = set(_sharded(defs))
     selected = set(selection)
-    below: set[str] = set()
-    for name in _sharded(defs):
+    for name in order:
+        if name not in sharded:
+            continue
+        above = _reachable(graph, name, "parent_keys") & set(order)
         under = _reachable(graph, name, "child_keys")
-        if selected & _reachable(graph, name, "parent_keys") and selected & under:
+        merge = next(s.name for s in STAGES if s.sharding and s.sharding.asset == name)
+        if (selected & above and selected & under) or (not above and merge in selected):
             selected.add(name)
-        below |= under
-    per_shard = [n for n in _sharded(defs) if n in selected]
-    order = [a.key.to_user_string() for a in pipeline_assets(defs)]
-    first = [n for n in order if n in selected and n not in below and n not in per_shard]
-    last = [n for n in order if n in selected and n in below]
+    # each asset's run: the first after its parents', of its kind (per shard: odd; else even)
+    rank: dict[str, int] = {}
+    for name in order:
+        parents = [k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys]
+        first = max((rank[p] for p in parents if p in rank), default=0)
+        rank[name] = first if (first % 2 == 1) == (name in sharded) else first + 1
     plan = []
-    if first:
-        plan.append((first, None))
-    if per_shard:
-        plan.append((per_shard, _shard_keys(defs)))
-    if last:
-        plan.append((last, None))
+    for level in sorted({rank[n] for n in selected}):
+        names = [n for n in order if n in selected and rank[n] == level]
+        plan.append((names, _shard_keys(defs) if level % 2 else None))
     return plan
 
 

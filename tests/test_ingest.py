@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ import pytest
 from PIL import Image
 
 from animal_assets.core.ds801 import write_ds801
+from animal_assets.core.shards import shard_of
 from animal_assets.core.ingest import (
-    MANIFEST_COLUMNS, DatasetError, dataset_fingerprint, load_raw_images, open_raw, read_dataset,
-    read_manifest, summary,
+    MANIFEST_COLUMNS, DatasetError, dataset_fingerprint, load_raw_images, merge_raw_shards,
+    open_raw, read_dataset, read_dataset_shard, read_manifest, summary,
 )
 from tests.fixtures import (
     REAL_DS801, image_bytes, image_paths, labels_of, make_archive, make_dataset, tree_hashes,
@@ -162,6 +164,51 @@ def _two_wrappers(tmp_path):
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def _read_in_shards(src: Path, out: Path, shards: int, **policies):
+    parts = [read_dataset_shard(src, out / "shards" / str(k), shard=k, shards=shards)
+             for k in range(shards)]
+    return parts, merge_raw_shards(parts, out / "merged", **policies)
+
+
+@pytest.mark.parametrize("kind", [None, "zip", "tgz"])
+@pytest.mark.parametrize("shards", [1, 3, 4])
+def test_read_in_shards_and_merged_is_read_whole(tmp_path, kind, shards):
+    """Every shard reads and decodes only its images; merged, they are one read byte for byte:
+    the broken dataset's quarantined rows, label entries without an image, the labels file's
+    own violations and an archive hidden under imgs/ included."""
+    folder, expected = _broken_dataset(tmp_path)
+    inner = make_archive(make_dataset(tmp_path / "inner", n=2, k=3), "zip")
+    (folder / "imgs" / f"img_{UUID[:-1]}f.jpg").write_bytes(inner.read_bytes())
+    src = folder if kind is None else make_archive(folder, kind)
+    whole = read_dataset(src, tmp_path / "whole", format_policy="quarantine")
+    parts, merged = _read_in_shards(src, tmp_path, shards, format_policy="quarantine")
+    assert "unexpected_file" in read_manifest(merged.manifest_path)["reason"].tolist()
+    assert _outputs(Path(merged.root)) == _outputs(Path(whole.root))
+    assert open_raw(merged.root) == replace(whole, **{f: getattr(merged, f) for f in (
+        "root", "images_path", "manifest_path", "files_dir", "violations_path")})
+    rows = [json.loads((Path(p.root) / "rows.json").read_text()) for p in parts]
+    assert sum(map(len, rows)) == len(read_manifest(whole.manifest_path))
+    for k, part in enumerate(parts):  # each row in the shard of its id, usable images counted
+        assert {shard_of(r["id"], shards) for r in rows[k]} <= {k}
+        assert part.n_usable == len(np.load(Path(part.root) / "images.npy")) == sum(
+            r["status"] == "ok" for r in rows[k])
+    # the labels file's own (a key's entry without an image goes with that key's shard)
+    labels_file = [sum(v["file"].startswith("data-labels.json") and v["rule"] != "label_has_image"
+                       for v in json.loads((Path(p.root) / "violations.json").read_text()))
+                   for p in parts]
+    assert labels_file[0] >= 1 and labels_file[1:] == [0] * (shards - 1)
+
+
+def test_merged_shards_apply_the_policies_and_the_minimum(tmp_path):
+    folder, _ = _broken_dataset(tmp_path)
+    parts, strict = _read_in_shards(folder, tmp_path / "a", 3)
+    assert strict.blocking and _outputs(Path(strict.root)) == _outputs(
+        Path(read_dataset(folder, tmp_path / "whole").root))
+    with pytest.raises(DatasetError, match="only 5 usable images .* the graph needs at least 6"):
+        merge_raw_shards(parts, tmp_path / "b", format_policy="quarantine", minimum=6)
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("case, match", [

@@ -19,6 +19,7 @@ import pytest
 
 from animal_assets import runner
 from animal_assets.cluster import sharded_run_config
+from animal_assets.core.atomic import OWNER_MARKER
 from animal_assets.core.shards import (
     MAX_SHARDS,
     SHARDS_VARIABLE,
@@ -31,13 +32,14 @@ from animal_assets.core.shards import (
     shards_from_environment,
 )
 from animal_assets.definitions import build_defs
+from tests.fixtures import tree_hashes
 from tests.graph import TINY, make_defs, sqlite_instance
 
 #: The assets the automation reruns below an input change (the shards are added by the run).
 BEFORE_TRAINING = ["raw_images", "image_quality", "embeddings", "neighbours", "ood_scores",
                    "near_duplicates", "clean_labels", "val_split", "balanced_train"]
 #: The per-shard assets of a sharded graph.
-PER_SHARD = ["image_quality_shards", "embedding_shards"]
+PER_SHARD = ["raw_image_shards", "image_quality_shards", "embedding_shards"]
 
 
 def _shard_runs(keys) -> list[str]:
@@ -92,11 +94,14 @@ def test_the_shard_count_comes_from_the_environment(monkeypatch):
 
 def test_the_settings_of_a_sharded_stage_go_to_its_shards():
     config = {"ops": {"embeddings": {"config": {"image_size": 64}}, "val_split": {"config": {}},
-                      "image_quality": {"config": {"policy": "drop"}}}}
+                      "image_quality": {"config": {"policy": "drop"}},
+                      "raw_images": {"config": {"format_policy": "quarantine"}}}}
     assert sharded_run_config(config, 1) == config
+    # the format policies apply to the whole input: they stay with raw_images, the merge
     assert sharded_run_config(config, 4) == {"ops": {
         "embedding_shards": {"config": {"image_size": 64}}, "val_split": {"config": {}},
-        "image_quality_shards": {"config": {"policy": "drop"}}}}
+        "image_quality_shards": {"config": {"policy": "drop"}},
+        "raw_images": {"config": {"format_policy": "quarantine"}}}}
 
 
 def test_the_unsharded_graph_has_no_partitions_and_the_sharded_one_draws_the_merges():
@@ -104,7 +109,14 @@ def test_the_unsharded_graph_has_no_partitions_and_the_sharded_one_draws_the_mer
     assert not any(plain.get(k).is_partitioned for k in plain.get_all_asset_keys())
     assert {k.to_user_string() for k in plain.get_all_asset_keys()}.isdisjoint(PER_SHARD)
     graph = build_defs(shards=4).resolve_asset_graph()
-    for stage, per_shard in zip(("image_quality", "embeddings"), PER_SHARD):
+    # the input is read in shards; raw_images merges them and reads nothing else
+    shards = graph.get(dg.AssetKey("raw_image_shards"))
+    assert shards.partitions_def.get_partition_keys() == shard_keys(4)
+    assert set(shards.parent_keys) == {dg.AssetKey("input_dataset")}
+    assert set(graph.get(dg.AssetKey("raw_images")).parent_keys) == {dg.AssetKey("raw_image_shards")}
+    assert set(graph.get(dg.AssetKey("raw_images")).child_keys) == {
+        *plain.get(dg.AssetKey("raw_images")).child_keys, *map(dg.AssetKey, PER_SHARD[1:])}
+    for stage, per_shard in zip(("image_quality", "embeddings"), PER_SHARD[1:]):
         shards = graph.get(dg.AssetKey(per_shard))
         assert shards.partitions_def.get_partition_keys() == shard_keys(4)
         assert set(shards.parent_keys) == {dg.AssetKey("raw_images")}
@@ -151,7 +163,17 @@ def graphs(tiny_graph, tmp_path_factory):
 def test_four_shards_on_two_processes_embed_bit_for_bit_as_one(graphs):
     one, four, summary, _, _ = graphs
     assert sorted(n for n in summary["assets"] if "[" in n) == _shard_runs(shard_keys(4))
-    assert len(summary["run_ids"]) == 1 + 4 + 1  # above the shards, each shard, below them
+    # each shard of the input, raw_images, each shard of the per-image stages, what lies below
+    assert len(summary["run_ids"]) == 4 + 1 + 4 + 1
+    # the input read in shards is the input read whole, byte for byte
+    for name in ("images.npy", "manifest.csv", "violations.json"):
+        assert (four.out / "raw_images" / name).read_bytes() == (one.out / "raw_images" / name).read_bytes()
+    assert tree_hashes(four.out / "raw_images" / "files") == tree_hashes(one.out / "raw_images" / "files")
+    for k in shard_keys(4):
+        assert (four.out / "raw_image_shards" / k / "rows.json").is_file()
+    # the shards' folder is the tool's, and holds only the shards
+    assert sorted(p.name for p in (four.out / "raw_image_shards").iterdir()) == sorted(
+        [OWNER_MARKER, *shard_keys(4)])
     whole = np.load(one.out / "embeddings" / "embeddings.npy")
     merged = np.load(four.out / "embeddings" / "embeddings.npy")
     assert merged.dtype == whole.dtype == np.float32 and merged.shape == whole.shape
@@ -166,18 +188,20 @@ def test_four_shards_on_two_processes_embed_bit_for_bit_as_one(graphs):
     for path in ("image_quality/image_quality.csv", "clean_labels/decisions.csv",
                  "val_split/ids.csv"):
         assert (four.out / path).read_bytes() == (one.out / path).read_bytes(), path
-    # each shard's run is a run of the pipeline job with its partition
+    # each shard's run is a run of the pipeline job with its partition: one reads the input's
+    # shard, one computes the shard of the per-image stages
     runs = four.instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": shard_key(2, 4)}))
-    assert [r.dagster_run.job_name for r in runs] == ["pipeline"]
-    assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    assert [r.dagster_run.job_name for r in runs] == ["pipeline", "pipeline"]
+    assert {r.dagster_run.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
     status = runner.sync_status(four.instance, four.defs)
-    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 11
+    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 12
 
 
 @pytest.mark.slow
 def test_the_merge_waits_for_shards_behind_raw_images(graphs):
-    """What the automation sensor's first run after a new raw_images does: the shards are not in
-    it, so ``embeddings`` skips, and the assets below it in the run are skipped, not failed."""
+    """What the automation sensor's runs after an input change meet while the shards are behind:
+    a merge skips (its shards read another version of the input, or were computed from another
+    raw_images), and the assets below it in that run are skipped, not failed."""
     _, four, _, tmp, truth = graphs
     copy = tmp / "behind"
     shutil.copytree(four.out.parent, copy)
@@ -185,17 +209,31 @@ def test_the_merge_waits_for_shards_behind_raw_images(graphs):
     shutil.copytree(four.dataset, dataset)
     _remove_one_image(dataset)
     graph = _graph(copy, dataset, truth, 4)
-    runner.observe(graph.instance, graph.defs)  # what makes the sensor request raw_images
+    runner.observe(graph.instance, graph.defs)
     job = graph.defs.resolve_job_def("pipeline").get_subset(asset_selection={
         dg.AssetKey(n) for n in ("raw_images", "embeddings", "neighbours")})
-    result = job.execute_in_process(instance=graph.instance, raise_on_error=False,
-                                    run_config={"ops": {}})
-    assert result.success
-    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert done == {"raw_images"}
-    skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
-    assert skipped == {"neighbours"}
-    logged = " ".join(e.user_message for e in graph.instance.all_logs(result.run_id))
+
+    def run_and_log():
+        result = job.execute_in_process(instance=graph.instance, raise_on_error=False,
+                                        run_config={"ops": {}})
+        assert result.success
+        done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
+        logged = " ".join(e.user_message for e in graph.instance.all_logs(result.run_id))
+        return done, skipped, logged
+
+    done, skipped, logged = run_and_log()
+    # the checks of raw_images (steps raw_images_<check>) have nothing to check either
+    assert done == set() and {s for s in skipped if not s.startswith("raw_images_")} == {
+        "embeddings", "neighbours"} and len(skipped) == 2 + 4
+    assert "raw_images: shards ['0-of-4', '1-of-4', '2-of-4', '3-of-4'] were computed from " \
+        "another version of the input" in logged
+    assert runner.sync_status(graph.instance, graph.defs)["raw_image_shards"] == "unsynced"
+
+    runner.run(config=TINY, instance=graph.instance, defs=graph.defs, select=["raw_image_shards"],
+               observe_first=False)
+    done, skipped, logged = run_and_log()
+    assert (done, skipped) == ({"raw_images"}, {"neighbours"})
     assert "embeddings: shards ['0-of-4', '1-of-4', '2-of-4', '3-of-4'] were computed from " \
         "another raw_images materialization" in logged
     assert runner.sync_status(graph.instance, graph.defs)["embedding_shards"] == "unsynced"
@@ -233,8 +271,15 @@ def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
     _remove_one_image(dataset)
     runner.observe(graph.instance, graph.defs)
     requested, cursor = _requested(graph.defs, graph.instance, cursor)
-    # Dagster requests the shards on the tick after raw_images (see assets.sharded_embeddings);
-    # a run of this selection adds them between raw_images and embeddings
+    # the input's shards read the change first (Dagster requests a partitioned asset's children
+    # of other partitions on a later tick: see assets.sharded_assets)
+    assert requested == ["raw_image_shards"]
+    summary = runner.run(config=TINY, instance=graph.instance, defs=graph.defs, select=requested,
+                         observe_first=False)
+    assert sorted(summary["assets"]) == [f"raw_image_shards[{k}]" for k in shard_keys(4)]
+    requested, cursor = _requested(graph.defs, graph.instance, cursor)
+    # then raw_images and everything below it; a run of this selection adds the shards of the
+    # stages between raw_images and what reads them (and reads the input's shards again)
     assert requested == sorted(BEFORE_TRAINING)
     summary = runner.run(config=TINY, instance=graph.instance, defs=graph.defs, select=requested,
                          observe_first=False)
@@ -247,7 +292,7 @@ def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
     requested, cursor = _requested(graph.defs, graph.instance, cursor)
     assert requested == []  # the rerun settled it
     status = runner.sync_status(graph.instance, graph.defs)
-    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 11
+    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 12
 
     # another change, rerun with --unsynced: the shards are found unsynced and run first
     left = _remove_one_image(dataset)
@@ -256,7 +301,7 @@ def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
     assert sorted(summary["assets"]) == sorted([*BEFORE_TRAINING, *_shard_runs(shard_keys(4)),
                                                 "resnet34_model", "eval_report", "ablation_report"])
     status = runner.sync_status(graph.instance, graph.defs)
-    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 11
+    assert [status[n] for n in [*PER_SHARD, *BEFORE_TRAINING]] == ["synced"] * 12
     merged = np.load(copy / "out" / "embeddings" / "embeddings.npy")
     assert merged.shape[0] == left
     requested, cursor = _requested(graph.defs, graph.instance, cursor)
@@ -266,7 +311,7 @@ def test_the_rerun_loop_and_unsynced_hold_on_the_sharded_graph(graphs):
 @pytest.mark.slow
 def test_the_dagster_free_runner_runs_the_same_shards(tiny_graph, tmp_path):
     """The stage functions the sharded graph calls, called by the runner without dagster: three
-    shards in turn give the unsharded graph's features and quality table."""
+    shards in turn give the unsharded graph's manifest, features and quality table."""
     from animal_assets.core.config import params_from_run_config
     from animal_assets.core.pipeline import run_stages
     from animal_assets.core.stages import RunContext, upto
@@ -276,7 +321,11 @@ def test_the_dagster_free_runner_runs_the_same_shards(tiny_graph, tmp_path):
     results = run_stages(ctx, params_from_run_config(TINY), stages=upto("embeddings"), shards=3,
                          describe=False)
     assert sorted(p.name for p in (tmp_path / "out" / "embeddings" / "shards").iterdir()) == shard_keys(3)
+    assert sorted(p.name for p in (tmp_path / "out" / "raw_image_shards").iterdir()) == sorted(
+        [OWNER_MARKER, *shard_keys(3)])
     whole = tiny_graph.tmp / "out"
+    assert Path(results["raw_images"].manifest_path).read_bytes() == (
+        whole / "raw_images" / "manifest.csv").read_bytes()
     assert Path(results["embeddings"].path).read_bytes() == (whole / "embeddings" / "embeddings.npy").read_bytes()
     assert Path(results["image_quality"].path).read_bytes() == (
         whole / "image_quality" / "image_quality.csv").read_bytes()

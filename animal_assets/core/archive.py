@@ -13,6 +13,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,15 @@ def _limit(path: str) -> int:
     return MAX_LABELS_BYTES if path.rsplit("/", 1)[-1] == LABELS_FILE else MAX_IMAGE_BYTES
 
 
-def _tar_members(path: Path) -> list[Member]:
+#: ``wanted(path) -> bool``: whether a regular file's bytes are read (labels files always are).
+Wanted = Callable[[str], bool]
+
+
+def _wanted(wanted: Wanted | None, path: str) -> bool:
+    return wanted is None or path.rsplit("/", 1)[-1] == LABELS_FILE or wanted(path)
+
+
+def _tar_members(path: Path, wanted: Wanted | None) -> list[Member]:
     members, total = [], 0
     # stream mode reads the gzip once, front to back, and never seeks
     with tarfile.open(path, mode="r|gz") as tf:
@@ -90,7 +99,7 @@ def _tar_members(path: Path) -> list[Member]:
                     f"{MAX_SKIP_BYTES} bytes any file of a DS801 dataset can need; refused before "
                     "decompressing it")
             data = None
-            if kind == "file" and unsafe is None and ti.size <= _limit(name):
+            if kind == "file" and unsafe is None and ti.size <= _limit(name) and _wanted(wanted, name):
                 data = tf.extractfile(ti).read()
                 total = _count(path, total, len(data))
             members.append(Member(name, kind, ti.size, data, unsafe))
@@ -105,7 +114,7 @@ def _count(path: Path, total: int, size: int) -> int:
     return total
 
 
-def _zip_members(path: Path) -> list[Member]:
+def _zip_members(path: Path, wanted: Wanted | None) -> list[Member]:
     members, total = [], 0
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
@@ -123,7 +132,8 @@ def _zip_members(path: Path) -> list[Member]:
             else:
                 kind = "file"
             data = None
-            if kind == "file" and unsafe is None and info.file_size <= _limit(name):
+            if (kind == "file" and unsafe is None and info.file_size <= _limit(name)
+                    and _wanted(wanted, name)):
                 with zf.open(info) as f:
                     data = f.read(_limit(name) + 1)
                 if len(data) > _limit(name):
@@ -134,7 +144,7 @@ def _zip_members(path: Path) -> list[Member]:
     return members
 
 
-def _folder_members(root: Path) -> list[Member]:
+def _folder_members(root: Path, wanted: Wanted | None) -> list[Member]:
     members, total = [], 0
     pending = [(root, "")]
     while pending:
@@ -152,7 +162,8 @@ def _folder_members(root: Path) -> list[Member]:
                     members.append(Member(path, "dir", 0, None))
                     pending.append((Path(entry.path), f"{path}/"))
                 elif stat.S_ISREG(st.st_mode):
-                    data = read_regular(entry.path, _limit(path)) if st.st_size <= _limit(path) else None
+                    data = (read_regular(entry.path, _limit(path))
+                            if st.st_size <= _limit(path) and _wanted(wanted, path) else None)
                     total = _count(root, total, len(data or b""))
                     members.append(Member(path, "file", st.st_size, data))
                 else:
@@ -174,9 +185,12 @@ def archive_format(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_members(path: Path) -> list[Member]:
+def read_members(path: Path, wanted: Wanted | None = None) -> list[Member]:
+    """Every member of the folder or archive ``path``. With ``wanted``, only the regular files it
+    accepts (and every labels file) are read; the others are listed with their kind and size,
+    their ``data`` None."""
     if path.is_dir():
-        return _folder_members(path)
+        return _folder_members(path, wanted)
     kind = archive_format(path)
     if kind not in ("zip", "tar.gz"):
         what = f"a {kind} archive" if kind else "neither a zip nor a gzip-compressed tar archive"
@@ -184,7 +198,7 @@ def read_members(path: Path) -> list[Member]:
             f"{path}: unsupported input ({what}); give a folder or a "
             f"{', '.join(ARCHIVE_SUFFIXES)} archive")
     try:
-        members = _zip_members(path) if kind == "zip" else _tar_members(path)
+        members = _zip_members(path, wanted) if kind == "zip" else _tar_members(path, wanted)
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
             NotImplementedError) as exc:
         raise DatasetError(f"{path}: the {kind} archive is damaged or unreadable ({exc})") from exc

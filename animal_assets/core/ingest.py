@@ -5,6 +5,10 @@ members are read in memory. Every file and every label entry becomes one manifes
 "quarantined" with the broken rule), the usable images are stacked into one ``.npy`` array, and
 their original JPEG bytes are kept so that exports can copy them unchanged. All outputs are written
 into one folder that replaces the previous one atomically.
+
+The same read can run in shards (:func:`read_dataset_shard`, each reading and decoding only the
+files of its image ids) whose merge (:func:`merge_raw_shards`) writes the same outputs byte for
+byte.
 """
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +40,7 @@ from animal_assets.core.formats import (
     MAX_IMAGE_BYTES, MAX_LABELS_BYTES, RULE_PRIORITY, LabelTable, Rule, Violation, blocking_rules,
     decode_image, filename_violation, image_stem, label_entry_name, read_labels, read_regular,
 )
+from animal_assets.core.shards import check_count, shard_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,8 +90,13 @@ def _member_problems(m: Member, rel: str | None, counts: Counter) -> list[tuple[
     return []
 
 
-def _assess(members: list[Member], prefix: str) -> tuple[list[dict], list[Violation], LabelTable]:
-    """Build the manifest rows (unsorted, usable ones carrying pixels), violations and label table."""
+def _assess(members: list[Member], prefix: str, keep: Callable[[str], bool] | None = None,
+            *, label_file_violations: bool = True) -> tuple[list[dict], list[Violation], LabelTable]:
+    """Build the manifest rows (unsorted, usable ones carrying pixels), violations and label table.
+
+    With ``keep``, only the rows whose id it accepts (a shard's) are built, and only their files
+    decoded; ``label_file_violations`` false leaves out the labels file's own violations (one
+    shard lists them)."""
     labels_path = prefix + LABELS_FILE
     labels_member = next(m for m in members if m.path == labels_path and m.unsafe is None and m.kind == "file")
     if labels_member.data is None:
@@ -90,7 +104,7 @@ def _assess(members: list[Member], prefix: str) -> tuple[list[dict], list[Violat
         table = LabelTable({}, {}, {}, 0, (too_large,), False)
     else:
         table = read_labels(labels_member.data, source=LABELS_FILE)
-    violations = list(table.violations)
+    violations = list(table.violations) if label_file_violations else []
     counts = Counter(m.path for m in members if m.unsafe is None and m.kind != "dir")
     rows, seen = [], set()
     for m in members:
@@ -105,12 +119,16 @@ def _assess(members: list[Member], prefix: str) -> tuple[list[dict], list[Violat
         # encrypted members are not images at all
         is_image = (rel is not None and rel.startswith(f"{IMAGES_DIR}/") and rel.count("/") == 1
                     and all(rule is not Rule.UNEXPECTED_FILE for rule, _ in found))
+        problem = filename_violation(name) if is_image else None
         if is_image:
-            problem = filename_violation(name)
-            if problem:
-                found.append((Rule.FILENAME, problem))
             stem = image_stem(name)
             seen.add(stem)
+        row_id = stem if stem is not None and not problem else name
+        if keep is not None and not keep(row_id):
+            continue
+        if is_image:
+            if problem:
+                found.append((Rule.FILENAME, problem))
             if table.readable and stem not in table.values:
                 found.append((Rule.IMAGE_HAS_LABEL, f"image has no entry in {LABELS_FILE}"))
             if m.kind == "file":
@@ -128,7 +146,7 @@ def _assess(members: list[Member], prefix: str) -> tuple[list[dict], list[Violat
             rules.append(table.problems[stem])
         ok = not rules
         rows.append({
-            "id": stem if stem is not None and not filename_violation(name) else name, "file": shown,
+            "id": row_id, "file": shown,
             "given": table.classes.get(stem, -1) if stem is not None else -1,
             "sha256": hashlib.sha256(m.data).hexdigest() if m.data is not None else "",
             "status": "ok" if ok else "quarantined",
@@ -138,6 +156,8 @@ def _assess(members: list[Member], prefix: str) -> tuple[list[dict], list[Violat
             "_exif_transposed": bool(info.get("exif_transposed")),
         })
     for key in sorted(set(table.values) - seen):
+        if keep is not None and not keep(key):
+            continue
         entry = label_entry_name(LABELS_FILE, key)
         violations.append(
             Violation.of(entry, Rule.LABEL_HAS_IMAGE, f"no image {IMAGES_DIR}/{key}.jpg for this entry"))
@@ -225,13 +245,24 @@ def read_dataset(
         fewer than ``minimum`` images are usable. Every other problem is a violation listed in
         the outputs.
     """
-    rules = blocking_rules(format_policy, decode_policy)
     src, out = Path(path).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     _check_paths(src, out)
     members = read_members(src)
     prefix = find_root(members, str(src))
     rows, violations, table = _assess(members, prefix)
-    if not table.values and not any(r["file"].startswith(f"{IMAGES_DIR}/") for r in rows):
+    return _write_raw(src, out, rows, violations, num_classes=table.num_classes,
+                      n_label_entries=len(table.values), fingerprint=dataset_fingerprint(src),
+                      format_policy=format_policy, decode_policy=decode_policy, minimum=minimum)
+
+
+def _write_raw(src: Path, out: Path, rows: list[dict], violations: list[Violation], *,
+               num_classes: int, n_label_entries: int, fingerprint: str, format_policy: str,
+               decode_policy: str, minimum: int | None) -> RawImages:
+    """Sort the rows and violations, apply the blocking rules and write the outputs of
+    :func:`read_dataset` (a usable row's ``_data``: its bytes, or the path of a file holding
+    them, which is linked or copied)."""
+    rules = blocking_rules(format_policy, decode_policy)
+    if not n_label_entries and not any(r["file"].startswith(f"{IMAGES_DIR}/") for r in rows):
         raise DatasetError(f"{src}: holds neither images nor label entries")
     rows.sort(key=lambda r: (r["file"] == "", r["file"], r["id"]))
     violations.sort(key=lambda v: (v.file, RULE_PRIORITY.index(Rule(v.rule)), v.message))
@@ -241,18 +272,34 @@ def read_dataset(
     raw = RawImages(
         root=str(out), images_path=str(out / "images.npy"), manifest_path=str(out / "manifest.csv"),
         files_dir=str(out / "files"), violations_path=str(out / "violations.json"),
-        num_classes=table.num_classes, n_input_files=sum(r["file"] != "" for r in rows),
-        n_label_entries=len(table.values), n_usable=len(usable),
+        num_classes=num_classes, n_input_files=sum(r["file"] != "" for r in rows),
+        n_label_entries=n_label_entries, n_usable=len(usable),
         blocking=any(v.rule in rules for v in violations), source=str(src),
-        fingerprint=dataset_fingerprint(src), format_policy=format_policy, decode_policy=decode_policy,
+        fingerprint=fingerprint, format_policy=format_policy, decode_policy=decode_policy,
         n_exif_transposed=sum(r["_exif_transposed"] for r in usable),
     )
     if minimum is not None and not raw.blocking and len(usable) < minimum:
         _too_few(raw, n_quarantined=sum(r["status"] == "quarantined" for r in rows),
                  reasons=Counter(r["reason"] for r in rows if r["reason"]), minimum=minimum)
+    with _usable_writer(out, rows, usable) as tmp:
+        # label keys may hold lone surrogates (JSON allows "\ud800"); escape rather than fail
+        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore",
+                                    lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / "violations.json").write_text(json.dumps([v.to_dict() for v in violations], indent=1) + "\n")
+        (tmp / "raw.json").write_text(json.dumps(asdict(raw), indent=1) + "\n")
+    return raw
+
+
+@contextmanager
+def _usable_writer(out: Path, rows: list[dict], usable: list[dict]) -> Iterator[Path]:
+    """A temporary folder that replaces ``out`` (:func:`atomic_dir`), holding ``images.npy`` and
+    ``files/`` of the ``usable`` rows in their order (their ``_array`` and ``_data`` are taken)."""
     shape = (len(usable), IMAGE_SIZE, IMAGE_SIZE, 3)
     # the arrays, the original JPEG bytes and a margin for the manifest and the small files
-    needed = (int(np.prod(shape)) + sum(len(r["_data"]) for r in usable) + 256 * len(rows)
+    needed = (int(np.prod(shape)) + sum(_n_bytes(r["_data"]) for r in usable) + 256 * len(rows)
               + (1 << 16))
     ensure_free_space(out, needed)
     with atomic_dir(out, needed=needed) as tmp:
@@ -265,16 +312,111 @@ def read_dataset(
             for r in usable:
                 f.write(np.ascontiguousarray(r.pop("_array"), dtype=np.uint8).tobytes())
         for r in usable:
-            (tmp / "files" / f"{r['id']}.jpg").write_bytes(r.pop("_data"))
-        # label keys may hold lone surrogates (JSON allows "\ud800"); escape rather than fail
-        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-            writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore",
-                                    lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        (tmp / "violations.json").write_text(json.dumps([v.to_dict() for v in violations], indent=1) + "\n")
-        (tmp / "raw.json").write_text(json.dumps(asdict(raw), indent=1) + "\n")
-    return raw
+            data, target = r.pop("_data"), tmp / "files" / f"{r['id']}.jpg"
+            if isinstance(data, bytes):
+                target.write_bytes(data)
+            else:  # a shard's copy: never written to again, so a hard link shares it safely
+                try:
+                    os.link(data, target)
+                except OSError:
+                    shutil.copyfile(data, target)
+        yield tmp
+
+
+def _n_bytes(data: bytes | Path) -> int:
+    return len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+
+
+# -- shards: the input read and decoded by image id (ANIMAL_ASSETS_SHARDS), merged back --------
+
+
+@dataclass(frozen=True)
+class RawImageShard:
+    """What :func:`read_dataset_shard` wrote for the images of one shard: the manifest rows of
+    its ids (the label entries without an image included), their violations, the usable images
+    and their files. No format policy is applied yet; :func:`merge_raw_shards` applies it."""
+
+    root: str
+    raw_version: str  # the input's fingerprint when the shard was read
+    source: str
+    shard: int
+    shards: int
+    num_classes: int
+    n_label_entries: int
+    n_rows: int
+    n_usable: int
+    n_violations: int
+    seconds: float
+
+
+def _shard_member(shard: int, shards: int) -> Callable[[str], bool]:
+    """Whether a member path may hold an image of the shard: its row id is the file name
+    without ``.jpg`` (an image) or the whole name (anything else), so either may decide."""
+    def wanted(path: str) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        return shard_of(image_stem(name), shards) == shard or shard_of(name, shards) == shard
+
+    return wanted
+
+
+def read_dataset_shard(path: str | os.PathLike, out_dir: str | os.PathLike, *, shard: int,
+                       shards: int) -> RawImageShard:
+    """Read and check the images of shard ``shard`` of ``shards`` (by a stable hash of the image
+    id, :mod:`animal_assets.core.shards`) into ``out_dir``, replaced atomically: ``images.npy``
+    and ``files/`` of its usable images, ``rows.json`` (its manifest rows, ``index`` the row in
+    ``images.npy``), ``violations.json`` and ``shard.json``. Only the shard's files are read and
+    decoded; the listing, the labels file and the wrapping folder are read whole, so each shard
+    raises the :class:`DatasetError` of :func:`read_dataset`. Shard 0 also lists the labels
+    file's own violations."""
+    start = time.perf_counter()
+    check_count(shards)
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} of {shards} does not exist")
+    src, out = Path(path).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    _check_paths(src, out)
+    members = read_members(src, _shard_member(shard, shards))
+    prefix = find_root(members, str(src))
+    rows, violations, table = _assess(members, prefix, lambda i: shard_of(i, shards) == shard,
+                                      label_file_violations=shard == 0)
+    rows.sort(key=lambda r: (r["file"] == "", r["file"], r["id"]))
+    usable = [r for r in rows if r["status"] == "ok"]
+    for i, r in enumerate(usable):
+        r["index"] = i
+    record = RawImageShard(
+        root=str(out), raw_version=dataset_fingerprint(src), source=str(src), shard=shard,
+        shards=shards, num_classes=table.num_classes, n_label_entries=len(table.values),
+        n_rows=len(rows), n_usable=len(usable), n_violations=len(violations), seconds=0.0)
+    with _usable_writer(out, rows, usable) as tmp:
+        (tmp / "rows.json").write_text(json.dumps(
+            [{c: r[c] for c in (*MANIFEST_COLUMNS, "_exif_transposed") if c in r} for r in rows]))
+        (tmp / "violations.json").write_text(json.dumps([v.to_dict() for v in violations]))
+        record = replace(record, seconds=round(time.perf_counter() - start, 3))
+        (tmp / "shard.json").write_text(json.dumps(asdict(record), indent=1) + "\n")
+    return record
+
+
+def merge_raw_shards(parts: Sequence[RawImageShard], out_dir: str | os.PathLike, *,
+                     format_policy: str = "strict", decode_policy: str = "quarantine",
+                     minimum: int | None = None) -> RawImages:
+    """The outputs of :func:`read_dataset` from every shard of one read of the input (checked by
+    the caller), byte for byte: the rows and violations sorted as one read sorts them, the
+    blocking rules and ``minimum`` applied to the whole. Each usable image's file is linked
+    from its shard's (copied where links cannot be made)."""
+    rows, violations = [], []
+    for part in parts:
+        root = Path(part.root)
+        images = np.load(root / "images.npy", mmap_mode="r")
+        for r in json.loads((root / "rows.json").read_text()):
+            if r["status"] == "ok":
+                r["_array"], r["_data"] = images[r["index"]], root / "files" / f"{r['id']}.jpg"
+            rows.append(r)
+        violations.extend(Violation(**v) for v in json.loads((root / "violations.json").read_text()))
+    first = parts[0]
+    src = Path(first.source)
+    return _write_raw(src, Path(out_dir).expanduser().resolve(), rows, violations,
+                      num_classes=first.num_classes, n_label_entries=first.n_label_entries,
+                      fingerprint=first.raw_version, format_policy=format_policy,
+                      decode_policy=decode_policy, minimum=minimum)
 
 
 def peek_labels(path: str | os.PathLike) -> LabelTable | None:

@@ -93,10 +93,12 @@ def run_stages(ctx: RunContext, params: dict, *, stages: Sequence[Stage] = STAGE
         ctx.log(f"[{stage.name}] running")
         with measure() as stats:
             if shards > 1 and stage.sharding is not None:
-                parts = {shard_key(k, shards): stage.sharding.run_shard(
-                    params.get(stage.name), ctx, shard=k, shards=shards, **inputs)
-                    for k in range(shards)}
-                handle = stage.sharding.merge(None, ctx, **inputs, **{stage.sharding.asset: parts})
+                sharding, settings = stage.sharding, params.get(stage.name)
+                on_shards, on_merge = ((None, settings) if sharding.settings_on_merge
+                                       else (settings, None))
+                parts = {shard_key(k, shards): sharding.run_shard(
+                    on_shards, ctx, shard=k, shards=shards, **inputs) for k in range(shards)}
+                handle = sharding.merge(on_merge, ctx, **inputs, **{sharding.asset: parts})
             else:
                 handle = stage.run(params.get(stage.name), ctx, **inputs)
         claim_asset_folder(ctx.output, stage.name)  # written by the stage: marked as the tool's

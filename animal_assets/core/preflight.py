@@ -27,16 +27,20 @@ after resolving links.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from animal_assets.core.atomic import LOCK_FILE, ForeignFolderError, check_owned, claim_folder
 from animal_assets.core.ingest import peek_labels
+from animal_assets.core.shards import ShardNames
 
 #: The folders the graph writes or replaces under the output folder, one per asset, each with
 #: the names the tool writes in it: a folder that holds only these (or nothing) but no ownership
 #: marker was written before the marker existed, and is adopted (see :func:`claim_asset_folder`).
-OUTPUT_FOLDERS: dict[str, frozenset[str]] = {
+OUTPUT_FOLDERS: dict[str, Collection[str]] = {
+    # the input read in shards (ANIMAL_ASSETS_SHARDS > 1): one folder per shard, e.g. 03-of-16
+    "raw_image_shards": ShardNames(),
     "raw_images": frozenset({"files", "images.npy", "manifest.csv", "raw.json", "violations.json"}),
     "image_quality": frozenset({"image_quality.csv", "quality_issues.jpg", "shards"}),
     "embeddings": frozenset({"embeddings.npy", "cache", "shards"}),

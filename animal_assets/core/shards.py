@@ -64,6 +64,18 @@ def parse_shard_key(key: str) -> tuple[int, int]:
     return int(shard), int(n)
 
 
+class ShardNames:
+    """Every shard name (:func:`shard_key`), as a collection that answers ``in``: the names a
+    folder of one folder per shard holds."""
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            parse_shard_key(name)
+        except (TypeError, ValueError, AttributeError):
+            return False
+        return True
+
+
 def shards_from_environment() -> int:
     """The shard count ``ANIMAL_ASSETS_SHARDS`` names (1 when unset or empty).
 
@@ -82,13 +94,15 @@ def shards_from_environment() -> int:
 
 
 class ShardsBehind(ValueError):
-    """A shard is missing or was computed from another materialization of raw_images: the merge
-    waits until every shard has been computed again."""
+    """A shard is missing or was computed from another materialization of raw_images (another
+    version of the input): the merge waits until every shard has been computed again."""
 
 
-def checked_shards(handles: Mapping[str, object], version: str, what: str) -> list:
+def checked_shards(handles: Mapping[str, object], version: str, what: str, *,
+                   upstream: str = "raw_images materialization") -> list:
     """The shard handles (each with ``shard``, ``shards`` and ``raw_version``) in shard order,
-    checked to be every shard of one count, all computed from the raw_images of ``version``.
+    checked to be every shard of one count, all computed from the ``upstream`` of ``version``
+    (a raw_images materialization, or for the shards of raw_images a version of the input).
 
     Raises
     ------
@@ -105,6 +119,6 @@ def checked_shards(handles: Mapping[str, object], version: str, what: str) -> li
         raise ShardsBehind(f"{what}: shards {missing} of {n} are missing")
     behind = [shard_key(s.shard, n) for s in shards if s.raw_version != version]
     if behind:
-        raise ShardsBehind(f"{what}: shards {behind} were computed from another raw_images "
-                           "materialization; they run again first")
+        raise ShardsBehind(f"{what}: shards {behind} were computed from another {upstream}; "
+                           "they run again first")
     return shards

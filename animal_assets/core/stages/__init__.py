@@ -18,9 +18,9 @@ runner (:mod:`animal_assets.core.pipeline`) and the benchmark family all run fro
 | eval_report | resnet34_model, val_split, clean_labels, ood_scores |
 | ablation_report | raw_images, clean_labels, val_split, balanced_train, resnet34_model |
 
-``image_quality`` and ``embeddings`` are per image: with ``ANIMAL_ASSETS_SHARDS`` > 1 each runs per
-shard as its ``sharding.asset`` (``image_quality_shards``, ``embedding_shards``), which the stage's
-own asset merges.
+``raw_images``, ``image_quality`` and ``embeddings`` are per image: with ``ANIMAL_ASSETS_SHARDS`` > 1
+each runs per shard as its ``sharding.asset`` (``raw_image_shards``, ``image_quality_shards``,
+``embedding_shards``), which the stage's own asset merges.
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ from animal_assets.core.train import TrainConfig
 
 STAGES: tuple[Stage, ...] = (
     Stage("raw_images", (), raw_images.RawImagesConfig, raw_images.run, raw_images.describe,
-          gate=raw_images.require_conforming),
+          gate=raw_images.require_conforming,
+          sharding=Sharding(raw_images.SHARDS_NAME, raw_images.run_shard, raw_images.merge,
+                            raw_images.describe_shard, settings_on_merge=True)),
     Stage("image_quality", ("raw_images",), image_quality.ImageQualityConfig, image_quality.run,
           image_quality.describe,
           sharding=Sharding("image_quality_shards", image_quality.run_shard, image_quality.merge,

@@ -68,9 +68,14 @@ class Sharding:
     and the stage's own asset merges them back into the handle ``run`` would have returned."""
 
     asset: str  # the partitioned asset's name
-    run_shard: Callable[..., Any]  # run_shard(config, ctx, raw_images=, shard=, shards=) -> handle
-    merge: Callable[..., Any]  # merge(None, ctx, raw_images=, <asset>={key: handle}) -> the stage's
+    # run_shard(config, ctx, <the stage's inputs>, shard=, shards=) -> handle
+    run_shard: Callable[..., Any]
+    # merge(config, ctx, <the stage's inputs>, <asset>={key: handle}) -> the stage's handle
+    merge: Callable[..., Any]
     describe_shard: Callable[[Any, RunContext], dict]
+    # whose the stage's settings are: the shards' (the merge gets None), or the merge's (the
+    # shards get None: raw_images reads the input in shards and applies its policies to the whole)
+    settings_on_merge: bool = False
 
 
 @dataclass(frozen=True)

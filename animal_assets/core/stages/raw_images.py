@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,12 +15,20 @@ from animal_assets.core.ingest import (
     MIN_USABLE_IMAGES,
     DatasetError,
     RawImages,
+    RawImageShard,
+    dataset_fingerprint,
+    merge_raw_shards,
     read_dataset,
+    read_dataset_shard,
     summary,
 )
+from animal_assets.core.preflight import claim_asset_folder
+from animal_assets.core.shards import ShardsBehind, checked_shards, shard_key
 from animal_assets.core.stages.base import FileRef, Json, RunContext, Table
 
 NAME = "raw_images"
+#: The output folder of the shards of the input (one subfolder per shard, e.g. ``03-of-16``).
+SHARDS_NAME = "raw_image_shards"
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,46 @@ def run(config: RawImagesConfig, ctx: RunContext) -> RawImages:
         raise ValueError("raw_images: no dataset given")
     return read_dataset(ctx.dataset, ctx.folder(NAME), format_policy=config.format_policy,
                         decode_policy=config.decode_policy, minimum=MIN_USABLE_IMAGES)
+
+
+def run_shard(config: RawImagesConfig | None, ctx: RunContext, *, shard: int,
+              shards: int) -> RawImageShard:
+    """Read and decode the images of shard ``shard`` of ``shards`` into
+    ``raw_image_shards/<shard>`` (:func:`~animal_assets.core.ingest.read_dataset_shard`). The
+    format policies are applied by :func:`merge`, so the shards take no settings."""
+    if not ctx.dataset:
+        raise ValueError("raw_images: no dataset given")
+    part = read_dataset_shard(ctx.dataset, ctx.folder(SHARDS_NAME, shard_key(shard, shards)),
+                              shard=shard, shards=shards)
+    claim_asset_folder(ctx.output, SHARDS_NAME)  # marks the folder when this shard created it
+    return part
+
+
+def merge(config: RawImagesConfig, ctx: RunContext, *,
+          raw_image_shards: Mapping[str, RawImageShard]) -> RawImages:
+    """:func:`run`'s result from every shard, byte for byte, with ``config``'s policies applied.
+    Raises :class:`~animal_assets.core.shards.ShardsBehind` while a shard is missing or read
+    another input (or another version of it) than ``ctx.dataset`` holds now."""
+    if not ctx.dataset:
+        raise ValueError("raw_images: no dataset given")
+    source = Path(ctx.dataset).expanduser().resolve()
+    parts = checked_shards(raw_image_shards, dataset_fingerprint(source), NAME,
+                           upstream="version of the input")
+    moved = [shard_key(p.shard, p.shards) for p in parts if p.source != str(source)]
+    if moved:
+        raise ShardsBehind(f"{NAME}: shards {moved} read another input than {source}; they run "
+                           "again first")
+    return merge_raw_shards(parts, ctx.folder(NAME), format_policy=config.format_policy,
+                            decode_policy=config.decode_policy, minimum=MIN_USABLE_IMAGES)
+
+
+def describe_shard(part: RawImageShard, ctx: RunContext, **_) -> dict:
+    return {
+        "shard": shard_key(part.shard, part.shards), "n_rows": part.n_rows,
+        "n_usable": part.n_usable, "n_violations": part.n_violations,
+        "images_per_s": round(part.n_rows / max(part.seconds, 1e-9), 1),
+        "folder": FileRef(part.root),
+    }
 
 
 def require_conforming(raw: RawImages) -> None:
