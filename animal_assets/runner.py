@@ -279,25 +279,27 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     else:
         plan = _sharded_plan(defs, select or names)
     results = []
-    for part, (selection, partitions) in enumerate(plan):
-        if partitions is None:
-            # (a sharded graph's runs each select a part of it: they run as ``pipeline``)
-            result = _execute(defs, job_name(config, whole=not selection), selection, run_config, instance, tags,
-                              run_id=run_id if part == len(plan) - 1 else str(uuid.uuid4()),
-                              progress=progress)
-            outcomes = [(result.success, result)]
-        else:
-            outcomes = _execute_shards(defs, selection, run_config, instance, tags, partitions,
-                                       parallel_shards)
-        results.extend(r for _, r in outcomes)
-        failed = next((r for ok, r in outcomes if not ok), None)
-        if failed is not None:
-            if progress is not None:
-                progress.finish(False)
-            if not any(_materialized(r) for r in results):
-                _restore_observations(instance, observed_before)
-            raise RunFailed(failed if isinstance(failed, str) else _failure_line(failed),
-                            None if isinstance(failed, str) else failed)
+    with _ShardPool(parallel_shards) as pool:
+        for part, (selection, partitions) in enumerate(plan):
+            if partitions is None:
+                # (a sharded graph's runs each select a part of it: they run as ``pipeline``)
+                result = _execute(defs, job_name(config, whole=not selection), selection, run_config,
+                                  instance, tags,
+                                  run_id=run_id if part == len(plan) - 1 else str(uuid.uuid4()),
+                                  progress=progress)
+                outcomes = [(result.success, result)]
+            else:
+                outcomes = _execute_shards(defs, selection, run_config, instance, tags, partitions,
+                                           pool)
+            results.extend(r for _, r in outcomes)
+            failed = next((r for ok, r in outcomes if not ok), None)
+            if failed is not None:
+                if progress is not None:
+                    progress.finish(False)
+                if not any(_materialized(r) for r in results):
+                    _restore_observations(instance, observed_before)
+                raise RunFailed(failed if isinstance(failed, str) else _failure_line(failed),
+                                None if isinstance(failed, str) else failed)
     if progress is not None:
         progress.finish(True)
     return _summary(results, defs)
@@ -392,12 +394,37 @@ class ShardRun:
     timings: dict
 
 
-def _execute_shards(defs, selection, run_config, instance, tags, keys, parallel_shards):
-    """Every shard's run: ``parallel_shards`` at a time, each in its own process (as a run
+class _ShardPool:
+    """The processes that run shards ``parallel`` at a time, started on first use and kept for
+    every layer of shards of one command (each start imports the project again); none for one
+    at a time."""
+
+    def __init__(self, parallel: int) -> None:
+        self.parallel, self._pool = parallel, None
+
+    def __enter__(self) -> _ShardPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def map(self, fn, jobs: list) -> list:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=self.parallel,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return list(self._pool.map(fn, jobs))
+
+
+def _execute_shards(defs, selection, run_config, instance, tags, keys, pool: _ShardPool):
+    """Every shard's run: ``pool.parallel`` at a time, each in a process of the pool (as a run
     launcher would start them), or one after another in this process."""
     ops = {k: v for k, v in run_config.get("ops", {}).items() if k in selection}
     shard_config = {**run_config, "ops": ops}
-    if parallel_shards <= 1:
+    if pool.parallel <= 1:
         out = []
         for key in keys:
             result = _execute(defs, "pipeline", selection, shard_config, instance, tags,
@@ -406,19 +433,14 @@ def _execute_shards(defs, selection, run_config, instance, tags, keys, parallel_
             if not result.success:
                 break
         return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from animal_assets.core.jobs import cpu_cores
 
-    threads = max(1, cpu_cores() // parallel_shards)
+    threads = max(1, cpu_cores() // pool.parallel)
     # the resources travel as their fields (a ConfigurableResource does not pickle)
     resources = {name: (type(r), r.model_dump()) for name, r in defs.resources.items()}
     jobs = [(resources, len(keys), instance.get_ref(), selection, shard_config, tags, key, threads)
             for key in keys]
-    with ProcessPoolExecutor(max_workers=parallel_shards,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = list(pool.map(_shard_run, jobs))
+    runs = pool.map(_shard_run, jobs)
     return [(run.success, run if run.success else run.failure) for run in runs]
 
 

@@ -92,6 +92,7 @@ def test_a_sharded_graph_resolves_with_the_kubernetes_executor_and_each_shard_as
     assert USER_DEFINED_K8S_CONFIG_KEY in shard_step.tags
     assert int(config.container_config["resources"]["limits"]["nvidia.com/gpu"]) == 1
     assert "dagster-k8s/config" not in job.graph.node_named("embeddings").tags  # the merge: no GPU
+    assert "dagster-k8s/config" not in job.graph.node_named("raw_image_shards").tags  # decoding
     values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     assert {e["name"]: e["value"] for e in deployment["env"]}["ANIMAL_ASSETS_SHARDS"] == "16"

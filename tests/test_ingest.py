@@ -19,7 +19,7 @@ from animal_assets.core.ds801 import write_ds801
 from animal_assets.core.shards import shard_of
 from animal_assets.core.ingest import (
     MANIFEST_COLUMNS, DatasetError, dataset_fingerprint, load_raw_images, merge_raw_shards,
-    open_raw, read_dataset, read_dataset_shard, read_manifest, summary,
+    open_raw, read_dataset, read_dataset_shard, read_manifest, shard_key_of, summary,
 )
 from tests.fixtures import (
     REAL_DS801, image_bytes, image_paths, labels_of, make_archive, make_dataset, tree_hashes,
@@ -190,8 +190,10 @@ def test_read_in_shards_and_merged_is_read_whole(tmp_path, kind, shards):
         "root", "images_path", "manifest_path", "files_dir", "violations_path")})
     rows = [json.loads((Path(p.root) / "rows.json").read_text()) for p in parts]
     assert sum(map(len, rows)) == len(read_manifest(whole.manifest_path))
-    for k, part in enumerate(parts):  # each row in the shard of its id, usable images counted
-        assert {shard_of(r["id"], shards) for r in rows[k]} <= {k}
+    for k, part in enumerate(parts):  # each row in its shard, usable images counted
+        assert {shard_of(shard_key_of(r["file"].rsplit("/", 1)[-1] or r["id"]), shards)
+                for r in rows[k]} <= {k}
+        assert {shard_of(r["id"], shards) for r in rows[k] if r["status"] == "ok"} <= {k}
         assert part.n_usable == len(np.load(Path(part.root) / "images.npy")) == sum(
             r["status"] == "ok" for r in rows[k])
     # the labels file's own (a key's entry without an image goes with that key's shard)

@@ -94,9 +94,10 @@ def _assess(members: list[Member], prefix: str, keep: Callable[[str], bool] | No
             *, label_file_violations: bool = True) -> tuple[list[dict], list[Violation], LabelTable]:
     """Build the manifest rows (unsorted, usable ones carrying pixels), violations and label table.
 
-    With ``keep``, only the rows whose id it accepts (a shard's) are built, and only their files
-    decoded; ``label_file_violations`` false leaves out the labels file's own violations (one
-    shard lists them)."""
+    With ``keep``, only the rows whose shard key it accepts (a shard's) are built, and only their
+    files decoded: a file's key is its name without ``.jpg`` (:func:`shard_key_of`), a label
+    entry's its key. ``label_file_violations`` false leaves out the labels file's own violations
+    (one shard lists them)."""
     labels_path = prefix + LABELS_FILE
     labels_member = next(m for m in members if m.path == labels_path and m.unsafe is None and m.kind == "file")
     if labels_member.data is None:
@@ -123,8 +124,7 @@ def _assess(members: list[Member], prefix: str, keep: Callable[[str], bool] | No
         if is_image:
             stem = image_stem(name)
             seen.add(stem)
-        row_id = stem if stem is not None and not problem else name
-        if keep is not None and not keep(row_id):
+        if keep is not None and not keep(shard_key_of(name)):
             continue
         if is_image:
             if problem:
@@ -146,7 +146,7 @@ def _assess(members: list[Member], prefix: str, keep: Callable[[str], bool] | No
             rules.append(table.problems[stem])
         ok = not rules
         rows.append({
-            "id": row_id, "file": shown,
+            "id": stem if stem is not None and not problem else name, "file": shown,
             "given": table.classes.get(stem, -1) if stem is not None else -1,
             "sha256": hashlib.sha256(m.data).hexdigest() if m.data is not None else "",
             "status": "ok" if ok else "quarantined",
@@ -349,20 +349,17 @@ class RawImageShard:
     seconds: float
 
 
-def _shard_member(shard: int, shards: int) -> Callable[[str], bool]:
-    """Whether a member path may hold an image of the shard: its row id is the file name
-    without ``.jpg`` (an image) or the whole name (anything else), so either may decide."""
-    def wanted(path: str) -> bool:
-        name = path.rsplit("/", 1)[-1]
-        return shard_of(image_stem(name), shards) == shard or shard_of(name, shards) == shard
-
-    return wanted
+def shard_key_of(name: str) -> str:
+    """What decides the shard of a file of the input: its name without a final ``.jpg`` (an
+    image's id, and the key its label entry has), known before the file is read."""
+    return image_stem(name)
 
 
 def read_dataset_shard(path: str | os.PathLike, out_dir: str | os.PathLike, *, shard: int,
                        shards: int) -> RawImageShard:
-    """Read and check the images of shard ``shard`` of ``shards`` (by a stable hash of the image
-    id, :mod:`animal_assets.core.shards`) into ``out_dir``, replaced atomically: ``images.npy``
+    """Read and check the files of shard ``shard`` of ``shards`` (by a stable hash of
+    :func:`shard_key_of` their name: an image's id, :mod:`animal_assets.core.shards`) into
+    ``out_dir``, replaced atomically: ``images.npy``
     and ``files/`` of its usable images, ``rows.json`` (its manifest rows, ``index`` the row in
     ``images.npy``), ``violations.json`` and ``shard.json``. Only the shard's files are read and
     decoded; the listing, the labels file and the wrapping folder are read whole, so each shard
@@ -374,10 +371,12 @@ def read_dataset_shard(path: str | os.PathLike, out_dir: str | os.PathLike, *, s
         raise ValueError(f"shard {shard} of {shards} does not exist")
     src, out = Path(path).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     _check_paths(src, out)
-    members = read_members(src, _shard_member(shard, shards))
+    def mine(key: str) -> bool:
+        return shard_of(key, shards) == shard
+
+    members = read_members(src, lambda path: mine(shard_key_of(path.rsplit("/", 1)[-1])))
     prefix = find_root(members, str(src))
-    rows, violations, table = _assess(members, prefix, lambda i: shard_of(i, shards) == shard,
-                                      label_file_violations=shard == 0)
+    rows, violations, table = _assess(members, prefix, mine, label_file_violations=shard == 0)
     rows.sort(key=lambda r: (r["file"] == "", r["file"], r["id"]))
     usable = [r for r in rows if r["status"] == "ok"]
     for i, r in enumerate(usable):
