@@ -446,11 +446,13 @@ def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
 
     Each shard is its own run (a backfill of the partitions, or ``animal-assets run``), so shards
     run side by side as Dagster runs: as processes here, as pods under the ``K8sRunLauncher``.
-    Declarative automation does not request a partitioned asset in the run of its unpartitioned
-    parent (Dagster's ``executable_in_same_run``: the partitions definitions must match), so
-    after a new ``raw_images`` the automation sensor reruns the shards on its next tick; until
-    they are all recomputed, the merge skips (materializes nothing, and the assets below it in
-    that run are skipped too) and reruns as soon as they are.
+    Declarative automation does not request a partitioned asset in the run of an unpartitioned
+    parent or child (Dagster's ``executable_in_same_run``: the partitions definitions must
+    match), so after a new observation of the input the automation sensor reruns the graph one
+    layer per tick: the input's shards, then ``raw_images`` and what lies below it, then the
+    other shards, then their merges and the rest. Until its shards are all recomputed, a merge
+    skips (materializes nothing, and the assets below it in that run are skipped too) and
+    reruns as soon as they are.
     """
     from animal_assets.core.shards import ShardsBehind, parse_shard_key, shard_keys
 
@@ -483,36 +485,16 @@ def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
 
         return per_shard
 
-    def merge_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
-        sharding = stage.sharding
-        spec = plain.specs_by_key[plain.key]
-        first_line = " ".join(spec.description.split("\n\n")[0].split())
-
-        @dg.asset(name=stage.name, group_name=GROUP, tags=_part(spec.tags["part"]),
-                  ins={"shards": dg.AssetIn(sharding.asset)}, code_version=spec.code_version,
-                  kinds={"python"}, automation_condition=RERUN, output_required=False,
-                  description=f"{first_line} Merged from {sharding.asset} in the order of "
-                              "raw_images: the same result as unsharded.")
-        def merged(context: dg.AssetExecutionContext, raw_images: RawImages, shards: dict,
-                   dataset: DatasetResource, storage: StorageResource):
-            try:
-                yield _materialize(stage.name, None, _run_context(context, dataset, storage),
-                                   storage, run=sharding.merge, raw_images=raw_images,
-                                   **{sharding.asset: shards})
-            except ShardsBehind as waiting:
-                context.log.info(f"{waiting}; nothing materialized")
-
-        return merged
-
     def input_shard_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
         sharding = stage.sharding
 
         @dg.asset(name=sharding.asset, group_name=GROUP, tags=_part("input"), deps=[input_dataset],
                   partitions_def=partitions, code_version="1", kinds={"python"},
                   automation_condition=RERUN,
-                  description="The files of the input whose ids fall in one shard (by a stable "
-                              "hash of the id), read, checked and decoded; raw_images merges the "
-                              "shards and applies the format policies to the whole input.")
+                  description="The files of the input that fall in one shard (by a stable hash "
+                              "of the name without .jpg: an image's id), read, checked and "
+                              "decoded; raw_images merges the shards and applies the format "
+                              "policies to the whole input.")
         def per_shard(context: dg.AssetExecutionContext, dataset: DatasetResource,
                       storage: StorageResource) -> dg.Output:
             shard, n = parse_shard_key(context.partition_key)
@@ -523,24 +505,41 @@ def sharded_assets(shards: int) -> dict[str, list[dg.AssetsDefinition]]:
 
         return per_shard
 
-    def input_merge_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
-        sharding = stage.sharding
+    def merge_decorator(stage, plain: dg.AssetsDefinition, how: str):
+        """The asset of the stage's own name that merges its shards (``how``: in what order)."""
         spec = plain.specs_by_key[plain.key]
         first_line = " ".join(spec.description.split("\n\n")[0].split())
+        return dg.asset(name=stage.name, group_name=GROUP, tags=_part(spec.tags["part"]),
+                        ins={"shards": dg.AssetIn(stage.sharding.asset)},
+                        code_version=spec.code_version, kinds={"python"},
+                        automation_condition=RERUN, output_required=False,
+                        description=f"{first_line} Merged from {stage.sharding.asset}{how}: the "
+                                    "same result as unsharded.")
 
-        @dg.asset(name=stage.name, group_name=GROUP, tags=_part(spec.tags["part"]),
-                  ins={"shards": dg.AssetIn(sharding.asset)}, code_version=spec.code_version,
-                  kinds={"python"}, automation_condition=RERUN, output_required=False,
-                  description=f"{first_line} Merged from {sharding.asset}, the format policies "
-                              "applied to the whole input: the same result as unsharded.")
+    def merge_or_wait(context, stage, config, dataset, storage, **inputs):
+        """The merge's output, or nothing while a shard is missing or behind."""
+        try:
+            yield _materialize(stage.name, config, _run_context(context, dataset, storage),
+                               storage, run=stage.sharding.merge, **inputs)
+        except ShardsBehind as waiting:
+            context.log.info(f"{waiting}; nothing materialized")
+
+    def merge_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
+        @merge_decorator(stage, plain, " in the order of raw_images")
+        def merged(context: dg.AssetExecutionContext, raw_images: RawImages, shards: dict,
+                   dataset: DatasetResource, storage: StorageResource):
+            yield from merge_or_wait(context, stage, None, dataset, storage, raw_images=raw_images,
+                                     **{stage.sharding.asset: shards})
+
+        return merged
+
+    def input_merge_asset(stage, plain: dg.AssetsDefinition) -> dg.AssetsDefinition:
+        @merge_decorator(stage, plain, ", the format policies applied to the whole input")
         def merged(context: dg.AssetExecutionContext, config: CONFIGS[stage.name], shards: dict,
                    dataset: DatasetResource, storage: StorageResource):
             dataset.check(storage)
-            try:
-                yield _materialize(stage.name, config, _run_context(context, dataset, storage),
-                                   storage, run=sharding.merge, **{sharding.asset: shards})
-            except ShardsBehind as waiting:
-                context.log.info(f"{waiting}; nothing materialized")
+            yield from merge_or_wait(context, stage, config, dataset, storage,
+                                     **{stage.sharding.asset: shards})
 
         return merged
 
