@@ -327,7 +327,7 @@ def _n_bytes(data: bytes | Path) -> int:
     return len(data) if isinstance(data, bytes) else Path(data).stat().st_size
 
 
-# -- shards: the input read and decoded by image id (ANIMAL_ASSETS_SHARDS), merged back --------
+# -- shards: the input read and decoded by file name (ANIMAL_ASSETS_SHARDS), merged back -------
 
 
 @dataclass(frozen=True)
@@ -357,20 +357,20 @@ def shard_key_of(name: str) -> str:
 
 def read_dataset_shard(path: str | os.PathLike, out_dir: str | os.PathLike, *, shard: int,
                        shards: int) -> RawImageShard:
-    """Read and check the files of shard ``shard`` of ``shards`` (by a stable hash of
-    :func:`shard_key_of` their name: an image's id, :mod:`animal_assets.core.shards`) into
-    ``out_dir``, replaced atomically: ``images.npy``
-    and ``files/`` of its usable images, ``rows.json`` (its manifest rows, ``index`` the row in
-    ``images.npy``), ``violations.json`` and ``shard.json``. Only the shard's files are read and
-    decoded; the listing, the labels file and the wrapping folder are read whole, so each shard
-    raises the :class:`DatasetError` of :func:`read_dataset`. Shard 0 also lists the labels
-    file's own violations."""
+    """Read and check the files of shard ``shard`` of ``shards`` (by a stable hash of their
+    :func:`shard_key_of`, an image's id: :mod:`animal_assets.core.shards`) into ``out_dir``,
+    replaced atomically: ``images.npy`` and ``files/`` of its usable images, ``rows.json`` (its
+    manifest rows, ``index`` the row in ``images.npy``), ``violations.json`` and ``shard.json``.
+    Only the shard's files are read and decoded; the listing, the labels file and the wrapping
+    folder are read whole, so each shard raises the :class:`DatasetError` of
+    :func:`read_dataset`. Shard 0 also lists the labels file's own violations."""
     start = time.perf_counter()
     check_count(shards)
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} of {shards} does not exist")
     src, out = Path(path).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     _check_paths(src, out)
+
     def mine(key: str) -> bool:
         return shard_of(key, shards) == shard
 
