@@ -1,7 +1,9 @@
 """Fixtures shared across test modules, and the thread share of each pytest-xdist worker."""
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 
 from animal_assets.core.jobs import cpu_cores  # os and threads only: no NumPy, no torch
 
@@ -17,7 +19,7 @@ if _WORKERS > 1:
 
 import pytest  # noqa: E402
 
-from tests.graph import TinyGraph, materialize_tiny  # noqa: E402
+from tests.graph import TinyGraph, materialize_tiny, open_tiny  # noqa: E402
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -27,7 +29,20 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny_graph(tmp_path_factory) -> TinyGraph:
+def tiny_graph(tmp_path_factory, worker_id) -> TinyGraph:
     """The whole tiny graph, materialized once for the session. Tests only read it; a test that
-    changes an input, the instance or an output works on ``tests.graph.fork(tiny_graph, ...)``."""
-    return materialize_tiny(tmp_path_factory.mktemp("tiny-graph"))
+    changes an input, the instance or an output works on ``tests.graph.fork(tiny_graph, ...)``.
+
+    The pytest-xdist workers share it: the first to need it materializes it in the folder they
+    all see, holding a lock, and the others wait for it and open it."""
+    if worker_id == "master":
+        return materialize_tiny(tmp_path_factory.mktemp("tiny-graph"))
+    folder = tmp_path_factory.getbasetemp().parent / "tiny-graph"
+    with open(folder.with_name("tiny-graph.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        graph = open_tiny(folder)
+        if graph is None:  # not there, or a worker failed while it wrote it: start again
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            graph = materialize_tiny(folder)
+    return graph

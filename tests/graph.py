@@ -3,6 +3,7 @@ materialization for the whole session (``tiny_graph`` in ``conftest.py``) and co
 the tests that change what they run on."""
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +67,31 @@ def _truth(tmp: Path) -> Path:
 
 
 def materialize_tiny(tmp: Path) -> TinyGraph:
-    """The tiny demo dataset copied to ``tmp/input``, the whole graph materialized once."""
+    """The tiny demo dataset copied to ``tmp/input``, the whole graph materialized once; the run
+    summary is kept as ``tmp/summary.json`` (see :func:`open_tiny`)."""
     demo = make_demo_dataset(tmp / "demo", seed=0, size="tiny")
     dataset = tmp / "input"
     shutil.copytree(demo.dataset_dir, dataset)
     instance = sqlite_instance(tmp)
     defs = make_defs(tmp, str(dataset), truth=str(demo.truth_path))
     summary = runner.run(config=TINY, instance=instance, defs=defs)
-    return TinyGraph(tmp, instance, defs, dataset, summary)
+    partial = tmp / "summary.json.partial"
+    partial.write_text(json.dumps(summary))
+    partial.replace(tmp / "summary.json")
+    graph = open_tiny(tmp)
+    assert graph.summary == summary, "the run summary does not survive JSON"
+    return graph
+
+
+def open_tiny(tmp: Path) -> TinyGraph | None:
+    """The tiny graph that :func:`materialize_tiny` left in ``tmp``, opened on a new instance
+    object (None: not there, or not finished)."""
+    if not (tmp / "summary.json").is_file():
+        return None
+    dataset = tmp / "input"
+    defs = make_defs(tmp, str(dataset), truth=str(_truth(tmp)))
+    summary = json.loads((tmp / "summary.json").read_text())
+    return TinyGraph(tmp, sqlite_instance(tmp), defs, dataset, summary)
 
 
 def fork(graph: TinyGraph, dest: Path) -> TinyGraph:

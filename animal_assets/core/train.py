@@ -32,7 +32,6 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 import torchvision
-from sklearn.metrics import balanced_accuracy_score
 
 from animal_assets.core.augment import augment_batch, mixup
 from animal_assets.core.device import resolve_device
@@ -370,6 +369,10 @@ def train_resnet34(train_images: np.ndarray, train_labels: np.ndarray, *, num_cl
                 val_pred = logits.argmax(1).cpu().numpy()
                 row["val_loss"] = float(F.cross_entropy(logits, val_targets))
                 row["val_acc"] = float((val_pred == val_labels_np).mean())
+                # imported here: the processes that torchrun starts import this module, and
+                # scikit-learn would add a second to each start
+                from sklearn.metrics import balanced_accuracy_score
+
                 row["val_balanced_acc"] = float(balanced_accuracy_score(val_labels_np, val_pred))
             row["seconds"] = time.perf_counter() - t_epoch
             row["images_per_s"] = n / train_seconds
