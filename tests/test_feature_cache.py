@@ -25,6 +25,38 @@ def test_rows_come_back_by_key_and_survive_a_reopen(tmp_path):
                                   np.stack([rows[0], np.full(3, 7.0)]))
 
 
+def test_two_writers_of_one_folder_keep_each_others_rows(tmp_path):
+    first = FeatureCache(tmp_path, image_size=64, stages=False)
+    second = FeatureCache(tmp_path, image_size=64, stages=False)  # opened before first adds
+    first.add(["a", "b"], np.ones((2, 3), np.float32))
+    second.add(["b", "c"], np.full((2, 3), 2.0, np.float32))  # "b" keeps first's row
+    for cache in (second, FeatureCache(tmp_path, image_size=64, stages=False)):
+        assert len(cache) == 3
+        np.testing.assert_array_equal(cache.get(["a", "b", "c"]), [[1.0] * 3, [1.0] * 3, [2.0] * 3])
+
+
+def _add_one_by_one(root: str, name: str, n: int) -> None:
+    cache = FeatureCache(root, image_size=64, stages=False)
+    for i in range(n):
+        cache.add([f"{name}{i}"], np.full((1, 3), i, np.float32))
+
+
+def test_processes_adding_at_once_lose_no_row(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # the child adds rows only: no threads
+    workers = [context.Process(target=_add_one_by_one, args=(str(tmp_path), name, 40)) for name in "pq"]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    cache = FeatureCache(tmp_path, image_size=64, stages=False)
+    assert len(cache) == 80
+    for name in "pq":
+        np.testing.assert_array_equal(cache.get([f"{name}{i}" for i in range(40)])[:, 0], np.arange(40))
+
+
 def test_other_settings_never_share_rows(tmp_path):
     FeatureCache(tmp_path, image_size=64, stages=False).add(["a"], np.ones((1, 3), np.float32))
     other = FeatureCache(tmp_path, image_size=128, stages=False)

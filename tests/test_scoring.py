@@ -116,9 +116,11 @@ def test_unknown_cells_and_presets_are_refused():
 
 
 def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
-    """A tiny class tree through the stages up to clean_labels (near_duplicates included)."""
+    """A tiny class tree through the stages up to clean_labels (near_duplicates included); run
+    again beside another seed in two processes, it reads its features from the shared cache and
+    gives the same figures."""
     from animal_assets.core.config import params_from_run_config
-    from animal_assets.core.family import Cell, run_cell
+    from animal_assets.core.family import Cell, run_cell, run_rows
     from tests.test_benchmark import make_tree
 
     names = ("a", "b", "c", "d")
@@ -132,9 +134,16 @@ def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
         "clean_labels": {"config": {"probe_c": 0.1, "n_folds": 2}},
     }})
     first = run_cell(src, cell, 0, tmp_path / "work", params=params, cache_dir=tmp_path / "cache")
-    again = run_cell(src, cell, 0, tmp_path / "work", params=params, cache_dir=tmp_path / "cache")
+    # the same run again and another seed, side by side in two processes (--parallel 2)
+    again, other = run_rows([(src, cell, seed, tmp_path / "work", params, tmp_path / "cache", "cpu", False)
+                             for seed in (0, 1)], parallel=2)
     assert first["seconds"]["n_embedded"] == first["n"] > 0
     assert again["seconds"]["n_embedded"] == 0  # every image read from the cache
+    assert (again["cell"], again["seed"], other["seed"]) == ("tiny", 0, 1)
+    # the figures do not depend on the process or its share of the cores
+    assert {k: v for k, v in again.items() if k != "seconds"} == \
+        {k: v for k, v in first.items() if k != "seconds"}
+    assert other["n"] > 0 and other["label_accuracy"] != first["label_accuracy"]
     steps = ("build", "read_and_embed", "ood_scores", "near_duplicates", "clean_labels")
     assert all(again["seconds"][k] >= 0 for k in steps)
     assert sum(again["seconds"][k] for k in steps) <= again["seconds"]["total"] + 0.2

@@ -318,6 +318,47 @@ def select_runs(cells: str = "all", seeds: str = "0,1", *,
     return [(cell, int(seed)) for cell in chosen for seed in seeds.split(",")]
 
 
+def _run_job(job: tuple) -> dict:
+    src, cell, seed, work, params, cache, device, keep = job
+    return run_cell(src, cell, seed, work, params=params, cache_dir=cache, device=device, keep=keep)
+
+
+def _share_cores(threads: int) -> None:
+    """A pool process's share of the cores: its PyTorch and BLAS threads, and the threads that
+    fit folds at once (no figure depends on them: every fit and every block of a neighbour
+    search runs on one thread)."""
+    import os
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from animal_assets.core.jobs import JOBS_VARIABLE
+
+    os.environ[JOBS_VARIABLE] = str(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
+
+
+def run_rows(jobs: list[tuple], parallel: int = 1):
+    """The row of each job ``(source, cell, seed, work, params, cache_dir, device, keep)`` (the
+    arguments of :func:`run_cell`), in the jobs' order: one after another in this process, or
+    ``parallel`` at a time in spawned processes that share the cores and the feature cache, each
+    row yielded once it and those before it are done."""
+    if parallel <= 1 or len(jobs) <= 1:
+        yield from map(_run_job, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from animal_assets.core.jobs import cpu_cores
+
+    workers = min(parallel, len(jobs))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_share_cores,
+                             initargs=(max(1, cpu_cores() // workers),)) as pool:
+        yield from pool.map(_run_job, jobs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the grid and print its table; ``--json`` also writes every row."""
     from animal_assets.core.config import load_run_config, params_from_run_config
@@ -338,7 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="feature cache folder (default WORK/feature-cache)")
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--keep", action="store_true", help="keep each cell's benchmark and outputs")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runs at a time, each in a process of its own with its share of the "
+                             "cores (default 1); the figures are the same either way")
     args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error(f"--parallel must be >= 1, got {args.parallel}")
 
     try:
         runs = select_runs(args.cells, args.seeds, preset=args.preset)
@@ -347,9 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = params_from_run_config(load_run_config(args.config))
     cache = args.cache or args.work / "feature-cache"
     rows, start = [], time.perf_counter()
-    for cell, seed in runs:
-        row = run_cell(args.src, cell, seed, args.work, params=params, cache_dir=cache,
-                       device=args.device, keep=args.keep)
+    jobs = [(args.src, cell, seed, args.work, params, cache, args.device, args.keep)
+            for cell, seed in runs]
+    for (_, cell, seed, *_), row in zip(jobs, run_rows(jobs, args.parallel)):
         rows.append(row)
         print(f"{cell.name} seed {seed}: {row['label_accuracy']['raw']:.3f} -> "
               f"{row['label_accuracy']['cleaned']:.3f}, {row['seconds']['total']:.0f} s "

@@ -8,10 +8,13 @@ in (measured in float32 and bf16 on a 2-core Intel Xeon), elsewhere they could d
 rounding of the batched convolutions, never by more.
 
 Layout: ``root/{settings key}/features.npy`` (M, D) float32 and ``keys.json`` (M hashes, the
-row order), both replaced atomically when rows are added.
+row order), both replaced atomically when rows are added. Processes that share a cache (the
+benchmark family's runs side by side) add their rows one at a time, under an advisory lock on
+``.lock`` in that folder, each first reading the rows the others added.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -43,6 +46,9 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike, **settings) -> None:
         self.dir = Path(root).expanduser() / settings_key(**settings)
+        self._read()
+
+    def _read(self) -> None:
         self._keys: list[str] = []
         self._rows: dict[str, int] = {}
         self._features: np.ndarray | None = None
@@ -74,6 +80,13 @@ class FeatureCache:
         features = np.asarray(features, dtype=np.float32)
         if len(keys) != len(features):
             raise ValueError(f"feature_cache.py: {len(keys)} keys for {len(features)} rows")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self._read()  # with the rows another process added since
+            self._append(keys, features)
+
+    def _append(self, keys: Sequence[str], features: np.ndarray) -> None:
         new, seen = [], set(self._rows)
         for i, k in enumerate(keys):
             if k not in seen:
@@ -89,7 +102,6 @@ class FeatureCache:
         for i in new:
             self._rows[keys[i]] = len(self._keys)
             self._keys.append(keys[i])
-        self.dir.mkdir(parents=True, exist_ok=True)
         save_npy(self.dir / "features.npy", self._features)
         with atomic_path(self.dir / "keys.json") as tmp:
             Path(tmp).write_text(json.dumps(self._keys))
