@@ -115,6 +115,15 @@ def test_unknown_cells_and_presets_are_refused():
         select_runs(preset="slow")
 
 
+def test_the_family_refuses_fewer_than_one_run_at_a_time(tmp_path, capsys):
+    from animal_assets.core.family import main
+
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "src"), str(tmp_path / "work"), "--parallel", "0"])
+    assert err.value.code == 2 and "--parallel must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 def test_one_cell_runs_the_stages_and_reads_the_cache_the_second_time(tmp_path):
     """A tiny class tree through the stages up to clean_labels (near_duplicates included); run
     again beside another seed in two processes, it reads its features from the shared cache and

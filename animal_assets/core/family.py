@@ -34,6 +34,7 @@ Command line::
     python -m animal_assets.core.family ../shared/data/cifar10-subset.tgz var/family \\
         --seeds 0,1 [--cells standard,bal-pair30-sym00-ood05,...] [--config default] [--json var/family.json]
     python -m animal_assets.core.family ../shared/data/cifar10-subset.tgz var/family --preset quick
+    ... --parallel 2     # two runs at a time, each in a process with half the cores
 """
 from __future__ import annotations
 
