@@ -48,7 +48,20 @@ class FeatureCache:
         self.dir = Path(root).expanduser() / settings_key(**settings)
         self._read()
 
+    def _stamp(self) -> tuple:
+        """What identifies the two files as written (each write replaces a file: a new inode)."""
+        stamp = []
+        for name in ("keys.json", "features.npy"):
+            try:
+                st = os.stat(self.dir / name)
+            except FileNotFoundError:
+                stamp.append(None)
+            else:
+                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
     def _read(self) -> None:
+        self._read_stamp = self._stamp()
         self._keys: list[str] = []
         self._rows: dict[str, int] = {}
         self._features: np.ndarray | None = None
@@ -83,8 +96,10 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            self._read()  # with the rows another process added since
+            if self._stamp() != self._read_stamp:
+                self._read()  # with the rows another process added since
             self._append(keys, features)
+            self._read_stamp = self._stamp()
 
     def _append(self, keys: Sequence[str], features: np.ndarray) -> None:
         new, seen = [], set(self._rows)
