@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="on a sharded graph (ANIMAL_ASSETS_SHARDS > 1): run N shards at a time, "
                           "each in its own process (default 1)")
     run.add_argument("--unsynced", action="store_true",
-                     help="materialize only unsynced assets and what is downstream of them")
+                     help="materialize only unsynced assets and what is downstream of them "
+                          "(with --select: those of the selection)")
     run.add_argument("--json", help="write a run summary (per-asset time, memory, accuracy)")
     run.add_argument("--no-progress", action="store_true",
                      help="no progress line on stderr (the console log shows the steps instead)")

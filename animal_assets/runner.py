@@ -180,10 +180,12 @@ def run(
 ) -> dict:
     """Validate every input (:func:`check_inputs`), take the output folder's lock, then observe
     the input and the review file and materialize the selected assets (default: all) and their
-    checks; ``progress`` is shown as the run goes. ``summary_json`` is where the caller will
-    write the summary (validated with the rest). ``precision`` (``auto``, ``fp32``, ``bf16``)
-    overrides the run config's for the encoder and the trainer. ``console_errors``: whether the
-    console log prints ERROR records (false: the caller reports a failure in one line).
+    checks; with ``unsynced``, only those of them that are not synced (:func:`sync_status`: out
+    of date, below one that is, or never materialized). ``progress`` is shown as the run goes.
+    ``summary_json`` is where the caller will write the summary (validated with the rest).
+    ``precision`` (``auto``, ``fp32``, ``bf16``) overrides the run config's for the encoder and
+    the trainer. ``console_errors``: whether the console log prints ERROR records (false: the
+    caller reports a failure in one line).
 
     Raises :class:`RunFailed` with one clear line when an input breaks a rule, another run holds
     the output folder, or a step or a blocking check fails.
@@ -257,10 +259,13 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     if observe_first:
         observe(instance, defs)
     names = [a.key.to_user_string() for a in pipeline_assets(defs)]
-    if unsynced:
-        select = [n for n, s in sync_status(instance, defs).items() if s != "synced"]
+    if unsynced:  # of the selection, where there is one
+        status = sync_status(instance, defs)
+        wanted = select or names
+        select = [n for n in wanted if status.get(n) != "synced"]
         if not select:
-            return {"assets": {}, "message": "every asset is synced; nothing to do"}
+            return {"assets": {}, "message": "every selected asset is synced; nothing to do"
+                    if len(wanted) < len(names) else "every asset is synced; nothing to do"}
     run_config = config if isinstance(config, dict) else load_run_config(config)
     if precision is not None:
         run_config = with_precision(run_config, precision)

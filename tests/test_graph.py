@@ -144,6 +144,15 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(forked):
     before = {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
               for n in cleaning}
 
+    # --unsynced with --select: only what is not synced of the selection
+    summary = runner.run(config=TINY, instance=instance, defs=bumped, unsynced=True,
+                         select=["clean_labels", "val_split"])
+    assert summary == {"assets": {}, "message": "every selected asset is synced; nothing to do"}
+    summary = runner.run(config=TINY, instance=instance, defs=bumped, unsynced=True,
+                         select=["clean_labels", "eval_report"])
+    assert sorted(summary["assets"]) == ["eval_report"]
+    assert runner.sync_status(instance, bumped)["eval_report"] == "upstream unsynced"
+
     summary = runner.run(config=TINY, instance=instance, defs=bumped, unsynced=True)
     assert sorted(summary["assets"]) == ["ablation_report", "eval_report", "resnet34_model"]
     after = {n: instance.get_latest_materialization_event(dg.AssetKey(n)).run_id
@@ -155,7 +164,8 @@ def test_changing_only_the_model_code_leaves_cleaning_synced(forked):
 def test_changing_the_labels_file_marks_raw_images_unsynced_and_all_below_it(forked):
     tmp, instance, _, dataset, _ = forked
     defs = _bumped_model_defs(tmp, dataset)
-    runner.run(config=TINY, instance=instance, defs=defs, unsynced=True)  # no-op after the test above
+    summary = runner.run(config=TINY, instance=instance, defs=defs, unsynced=True)  # after the test above
+    assert summary == {"assets": {}, "message": "every asset is synced; nothing to do"}
     assert set(runner.sync_status(instance, defs).values()) == {"synced"}
     labels_file = dataset / "data-labels.json"
     labels = json.loads(labels_file.read_text())
