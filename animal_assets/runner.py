@@ -259,6 +259,7 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     if observe_first:
         observe(instance, defs)
     names = [a.key.to_user_string() for a in pipeline_assets(defs)]
+    status = None
     if unsynced:  # of the selection, where there is one
         status = sync_status(instance, defs)
         wanted = select or names
@@ -282,7 +283,7 @@ def _run_locked(run_id: str, *, config, select, unsynced, instance, defs, observ
     if not shard_keys:
         plan = [(select, None)]
     else:
-        plan = _sharded_plan(defs, select or names, instance)
+        plan = _sharded_plan(defs, select or names, instance, status)
     results = []
     with _ShardPool(parallel_shards) as pool:
         for part, (selection, partitions) in enumerate(plan):
@@ -344,15 +345,16 @@ def _shard_keys(defs: dg.Definitions) -> list[str]:
     return defs.resolve_assets_def(names[0]).partitions_def.get_partition_keys() if names else []
 
 
-def _sharded_plan(defs: dg.Definitions, selection: list[str],
-                  instance: dg.DagsterInstance) -> list[tuple[list[str], list | None]]:
+def _sharded_plan(defs: dg.Definitions, selection: list[str], instance: dg.DagsterInstance,
+                  status: dict[str, str] | None = None) -> list[tuple[list[str], list | None]]:
     """The runs of ``selection`` on a sharded graph, in order: runs of the unpartitioned assets
     and, between them, every shard of one layer of per-shard assets (one run each, the shard's
     partition of each selected per-shard asset): the input's shards, ``raw_images``, the shards
     of the stages that read it, what lies below them. A per-shard asset joins a selection that
     has assets both above and below it (a new raw_images must reach its merge through it), and
     the input's shards join a selection of ``raw_images`` when they are not synced with the
-    input as last observed (``raw_images`` would find them behind)."""
+    input as last observed (``raw_images`` would find them behind; ``status``: the
+    :func:`sync_status` the caller already read, else read here when needed)."""
     graph = defs.resolve_asset_graph()
     order = [a.key.to_user_string() for a in pipeline_assets(defs)]  # parents first
     sharded = set(_sharded(defs))
@@ -365,8 +367,10 @@ def _sharded_plan(defs: dg.Definitions, selection: list[str],
         merge = next(s.name for s in STAGES if s.sharding and s.sharding.asset == name)
         if selected & above and selected & under:
             selected.add(name)
-        elif not above and merge in selected and sync_status(instance, defs)[name] != "synced":
-            selected.add(name)
+        elif not above and merge in selected:
+            status = status or sync_status(instance, defs)
+            if status[name] != "synced":
+                selected.add(name)
     # each asset's run: the first after its parents', of its kind (per shard: odd; else even)
     rank: dict[str, int] = {}
     for name in order:
