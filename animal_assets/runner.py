@@ -446,9 +446,9 @@ def _execute_shards(defs, selection, run_config, instance, tags, keys, pool: _Sh
             if not result.success:
                 break
         return out
-    from animal_assets.core.jobs import cpu_cores
+    from animal_assets.core.jobs import core_share
 
-    threads = max(1, cpu_cores() // pool.parallel)
+    threads = core_share(pool.parallel)
     # the resources travel as their fields (a ConfigurableResource does not pickle)
     resources = {name: (type(r), r.model_dump()) for name, r in defs.resources.items()}
     jobs = [(resources, len(keys), instance.get_ref(), selection, shard_config, tags, key, threads)
@@ -460,11 +460,10 @@ def _execute_shards(defs, selection, run_config, instance, tags, keys, pool: _Sh
 def _shard_run(job) -> ShardRun:
     """One shard's run in a process of its own, on the same instance."""
     resources, shards, instance_ref, selection, run_config, tags, key, threads = job
-    import torch
-
+    from animal_assets.core.jobs import use_core_share
     from animal_assets.definitions import build_defs
 
-    torch.set_num_threads(threads)
+    use_core_share(threads)
     defs = build_defs({name: cls(**fields) for name, (cls, fields) in resources.items()},
                       shards=shards)
     with dg.DagsterInstance.from_ref(instance_ref) as instance:

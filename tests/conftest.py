@@ -5,7 +5,7 @@ import fcntl
 import os
 import shutil
 
-from animal_assets.core.jobs import cpu_cores  # os and threads only: no NumPy, no torch
+from animal_assets.core.jobs import core_share, cpu_cores  # os and threads only: no NumPy, no torch
 
 # `make test` runs one pytest-xdist worker per core. Torch's and OpenBLAS's thread pools each
 # start one thread per core in every worker, and workers that spin at OpenMP barriers on the
@@ -15,7 +15,7 @@ from animal_assets.core.jobs import cpu_cores  # os and threads only: no NumPy, 
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ANIMAL_ASSETS_JOBS"):
-        os.environ.setdefault(_variable, str(max(1, cpu_cores() // _WORKERS)))
+        os.environ.setdefault(_variable, str(core_share(_WORKERS)))
 
 import pytest  # noqa: E402
 

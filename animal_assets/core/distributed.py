@@ -53,7 +53,7 @@ def train_in_processes(train_images: np.ndarray, train_labels: np.ndarray, *, nu
         When a training process fails; the message ends with its last output lines.
     """
     from animal_assets.core.device import resolve_device
-    from animal_assets.core.jobs import cpu_cores
+    from animal_assets.core.jobs import core_share
 
     device = resolve_device(config.device)
     if device.type == "cuda" and torch.cuda.device_count() < config.processes:
@@ -61,7 +61,7 @@ def train_in_processes(train_images: np.ndarray, train_labels: np.ndarray, *, nu
                          f"{torch.cuda.device_count()} visible")
     env = dict(os.environ)
     if device.type == "cpu":  # the processes share the cores
-        env["OMP_NUM_THREADS"] = str(max(1, cpu_cores() // config.processes))
+        env["OMP_NUM_THREADS"] = str(core_share(config.processes))
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="animal-assets-ddp-") as tmp:
         folder = Path(tmp)

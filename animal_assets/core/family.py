@@ -324,22 +324,6 @@ def _run_job(job: tuple) -> dict:
     return run_cell(src, cell, seed, work, params=params, cache_dir=cache, device=device, keep=keep)
 
 
-def _share_cores(threads: int) -> None:
-    """A pool process's share of the cores: its PyTorch and BLAS threads, and the threads that
-    fit folds at once (no figure depends on them: every fit and every block of a neighbour
-    search runs on one thread)."""
-    import os
-
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from animal_assets.core.jobs import JOBS_VARIABLE
-
-    os.environ[JOBS_VARIABLE] = str(threads)
-    torch.set_num_threads(threads)
-    threadpool_limits(limits=threads)
-
-
 def run_rows(jobs: list[tuple], parallel: int = 1):
     """The row of each job ``(source, cell, seed, work, params, cache_dir, device, keep)`` (the
     arguments of :func:`run_cell`), in the jobs' order: one after another in this process, or
@@ -351,12 +335,11 @@ def run_rows(jobs: list[tuple], parallel: int = 1):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from animal_assets.core.jobs import cpu_cores
+    from animal_assets.core.jobs import core_share, use_core_share
 
     workers = min(parallel, len(jobs))
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_share_cores,
-                             initargs=(max(1, cpu_cores() // workers),)) as pool:
+                             initializer=use_core_share, initargs=(core_share(workers),)) as pool:
         yield from pool.map(_run_job, jobs)
 
 

@@ -20,6 +20,24 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def core_share(processes: int) -> int:
+    """The threads of each of ``processes`` processes that run side by side: its share of the
+    cores, at least one."""
+    return max(1, cpu_cores() // processes)
+
+
+def use_core_share(threads: int) -> None:
+    """Keep this process to ``threads`` threads: PyTorch's, BLAS's and OpenMP's, and the steps'
+    own (``ANIMAL_ASSETS_JOBS``). For a process started beside others (a pool's initializer);
+    no figure depends on it."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    os.environ[JOBS_VARIABLE] = str(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
+
+
 def default_jobs() -> int:
     """Threads at once: ``ANIMAL_ASSETS_JOBS`` where set, else one per CPU core."""
     given = os.environ.get(JOBS_VARIABLE, "").strip()
